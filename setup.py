@@ -1,0 +1,24 @@
+from setuptools import setup
+
+setup(
+    name='rwkv7-convert',
+    version='0.1.0',
+    description='Convert RWKV-7 checkpoints between BlinkDL RWKV-LM and flash-linear-attention, verified by logits',
+    # A portion of fla's namespace: installed fla's __init__ calls pkgutil.extend_path, so there is no fla/__init__.py here.
+    packages=['fla.rwkv7_convert'],
+    package_data={'fla.rwkv7_convert': ['data/*']},
+    python_requires='>=3.10',
+    install_requires=[
+        'numpy',
+        'torch>=2.5',
+        'triton>=3.3',
+        'transformers>=5.6.2,<6',
+        'safetensors',
+        'tokenizers',
+        'flash-linear-attention>=0.6.0',
+    ],
+    extras_require={
+        'test': ['pytest', 'hypothesis', 'rwkv==0.8.32', 'ruff'],
+        'benchmark': ['matplotlib'],
+    },
+)
