@@ -1,0 +1,158 @@
+"""Command lines over the library: every failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable
+
+from fla.rwkv7_convert.dtypes import TORCH_NAME, parse_precision
+from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
+
+EXIT_INTERRUPTED = 130
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+        if n < 1000 or unit == 'TB':
+            return f'{n:.1f} {unit}' if unit != 'B' else f'{int(n)} B'
+        n /= 1000
+    return f'{n:.1f} TB'
+
+
+def _human_count(n: int) -> str:
+    return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
+
+
+def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run `body`, turning every expected failure into one line on stderr."""
+    try:
+        return body(args)
+    except ConversionError as e:
+        print(f'error: {e.one_line()}', file=sys.stderr)
+        if getattr(args, 'verbose', False):
+            if isinstance(e, KeyMismatchError):
+                print(e.full_report(), file=sys.stderr)
+            traceback.print_exc()
+        return e.exit_code
+    except KeyboardInterrupt:
+        print('interrupted: nothing was written (any existing output is untouched)', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        where = f'{e.filename}: ' if e.filename else ''
+        print(f'error: {where}{e.strerror or e} (nothing was written; any existing output is untouched)', file=sys.stderr)
+        if getattr(args, 'verbose', False):
+            traceback.print_exc()
+        return 1
+
+
+def _progress(quiet: bool):
+    """(on_start, on_tensor, close) for a byte progress bar on stderr, shown on terminals only."""
+    state = {}
+
+    def on_start(plan, total):
+        if quiet or not sys.stderr.isatty():
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        state['bar'] = tqdm(total=total, unit='B', unit_scale=True, desc='converting', file=sys.stderr, leave=False)
+
+    def on_tensor(name, nbytes):
+        if 'bar' in state:
+            state['bar'].update(nbytes)
+
+    def close():
+        if 'bar' in state:
+            state['bar'].close()
+    return on_start, on_tensor, close
+
+
+def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
+    from fla.rwkv7_convert.config import fla_config
+    print('detected:', file=out)
+    for note in plan.notes:
+        print(f'  {note}', file=out)
+    print('config.json:', file=out)
+    print('  ' + json.dumps(fla_config(plan.dims, result.dtype), sort_keys=False).replace(', "', ',\n   "'), file=out)
+    print('mapping (RWKV-LM name [stored shape] dtype -> fla name [shape] op):', file=out)
+    for e in plan.entries:
+        dtype = precision or e.source.dtype
+        if e.fla is None:
+            print(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> (dropped: {e.rule.note})', file=out)
+        else:
+            op = '' if e.rule.op.name == 'identity' else f' ({e.rule.op.name})'
+            reshape = ' (alias: reshaped)' if e.source.shape != e.canonical_shape else ''
+            print(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> {e.fla} {list(e.fla_shape)} {dtype}'
+                  f'{op}{reshape}', file=out)
+
+
+def build_to_fla_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='convert_to_rwkv7.py',
+        description='Convert a BlinkDL RWKV-7 checkpoint (.pth or .safetensors, RWKV-LM names) into a Hugging Face '
+                    'directory that fla.models.RWKV7ForCausalLM loads.')
+    p.add_argument('--rwkv7', required=True, metavar='IN', help='BlinkDL RWKV-7 state dict (.pth or .safetensors)')
+    p.add_argument('--output', required=True, metavar='OUTDIR', help='output directory (created atomically)')
+    p.add_argument('--precision', default=None, metavar='P',
+                   help='float32/fp32, bfloat16/bf16 or float16/fp16; default: keep each tensor\'s stored dtype')
+    p.add_argument('--force', action='store_true', help='replace a non-empty OUTDIR (only once the new model is complete)')
+    p.add_argument('--max-shard-size', default='5GB', help='largest safetensors shard, e.g. 5GB or 500MB (default 5GB)')
+    p.add_argument('--head-size', type=int, default=None,
+                   help='head size N, needed only when att.r_k is stored flat (otherwise read from r_k)')
+    p.add_argument('--tokenizer', default='auto', metavar='world|none|auto|PATH',
+                   help='auto (default): RWKV World tokenizer when the vocabulary has 65536 rows; or a tokenizer '
+                        'file/folder to copy')
+    p.add_argument('--allow-nonfinite', action='store_true', help='convert tensors holding NaN/Inf instead of refusing')
+    p.add_argument('--dry-run', action='store_true', help='print the detected variant, config and mapping; write nothing')
+    p.add_argument('--verify', action='store_true',
+                   help='after converting, compare logits of the fla model with the reference on the source file')
+    p.add_argument('--verify-tokens', type=int, default=48, metavar='N', help='tokens for --verify (default 48)')
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument('--quiet', '-q', action='store_true', help='print errors only')
+    loud.add_argument('--verbose', '-v', action='store_true', help='print each tensor; tracebacks on errors')
+    return p
+
+
+def _convert_body(args: argparse.Namespace) -> int:
+    from fla.rwkv7_convert.convert import convert_to_fla
+    try:
+        precision = parse_precision(args.precision)
+    except ValueError as e:
+        raise ConversionError(f'--precision: {e}') from None
+    on_start, on_tensor, close = _progress(args.quiet)
+    verbose_tensor = on_tensor
+    if args.verbose:
+        def verbose_tensor(name, nbytes):
+            print(f'  wrote {name} ({_human_bytes(nbytes)})', file=sys.stderr)
+    try:
+        result = convert_to_fla(
+            args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=args.max_shard_size,
+            head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
+            dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor)
+    finally:
+        close()
+    plan = result.plan
+    if args.dry_run:
+        _print_plan(plan, result, precision)
+        print(f'dry run: would write {_human_bytes(result.bytes_written)} of weights to {args.output}; nothing written')
+        return 0
+    if not args.quiet:
+        d = plan.dims
+        shards = sum(1 for f in result.files if f.endswith('.safetensors'))
+        print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
+              f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
+              f'{shards} shard(s), {_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+    if args.verify:
+        from fla.rwkv7_convert.verify import verify_cli_after_convert
+        return verify_cli_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, quiet=args.quiet,
+                                        head_size=args.head_size)
+    return 0
+
+
+def main_to_fla(argv: list[str] | None = None) -> int:
+    args = build_to_fla_parser().parse_args(argv)
+    return run_cli(_convert_body, args)

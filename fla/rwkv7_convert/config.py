@@ -1,0 +1,86 @@
+"""Model dimensions read from tensor shapes, and the fla config.json that reproduces BlinkDL's numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from fla.rwkv7_convert.dtypes import TORCH_NAME
+
+# BlinkDL's GroupNorm (`ln_x`) eps, the same for every head size; its LayerNorms use 1e-5.
+BLINKDL_LN_X_EPS = 64e-5
+BLINKDL_NORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Dims:
+    """An RWKV-7 model's sizes, in BlinkDL's symbols (see table.py)."""
+
+    V: int
+    C: int
+    L: int
+    H: int
+    N: int
+    F: int
+    Dw: int
+    Da: int
+    Dv: int
+    Dg: int
+
+    def resolve(self, symbolic: str) -> tuple[int, ...]:
+        """'C,Dw' -> (C, Dw)."""
+        values = asdict(self)
+        return tuple(int(part) if part.isdigit() else values[part] for part in symbolic.split(','))
+
+
+def norm_eps_for(head_size: int) -> float:
+    """fla's `norm_eps` for a BlinkDL model of head size N.
+
+    fla uses `norm_eps` for every LayerNorm and `head_dim * norm_eps` for `ln_x`; BlinkDL uses 1e-5 and 64e-5.
+    Both are matched exactly only for N = 64. For other N we keep the LayerNorms exact (1e-5): ln0/ln1/ln2/ln_out
+    see every token's full residual stream, while `ln_x` differs only by eps relative to its per-head variance,
+    which trained models keep far above 64e-5 (docs/mapping.md lists the residual difference measured for 32/128).
+    """
+    return BLINKDL_NORM_EPS
+
+
+def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -> dict:
+    """config.json for fla's RWKV7ForCausalLM, written directly so converting needs neither fla nor transformers."""
+    return {
+        'architectures': ['RWKV7ForCausalLM'],
+        'model_type': 'rwkv7',
+        'attn_mode': 'chunk',
+        'hidden_size': dims.C,
+        'hidden_ratio': dims.F / dims.C,
+        'intermediate_size': dims.F,
+        'num_hidden_layers': dims.L,
+        'head_dim': dims.N,
+        'num_heads': dims.H,
+        'decay_low_rank_dim': dims.Dw,
+        'a_low_rank_dim': dims.Da,
+        'v_low_rank_dim': dims.Dv,
+        'gate_low_rank_dim': dims.Dg,
+        'hidden_act': 'sqrelu',
+        'max_position_embeddings': max_position_embeddings,
+        'norm_first': True,
+        'norm_bias': True,
+        'norm_eps': norm_eps_for(dims.N),
+        'attn': None,
+        'use_cache': True,
+        'vocab_size': dims.V,
+        'value_dim': [dims.C] * dims.L,
+        # RWKV vocabularies end text with token 0; there is no BOS token.
+        'bos_token_id': None,
+        'eos_token_id': 0,
+        'pad_token_id': 0,
+        'tie_word_embeddings': False,
+        'initializer_range': 0.02,
+        'fuse_norm': True,
+        'fuse_cross_entropy': True,
+        'fuse_linear_cross_entropy': False,
+        'use_l2warp': True,
+        'dtype': TORCH_NAME.get(dtype, 'float32'),
+    }
+
+
+def generation_config() -> dict:
+    return {'bos_token_id': None, 'eos_token_id': 0, 'pad_token_id': 0, '_from_model_config': False}

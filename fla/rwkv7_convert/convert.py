@@ -1,0 +1,145 @@
+"""BlinkDL RWKV-LM checkpoint -> fla Hugging Face directory, streamed tensor by tensor into an atomic output."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.config import fla_config, generation_config
+from fla.rwkv7_convert.dtypes import cast, is_finite
+from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
+from fla.rwkv7_convert.plan import Entry, Plan, make_plan
+from fla.rwkv7_convert.readers import open_checkpoint
+from fla.rwkv7_convert.table import GLOBAL, RULES
+from fla.rwkv7_convert.writer import OutTensor, atomic_directory, check_target, parse_size, write_json, write_sharded
+
+DEFAULT_MAX_SHARD_SIZE = '5GB'
+PROVENANCE_FILE = 'rwkv7_convert.json'
+
+
+@dataclass
+class Result:
+    output: Path | None
+    plan: Plan
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    bytes_written: int = 0
+    dtype: str = ''
+
+
+def _fla_order(entry: Entry) -> tuple:
+    # fla's module order: embeddings, then layer by layer in table order, then the final norm and head
+    rank = RULES.index(entry.rule)
+    if entry.rule.layers == GLOBAL:
+        return (0 if entry.rule.blinkdl == 'emb.weight' else 2, 0, rank)
+    return (1, entry.layer, rank)
+
+
+def _producer(entry: Entry, out_dtype: str, allow_nonfinite: bool, shown: str) -> Callable[[], np.ndarray]:
+    def produce() -> np.ndarray:
+        data = entry.source.load().reshape(entry.canonical_shape)
+        if not allow_nonfinite and not is_finite(data, entry.source.dtype):
+            raise NonFiniteError(f'{entry.source.name} holds NaN or Inf values; pass --allow-nonfinite to convert anyway',
+                                 shown)
+        data = cast(entry.rule.op.apply(data), entry.source.dtype, out_dtype)
+        return np.ascontiguousarray(data)
+    return produce
+
+
+def plan_from_file(source: str | os.PathLike, head_size: int | None = None) -> Plan:
+    with open_checkpoint(source) as ckpt:
+        return make_plan(ckpt.tree, str(source), head_size=head_size)
+
+
+def convert_to_fla(
+    source: str | os.PathLike,
+    output: str | os.PathLike | None,
+    *,
+    precision: str | None = None,
+    force: bool = False,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    head_size: int | None = None,
+    tokenizer: str = 'auto',
+    allow_nonfinite: bool = False,
+    dry_run: bool = False,
+    on_start: Callable[[Plan, int], None] | None = None,
+    on_tensor: Callable[[str, int], None] | None = None,
+) -> Result:
+    """Convert `source` (.pth or .safetensors, RWKV-LM names) into the Hugging Face directory `output`.
+
+    `precision` is a safetensors dtype name ('BF16', 'F16', 'F32') or None to keep each tensor's stored dtype.
+    With `dry_run` nothing is written and the plan is returned. `on_start(plan, total_bytes)` and
+    `on_tensor(name, nbytes)` report progress.
+    """
+    start = time.perf_counter()
+    shown = str(source)
+    limit = parse_size(max_shard_size)
+    if output is not None and not dry_run:
+        check_target(Path(output).absolute(), force)  # fail before reading anything
+    with open_checkpoint(source) as ckpt:
+        plan = make_plan(ckpt.tree, shown, head_size=head_size)
+        kept = sorted(plan.kept, key=_fla_order)
+        emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
+        model_dtype = precision or emb_dtype
+        tensors = [OutTensor(e.fla, e.fla_shape, precision or e.source.dtype,
+                             _producer(e, precision or e.source.dtype, allow_nonfinite, shown)) for e in kept]
+        total = sum(t.nbytes for t in tensors)
+        result = Result(None, plan, dtype=model_dtype, bytes_written=total)
+        if dry_run or output is None:
+            return result
+        if on_start:
+            on_start(plan, total)
+        metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': Path(source).name}
+        with atomic_directory(output, force=force) as scratch:
+            files = write_sharded(scratch, tensors, limit, metadata,
+                                  on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
+            write_json(scratch / 'config.json', fla_config(plan.dims, model_dtype))
+            write_json(scratch / 'generation_config.json', generation_config())
+            files += ['config.json', 'generation_config.json']
+            files += write_tokenizer(scratch, tokenizer, plan.dims.V)
+            write_json(scratch / PROVENANCE_FILE, {
+                'converter': f'rwkv7_convert {__version__}',
+                'source': str(Path(source).absolute()),
+                'source_bytes': os.path.getsize(source),
+                'source_format': ckpt.kind,
+                'stored_dtypes': plan.stored_dtypes,
+                'precision': model_dtype if precision else 'kept as stored',
+                'dropped': [e.blinkdl for e in plan.dropped],
+                'notes': plan.notes,
+            })
+            files.append(PROVENANCE_FILE)
+    result.output = Path(output)
+    result.files = files
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
+    """'auto' writes the RWKV World tokenizer when the vocabulary is World-sized; 'world', 'none' or a path."""
+    if choice == 'none':
+        return []
+    from fla.rwkv7_convert import tokenizer as world
+    if choice == 'auto':
+        return world.write_world_tokenizer(outdir) if world.is_world_vocab(vocab_size) else []
+    if choice == 'world':
+        return world.write_world_tokenizer(outdir)
+    return _copy_tokenizer(Path(choice), outdir)
+
+
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'rwkv_vocab_v20230424.txt')
+
+
+def _copy_tokenizer(path: Path, outdir: Path) -> list[str]:
+    import shutil
+    sources = [path] if path.is_file() else [path / n for n in _TOKENIZER_FILES if (path / n).is_file()]
+    if not sources:
+        raise ConversionError(f'no tokenizer files found (expected one of {", ".join(_TOKENIZER_FILES)})', str(path))
+    for s in sources:
+        shutil.copyfile(s, outdir / s.name)
+    return [s.name for s in sources]

@@ -1,0 +1,240 @@
+"""From an open checkpoint to a checked conversion plan, reading names, shapes and dtypes only (no tensor data).
+
+The walk: unwrap nested state dicts -> strip wrapper prefixes -> refuse other architectures (whole key set) ->
+look every name up in the table -> infer the model's sizes from shapes -> check every shape against them.
+Every problem found on the way is collected and raised together in one KeyMismatchError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fla.rwkv7_convert.config import Dims
+from fla.rwkv7_convert.dtypes import FLOATING
+from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsupportedVariantError
+from fla.rwkv7_convert.readers import TensorRef
+from fla.rwkv7_convert.table import (
+    REFUSALS,
+    WRAPPER_KEYS,
+    Rule,
+    canonical_shape,
+    expected_blinkdl,
+    lookup_blinkdl,
+    strip_prefixes,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor's way from the input file to the output."""
+
+    source: TensorRef  # as stored in the file (original name, stored shape)
+    blinkdl: str  # canonical RWKV-LM name
+    rule: Rule
+    layer: int | None
+    canonical_shape: tuple[int, ...]  # RWKV-LM's shape after aliases
+    fla: str | None  # None: dropped (layer-0 v0/v1/v2)
+    fla_shape: tuple[int, ...] | None
+
+
+@dataclass
+class Plan:
+    dims: Dims
+    entries: list[Entry]  # in input order; dropped ones have fla None
+    prefixes: list[str] = field(default_factory=list)  # wrapper prefixes that were stripped
+    unwrapped: list[str] = field(default_factory=list)  # wrapper keys that were unwrapped
+    notes: list[str] = field(default_factory=list)  # what the detector saw, for --dry-run
+
+    @property
+    def kept(self) -> list[Entry]:
+        return [e for e in self.entries if e.fla is not None]
+
+    @property
+    def dropped(self) -> list[Entry]:
+        return [e for e in self.entries if e.fla is None]
+
+    @property
+    def stored_dtypes(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for e in self.kept:
+            counts[e.source.dtype] = counts.get(e.source.dtype, 0) + e.source.numel
+        return counts
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(e.source.numel for e in self.kept)
+
+
+def unwrap_state_dict(tree: object, shown: str) -> tuple[dict[str, TensorRef], list[str]]:
+    """The flat name -> tensor mapping inside `tree`, unwrapping `{"state_dict": {...}}`-style containers."""
+    unwrapped = []
+    while isinstance(tree, Mapping) and not any(isinstance(v, TensorRef) for v in tree.values()):
+        inner = [k for k in WRAPPER_KEYS if isinstance(tree.get(k), Mapping)]
+        if not inner:
+            break
+        unwrapped.append(inner[0])
+        tree = tree[inner[0]]
+    if not isinstance(tree, Mapping):
+        raise NotACheckpointError(f'holds a {type(tree).__name__}, expected a state dict (a mapping of names to tensors)',
+                                  shown)
+    if not tree:
+        raise NotACheckpointError('holds an empty state dict', shown)
+    bad = [f'{k!r} ({type(v).__name__})' for k, v in tree.items() if not isinstance(v, TensorRef) or not isinstance(k, str)]
+    if bad:
+        more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+        raise NotACheckpointError(
+            f'is not a plain state dict: {len(bad)} value(s) are not tensors: {", ".join(bad[:5])}{more}', shown)
+    return dict(tree), unwrapped
+
+
+def normalize_names(tensors: dict[str, TensorRef]) -> tuple[dict[str, TensorRef], list[str], list[str]]:
+    """Strip wrapper prefixes; returns (canonical name -> tensor, prefixes seen, duplicate problems)."""
+    out: dict[str, TensorRef] = {}
+    origin: dict[str, str] = {}
+    prefixes: set[str] = set()
+    problems = []
+    for name, ref in tensors.items():
+        canon = strip_prefixes(name)
+        if canon != name:
+            prefixes.add(name[: len(name) - len(canon)])
+        if canon in out:
+            problems.append(f'duplicate tensor {canon} (stored as both {origin[canon]!r} and {name!r})')
+            continue
+        out[canon], origin[canon] = ref, name
+    return out, sorted(prefixes), problems
+
+
+def detect_refusal(names: list[str], shown: str) -> None:
+    """Refuse checkpoints of architectures fla's RWKV7ForCausalLM cannot run, naming the keys that show it."""
+    for refusal in REFUSALS:
+        pattern = re.compile(refusal.pattern)
+        hits = [n for n in names if pattern.search(n)]
+        if hits and (not refusal.only or len(hits) == len(names)):
+            example = ', '.join(hits[:2])
+            raise UnsupportedVariantError(f'this is a {refusal.variant} checkpoint ({example}): {refusal.reason}', shown)
+    if not any(n.endswith('.att.r_k') or n.endswith('.att.k_k') for n in names):
+        sample = ', '.join(names[:4])
+        raise UnsupportedVariantError(
+            f'not an RWKV-7 checkpoint: no blocks.*.att.r_k / att.k_k tensors (keys: {sample}, ...)', shown)
+    if 'emb.weight' in names and 'blocks.0.ln0.weight' not in names and 'blocks.0.ln0.bias' not in names:
+        raise UnsupportedVariantError(
+            'blocks.0.ln0.weight/bias are missing: ln0 was probably folded into emb.weight (as BlinkDL\'s runtimes do '
+            'at load time); fla applies ln0 itself, and no LayerNorm can be added that undoes a fold, so this file '
+            'cannot be converted exactly; convert the original training checkpoint instead', shown)
+
+
+def _first_shape(tensors: dict[str, TensorRef], names: list[str]) -> tuple[int, ...] | None:
+    for n in names:
+        if n in tensors:
+            return tensors[n].shape
+    return None
+
+
+def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str) -> Dims:
+    """Sizes from shapes alone; raises KeyMismatchError naming each size that cannot be read."""
+    problems = []
+    layers = {int(m.group(1)) for n in tensors if (m := re.match(r'^blocks\.(\d+)\.', n))}
+    L = max(layers) + 1 if layers else 0
+    if L == 0:
+        problems.append('no blocks.{i}.* tensors: cannot tell the number of layers')
+
+    def two_d(names: list[str], what: str) -> tuple[int, int]:
+        shape = _first_shape(tensors, names)
+        if shape is None or len(shape) != 2:
+            problems.append(f'cannot read {what} from {names[0]} (shape {list(shape) if shape else "missing"}, '
+                            'expected 2-D)')
+            return 0, 0
+        return shape
+
+    V, C = two_d(['emb.weight', 'head.weight'], 'vocab and hidden size')
+    F, _ = two_d([f'blocks.{i}.ffn.key.weight' for i in range(L)] or ['blocks.0.ffn.key.weight'], 'the FFN width')
+    _, Dw = two_d([f'blocks.{i}.att.w1' for i in range(L)] or ['blocks.0.att.w1'], 'the decay LoRA rank')
+    _, Da = two_d([f'blocks.{i}.att.a1' for i in range(L)] or ['blocks.0.att.a1'], 'the a LoRA rank')
+    _, Dg = two_d([f'blocks.{i}.att.g1' for i in range(L)] or ['blocks.0.att.g1'], 'the gate LoRA rank')
+    # v1 is read from block 1 on; block 0's copy is unused and may be absent (then any rank works for L = 1)
+    v_shape = _first_shape(tensors, [f'blocks.{i}.att.v1' for i in range(1, L)] + ['blocks.0.att.v1'])
+    Dv = v_shape[1] if v_shape and len(v_shape) == 2 else 32
+    if L > 1 and not (v_shape and len(v_shape) == 2):
+        problems.append('cannot read the value LoRA rank from blocks.1.att.v1')
+
+    r_k = _first_shape(tensors, [f'blocks.{i}.att.r_k' for i in range(L)])
+    H = N = 0
+    if r_k is not None and len(r_k) == 2:
+        H, N = r_k
+        if head_size and head_size != N:
+            problems.append(f'--head-size {head_size} contradicts blocks.0.att.r_k of shape {list(r_k)} (head size {N})')
+    elif r_k is not None and len(r_k) == 1:
+        if not head_size:
+            problems.append(f'blocks.0.att.r_k is stored flat {list(r_k)}, so the head size cannot be read from it; '
+                            'pass --head-size N (64 for released models)')
+        elif C and C % head_size:
+            problems.append(f'--head-size {head_size} does not divide the hidden size {C}')
+        else:
+            N, H = head_size, r_k[0] // head_size
+    else:
+        problems.append(f'cannot read the head size from blocks.0.att.r_k (shape {list(r_k) if r_k else "missing"})')
+    if C and H and H * N != C:
+        problems.append(f'blocks.0.att.r_k is {H}x{N} = {H * N}, expected H*N = hidden size {C}')
+    if problems:
+        raise KeyMismatchError(problems, shown)
+    return Dims(V=V, C=C, L=L, H=H, N=N, F=F, Dw=Dw, Da=Da, Dv=Dv, Dg=Dg)
+
+
+def make_plan(tree: object, shown: str, *, head_size: int | None = None) -> Plan:
+    tensors, unwrapped = unwrap_state_dict(tree, shown)
+    tensors, prefixes, problems = normalize_names(tensors)
+    names = list(tensors)
+    detect_refusal(names, shown)
+    dims = infer_dims(tensors, head_size, shown)
+
+    expected = expected_blinkdl(dims.L)
+    entries, seen = [], set()
+    unknown = []
+    for name, ref in tensors.items():
+        found = lookup_blinkdl(name)
+        if found is None or (found[1] is not None and found[1] >= dims.L):
+            unknown.append(name)
+            continue
+        rule, layer = found
+        seen.add(name)
+        want = dims.resolve(rule.shape)
+        canon = canonical_shape(rule, ref.shape, dims.N)
+        if canon != want:
+            problems.append(f'{name} has shape {list(ref.shape)}, expected {list(want)} ({rule.shape})')
+            continue
+        if ref.dtype not in FLOATING:
+            problems.append(f'{name} has dtype {ref.dtype}, expected a floating point dtype')
+            continue
+        _, fla_name = rule.names(layer)
+        fla_shape = rule.op.shape(canon) if fla_name else None
+        entries.append(Entry(ref, name, rule, layer, canon, fla_name, fla_shape))
+
+    known = [n for n, _, _ in expected]
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f' (closest known name: {close[0]})' if close else ''
+        problems.append(f'unexpected tensor {name}{hint}')
+    for name, rule, _layer in expected:
+        if name not in seen and not rule.optional and name not in tensors:
+            problems.append(f'missing tensor {name} [{",".join(map(str, dims.resolve(rule.shape)))}]')
+    if problems:
+        raise KeyMismatchError(problems, shown)
+
+    notes = [f'RWKV-7 "Goose", {dims.L} layer(s), hidden {dims.C}, {dims.H} heads of {dims.N}, vocab {dims.V}, FFN {dims.F}',
+             f'LoRA ranks: decay {dims.Dw}, a {dims.Da}, value {dims.Dv}, gate {dims.Dg}']
+    if unwrapped:
+        notes.append('unwrapped nested state dict: ' + ' -> '.join(repr(k) for k in unwrapped))
+    if prefixes:
+        notes.append('stripped wrapper prefixes: ' + ', '.join(repr(p) for p in prefixes))
+    squeezed = sum(1 for e in entries if e.source.shape != e.canonical_shape)
+    if squeezed:
+        notes.append(f'{squeezed} tensor(s) stored in a squeezed/flat shape, normalized to RWKV-LM shapes')
+    plan = Plan(dims, entries, prefixes, unwrapped, notes)
+    if plan.dropped:
+        notes.append(f'layer-0 att.v0/v1/v2 present: dropped ({len(plan.dropped)} tensors, unused by the model)')
+    else:
+        notes.append('layer-0 att.v0/v1/v2 absent (fine: they are unused)')
+    return plan

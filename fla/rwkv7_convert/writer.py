@@ -1,0 +1,206 @@
+"""Streaming safetensors shards and an all-or-nothing output directory.
+
+A safetensors file is an 8-byte header length, a JSON header with every tensor's dtype, shape and byte range,
+then the raw bytes. Since plans know every shape and dtype before any data is read, each shard's header is
+written first and tensors are appended one at a time as they are produced: memory holds one tensor, never a
+shard. The index follows Hugging Face's `model.safetensors.index.json` format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fla.rwkv7_convert.dtypes import itemsize
+from fla.rwkv7_convert.errors import ConversionError, OutputExistsError
+
+SINGLE_FILE = 'model.safetensors'
+INDEX_FILE = 'model.safetensors.index.json'
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    produce: Callable[[], np.ndarray]  # returns a C-contiguous carrier array of `shape`
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * itemsize(self.dtype)
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB', '500MB', '2GiB', 1000 -> bytes (decimal units as Hugging Face uses them, binary with 'i')."""
+    if isinstance(text, int):
+        return text
+    units = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
+             'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
+    s = text.strip().upper().replace(' ', '')
+    num = s.rstrip('KMGTIB')
+    try:
+        return int(float(num) * units[s[len(num):]])
+    except (KeyError, ValueError):
+        raise ValueError(f'cannot read size {text!r}; expected e.g. 5GB, 500MB or 2GiB') from None
+
+
+def split_into_shards(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
+    """Greedy in order, as Hugging Face does; a tensor larger than the limit gets a shard of its own."""
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def _header(tensors: list[OutTensor], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {'__metadata__': metadata}
+    offset = 0
+    for t in tensors:
+        header[t.name] = {'dtype': t.dtype, 'shape': list(t.shape), 'data_offsets': [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(',', ':')).encode()
+    raw += b' ' * (-len(raw) % 8)  # keeps tensor data 8-byte aligned
+    return len(raw).to_bytes(8, 'little') + raw
+
+
+def write_safetensors(path: Path, tensors: list[OutTensor], metadata: dict[str, str],
+                      on_tensor: Callable[[OutTensor], None] | None = None) -> None:
+    with open(path, 'wb') as f:
+        f.write(_header(tensors, metadata))
+        for t in tensors:
+            data = t.produce()
+            if data.shape != t.shape or data.dtype.itemsize != itemsize(t.dtype) or not data.flags.c_contiguous:
+                raise ConversionError(f'internal error: {t.name} is {data.shape} {data.dtype}, planned {t.shape} {t.dtype}')
+            f.write(memoryview(data).cast('B'))
+            del data
+            if on_tensor:
+                on_tensor(t)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_sharded(outdir: Path, tensors: list[OutTensor], max_shard_size: int, metadata: dict[str, str],
+                  on_tensor: Callable[[OutTensor], None] | None = None) -> list[str]:
+    """Write `tensors` as one file or as shards plus an index; returns the file names written."""
+    shards = split_into_shards(tensors, max_shard_size)
+    if len(shards) == 1:
+        write_safetensors(outdir / SINGLE_FILE, shards[0], metadata, on_tensor)
+        return [SINGLE_FILE]
+    names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        write_safetensors(outdir / name, shard, metadata, on_tensor)
+        weight_map.update({t.name: name for t in shard})
+    index = {'metadata': {'total_size': sum(t.nbytes for t in tensors)}, 'weight_map': weight_map}
+    write_json(outdir / INDEX_FILE, index)
+    return names + [INDEX_FILE]
+
+
+def write_json(path: Path, obj: object) -> None:
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write('\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------- atomic output folder
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _scratch_name(target: Path, kind: str) -> Path:
+    return target.parent / f'.{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}'
+
+
+def clean_stale(target: Path) -> list[Path]:
+    """Remove scratch folders our earlier runs left beside `target` (their process is gone: killed or crashed)."""
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.glob(f'.{target.name}.*-*-*'):
+        kind, _, rest = p.name[len(target.name) + 2:].partition('-')
+        pid = rest.split('-')[0]
+        if kind in ('tmp', 'old') and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse a non-empty output unless --force, before any work is done."""
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError('exists and is not a directory; remove it or choose another --output', str(target))
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise OutputExistsError('exists and is not empty; pass --force to replace it', str(target))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a scratch folder beside `target`; on success it becomes `target`, on any failure it vanishes.
+
+    With --force an existing target is first renamed aside and deleted only once the new one is in place, so at
+    every instant either the old complete model or the new complete model sits at `target`.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
+    check_target(target, force)
+    scratch = _scratch_name(target, 'tmp')
+    scratch.mkdir()
+    try:
+        yield scratch
+        _fsync_dir(scratch)
+        check_target(target, force)  # another process may have written it meanwhile
+        old = None
+        if target.is_dir():
+            if any(target.iterdir()):
+                old = _scratch_name(target, 'old')
+                os.rename(target, old)
+            else:
+                target.rmdir()
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if old is not None:
+                os.rename(old, target)  # put the old model back
+            raise
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
