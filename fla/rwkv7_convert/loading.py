@@ -1,0 +1,46 @@
+"""Loading a converted directory into fla's RWKV7ForCausalLM, with the checks a user would want."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+
+@contextmanager
+def fla_init_skipped():
+    """Skip the random init that fla's RWKV-7 modules run in `__init__` while pretrained weights are being loaded.
+
+    fla 0.6.0 looks for transformers 4's no-init switch, which transformers 5 removed, so its RWKV-7 layers always
+    initialise themselves: wasted work that is overwritten by the checkpoint anyway, and for a 1-layer model a
+    ZeroDivisionError (`layer_idx / (num_hidden_layers - 1)` in RWKV7Attention), which makes plain
+    `from_pretrained` fail on valid 1-layer models.
+    """
+    from fla.layers.rwkv6 import LoRA
+    from fla.layers.rwkv7 import RWKV7Attention
+    from fla.models.rwkv7.modeling_rwkv7 import RWKV7FeedForward
+
+    classes = (RWKV7Attention, RWKV7FeedForward, LoRA)
+    saved = {cls: cls.__dict__['_initialize_weights'] for cls in classes if '_initialize_weights' in cls.__dict__}
+    try:
+        for cls in saved:
+            cls._initialize_weights = lambda self, module: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls._initialize_weights = fn
+
+
+def load_fla_model(model_dir: str | os.PathLike, dtype=None, device=None):
+    """An eval-mode RWKV7ForCausalLM from a converted directory; raises if any weight is missing or unexpected."""
+    from transformers import AutoModelForCausalLM
+
+    import fla  # noqa: F401  (registers RWKV7 with the Auto classes)
+
+    with fla_init_skipped():
+        model, info = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, output_loading_info=True)
+    problems = {k: sorted(v) for k, v in info.items() if k != 'error_msgs' and v}
+    if problems or info.get('error_msgs'):
+        raise RuntimeError(f'{model_dir}: loading into RWKV7ForCausalLM reported {problems or info["error_msgs"]}')
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
