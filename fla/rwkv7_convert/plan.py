@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -126,11 +127,11 @@ def detect_refusal(names: list[str], shown: str) -> None:
             'cannot be converted exactly; convert the original training checkpoint instead', shown)
 
 
-def _first_shape(tensors: dict[str, TensorRef], names: list[str]) -> tuple[int, ...] | None:
-    for n in names:
-        if n in tensors:
-            return tensors[n].shape
-    return None
+def _common_shape(tensors: dict[str, TensorRef], names: list[str], rank: int) -> tuple[int, ...] | None:
+    """The most common shape of the given rank among `names`: one broken tensor then shows up as mis-shaped
+    in the full report instead of hiding the model's true size."""
+    shapes = Counter(tensors[n].shape for n in names if n in tensors and len(tensors[n].shape) == rank)
+    return shapes.most_common(1)[0][0] if shapes else None
 
 
 def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str) -> Dims:
@@ -142,10 +143,10 @@ def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str)
         problems.append('no blocks.{i}.* tensors: cannot tell the number of layers')
 
     def two_d(names: list[str], what: str) -> tuple[int, int]:
-        shape = _first_shape(tensors, names)
-        if shape is None or len(shape) != 2:
-            problems.append(f'cannot read {what} from {names[0]} (shape {list(shape) if shape else "missing"}, '
-                            'expected 2-D)')
+        shape = _common_shape(tensors, names, 2)
+        if shape is None:
+            found = list(tensors[names[0]].shape) if names[0] in tensors else 'missing'
+            problems.append(f'cannot read {what} from {names[0]} (shape {found}, expected 2-D)')
             return 0, 0
         return shape
 
@@ -155,12 +156,13 @@ def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str)
     _, Da = two_d([f'blocks.{i}.att.a1' for i in range(L)] or ['blocks.0.att.a1'], 'the a LoRA rank')
     _, Dg = two_d([f'blocks.{i}.att.g1' for i in range(L)] or ['blocks.0.att.g1'], 'the gate LoRA rank')
     # v1 is read from block 1 on; block 0's copy is unused and may be absent (then any rank works for L = 1)
-    v_shape = _first_shape(tensors, [f'blocks.{i}.att.v1' for i in range(1, L)] + ['blocks.0.att.v1'])
-    Dv = v_shape[1] if v_shape and len(v_shape) == 2 else 32
-    if L > 1 and not (v_shape and len(v_shape) == 2):
+    v_shape = _common_shape(tensors, [f'blocks.{i}.att.v1' for i in range(1, L)] or ['blocks.0.att.v1'], 2)
+    Dv = v_shape[1] if v_shape else 32
+    if L > 1 and not v_shape:
         problems.append('cannot read the value LoRA rank from blocks.1.att.v1')
 
-    r_k = _first_shape(tensors, [f'blocks.{i}.att.r_k' for i in range(L)])
+    r_k_names = [f'blocks.{i}.att.r_k' for i in range(L)]
+    r_k = _common_shape(tensors, r_k_names, 2) or _common_shape(tensors, r_k_names, 1)
     H = N = 0
     if r_k is not None and len(r_k) == 2:
         H, N = r_k

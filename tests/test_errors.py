@@ -1,0 +1,181 @@
+"""Inputs that are not convertible RWKV-7 checkpoints: each is refused with the right error and a useful message."""
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save
+
+from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.errors import (
+    KeyMismatchError,
+    NonFiniteError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedVariantError,
+)
+
+
+def base(**kw):
+    return make_state_dict(Goose(layers=2, **kw))
+
+
+def with_extra(sd, **extra):
+    return {**sd, **extra}
+
+
+C = 128
+REFUSED = [
+    pytest.param(lambda: with_extra(base(), **{'blocks.0.ffn.s_emb.weight': torch.zeros(256, 1024),
+                                              'blocks.0.ffn.s1': torch.zeros(C, 32)}), 'RWKV-7a "DeepEmbed"',
+                 id='rwkv7a-deepembed'),
+    pytest.param(lambda: with_extra(base(), **{'blocks.0.qkv.qq.weight': torch.zeros(256, C),
+                                              'blocks.0.qkv.k1': torch.zeros(C, 32)}), 'RWKV-7b "DEA"', id='rwkv7b-dea'),
+    pytest.param(lambda: with_extra(base(), **{'blocks.1.ffn.enn.weight': torch.zeros(256, C)}), 'RWKV-8', id='rwkv8'),
+    pytest.param(lambda: {'emb.weight': torch.zeros(256, C), 'blocks.0.att.time_decay': torch.zeros(2, 64),
+                          'blocks.0.att.time_faaaa': torch.zeros(2, 64)}, 'RWKV-6 or older', id='rwkv6'),
+    pytest.param(lambda: {'emb.weight': torch.zeros(256, C), 'blocks.0.att.time_first': torch.zeros(C),
+                          'blocks.0.att.time_mix_k': torch.zeros(1, 1, C)}, 'RWKV-6 or older', id='rwkv4'),
+    pytest.param(lambda: with_extra(base(), **{'blocks.0.att.receptance.lora_A': torch.zeros(8, C),
+                                              'blocks.0.att.receptance.lora_B': torch.zeros(C, 8)}),
+                 'unmerged LoRA', id='lora'),
+    pytest.param(lambda: {f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)}, 'state-tuning',
+                 id='state-tuning'),
+    pytest.param(lambda: {k: v for k, v in base().items() if not k.startswith('blocks.0.ln0')}, 'ln0 was probably folded',
+                 id='ln0-folded'),
+    pytest.param(lambda: {'model.embeddings.weight': torch.zeros(256, C), 'model.layers.0.attn.r_k': torch.zeros(2, 64)},
+                 'already in fla', id='fla-format'),
+    pytest.param(lambda: {'weight': torch.zeros(3), 'bias': torch.zeros(3)}, 'not an RWKV-7 checkpoint', id='unrelated'),
+]
+
+
+@pytest.mark.parametrize('make, message', REFUSED)
+def test_other_architectures_are_refused_by_name(tmp_path, make, message):
+    path = save(make(), tmp_path / 'm.pth')
+    with pytest.raises(UnsupportedVariantError, match=message) as info:
+        convert_to_fla(path, tmp_path / 'out')
+    assert str(path) in info.value.one_line()
+    assert not (tmp_path / 'out').exists()
+
+
+def test_all_key_problems_are_reported_together(tmp_path):
+    sd = base()
+    del sd['blocks.1.att.k_k']  # missing
+    sd['blocks.1.att.kk'] = torch.zeros(1, 1, C)  # unknown, close to k_k
+    sd['blocks.0.att.w1'] = torch.zeros(C, 7, 2)  # mis-shaped
+    sd['blocks.1.att.a1'] = torch.zeros(C, 16)  # rank differs from layer 0's
+    sd['blocks.7.att.x_r'] = torch.zeros(1, 1, C)  # a block beyond... makes L = 8: many missing
+    sd.pop('blocks.7.att.x_r')
+    sd['ln_out.weight'] = torch.zeros(C + 1)
+    path = save(sd, tmp_path / 'm.pth')
+    with pytest.raises(KeyMismatchError) as info:
+        convert_to_fla(path, tmp_path / 'out')
+    problems = info.value.problems
+    text = ' | '.join(problems)
+    assert 'missing tensor blocks.1.att.k_k [1,1,128]' in text
+    assert 'unexpected tensor blocks.1.att.kk (closest known name: blocks.1.att.k_k)' in text
+    assert 'blocks.0.att.w1 has shape [128, 7, 2], expected [128, 32] (C,Dw)' in text
+    assert 'blocks.1.att.a1 has shape [128, 16], expected [128, 32] (C,Da)' in text
+    assert 'ln_out.weight has shape [129], expected [128] (C)' in text
+    assert len(problems) == 5
+    line = info.value.one_line()
+    assert '\n' not in line and line.startswith(str(path)) and '5 key problem(s)' in line
+
+
+def test_head_size_is_never_assumed(tmp_path):
+    path = save(flatten_r_k(base()), tmp_path / 'm.pth')
+    with pytest.raises(KeyMismatchError, match='pass --head-size'):
+        convert_to_fla(path, tmp_path / 'out')
+    with pytest.raises(KeyMismatchError, match='--head-size 32 contradicts'):
+        convert_to_fla(save(base(), tmp_path / 'n.pth'), tmp_path / 'out', head_size=32)
+
+
+def test_duplicates_after_prefix_stripping_are_refused(tmp_path):
+    sd = base()
+    sd.update(add_prefix({'emb.weight': sd['emb.weight']}, 'module.'))
+    with pytest.raises(KeyMismatchError, match="duplicate tensor emb.weight .*'module.emb.weight'"):
+        convert_to_fla(save(sd, tmp_path / 'm.pth'), tmp_path / 'out')
+
+
+def test_non_tensor_values_are_refused(tmp_path):
+    sd = {**base(), 'step': 1000}
+    with pytest.raises(NotACheckpointError, match="'step' \\(int\\)"):
+        convert_to_fla(save(sd, tmp_path / 'm.pth'), tmp_path / 'out')
+
+
+def test_nonfinite_weights_are_refused_unless_allowed(tmp_path):
+    sd = base()
+    sd['blocks.1.ffn.value.weight'][3, 5] = float('nan')
+    path = save(sd, tmp_path / 'm.pth')
+    with pytest.raises(NonFiniteError, match='blocks.1.ffn.value.weight holds NaN'):
+        convert_to_fla(path, tmp_path / 'out', tokenizer='none')
+    assert not (tmp_path / 'out').exists()
+    assert [p.name for p in tmp_path.iterdir()] == ['m.pth']  # no scratch folder left behind
+    convert_to_fla(path, tmp_path / 'out', tokenizer='none', allow_nonfinite=True)
+    assert (tmp_path / 'out' / 'model.safetensors').exists()
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ('touch pwned',))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / 'evil.pth'
+    torch.save({'emb.weight': torch.zeros(2)}, path)
+    # swap the pickle inside the archive for one that calls os.system
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in members if n.endswith('data.pkl'))
+    members[pkl] = pickle.dumps({'emb.weight': _Exploit()}, protocol=2)
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    os.chdir(tmp_path)
+    with pytest.raises(UnsafeCheckpointError, match=r'asks for (posix|os)\.system'):
+        convert_to_fla(path, tmp_path / 'out')
+    assert not (tmp_path / 'pwned').exists()
+
+
+@pytest.mark.parametrize('make, message', [
+    pytest.param(lambda p: p.write_bytes(b''), 'empty file', id='empty'),
+    pytest.param(lambda p: p.write_bytes(b'hello world, not a model'), 'not a PyTorch zip', id='text'),
+    pytest.param(lambda p: p.mkdir(), 'is a directory', id='directory'),
+    pytest.param(lambda p: None, 'no such file', id='missing'),
+    pytest.param(lambda p: torch.save([torch.zeros(2)], p), 'holds a list', id='not-a-dict'),
+    pytest.param(lambda p: torch.save({}, p), 'empty state dict', id='empty-dict'),
+    pytest.param(lambda p: torch.save(torch.zeros(3), p, _use_new_zipfile_serialization=False), 'legacy', id='legacy'),
+])
+def test_files_that_are_not_checkpoints(tmp_path, make, message):
+    path = tmp_path / 'x.pth'
+    make(path)
+    with pytest.raises(NotACheckpointError, match=message):
+        convert_to_fla(path, tmp_path / 'out')
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+@pytest.mark.parametrize('fraction', [0.02, 0.5, 0.999], ids=['head', 'middle', 'tail'])
+def test_truncated_files_are_refused(tmp_path, suffix, fraction):
+    path = save(base(), tmp_path / f'm{suffix}')
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(NotACheckpointError, match='truncated|corrupt|ends early|header'):
+        convert_to_fla(path, tmp_path / 'out', tokenizer='none')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_safetensors_header_that_lies_about_offsets(tmp_path):
+    import json
+    import struct
+    path = save({'emb.weight': torch.zeros(4, 4), 'head.weight': torch.zeros(4, 4)}, tmp_path / 'm.safetensors')
+    raw = path.read_bytes()
+    n = struct.unpack('<Q', raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header['head.weight']['data_offsets'] = header['emb.weight']['data_offsets']  # overlap
+    new = json.dumps(header, separators=(',', ':')).encode().ljust(n)
+    assert len(new) == n
+    path.write_bytes(raw[:8] + new + raw[8 + n:])
+    with pytest.raises(NotACheckpointError, match='overlap'):
+        convert_to_fla(path, tmp_path / 'out')
