@@ -119,10 +119,15 @@ def build_to_fla_parser() -> argparse.ArgumentParser:
 
 def _convert_body(args: argparse.Namespace) -> int:
     from fla.rwkv7_convert.convert import convert_to_fla
+    from fla.rwkv7_convert.writer import parse_size
     try:
         precision = parse_precision(args.precision)
     except ValueError as e:
         raise ConversionError(f'--precision: {e}') from None
+    try:
+        max_shard_size = parse_size(args.max_shard_size)
+    except ValueError as e:
+        raise ConversionError(f'--max-shard-size: {e}') from None
     on_start, on_tensor, close = _progress(args.quiet)
     verbose_tensor = on_tensor
     if args.verbose:
@@ -130,7 +135,7 @@ def _convert_body(args: argparse.Namespace) -> int:
             print(f'  wrote {name} ({_human_bytes(nbytes)})', file=sys.stderr)
     try:
         result = convert_to_fla(
-            args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=args.max_shard_size,
+            args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
             dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor)
     finally:
