@@ -2,9 +2,15 @@
 
 import os
 
-import fla_cpu
 import pytest
 import torch
+
+# Before anything imports triton (importing any fla.* module does): the interpreter is chosen at import time
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+    os.environ.setdefault('FLA_CACHE_RESULTS', '0')
+
+import fla_cpu  # noqa: E402
 
 fla_cpu.use_interpreter()
 # BlinkDL's `rwkv` package picks its RWKV-7 classes at import time

@@ -9,37 +9,15 @@ tokens, so `fla_logits` feeds a sequence in pieces through the cache.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Mapping
 
 import pytest
 import torch
 
-# fla picks its recurrent kernel only below this many tokens per call; the chunk kernels fail when interpreted
-RECURRENT_MAX_TOKENS = 63
+from fla.rwkv7_convert.runtime import RECURRENT_MAX_TOKENS, use_interpreter  # noqa: F401  (re-exported)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-
-
-def use_interpreter() -> bool:
-    """Route Triton to its CPU interpreter when there is no CUDA device; returns whether it is in use."""
-    if torch.cuda.is_available():
-        return os.environ.get('TRITON_INTERPRET') == '1'
-    if 'triton' in sys.modules and os.environ.get('TRITON_INTERPRET') != '1':
-        raise RuntimeError('triton was imported before TRITON_INTERPRET=1 was set; call use_interpreter() earlier')
-    os.environ.setdefault('TRITON_INTERPRET', '1')
-    os.environ.setdefault('FLA_CACHE_RESULTS', '0')
-
-    from triton.runtime import autotuner
-
-    # Every config "takes" the same time, so the autotuner keeps the first one instead of timing them
-    def _constant_bench(self, *args, config, **meta):
-        return [1.0, 1.0, 1.0]
-
-    autotuner.Autotuner._bench = _constant_bench
-    return True
 
 
 def fla_device() -> torch.device:
@@ -120,16 +98,7 @@ def fla_model(sd: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
     return model.to(device=device or fla_device(), dtype=dtype).eval()
 
 
-@torch.no_grad()
 def fla_logits(model, tokens: torch.LongTensor, piece: int = 48) -> torch.Tensor:
     """Logits [B, T, V] of `model` for tokens [B, T], fed `piece` tokens at a time through the cache."""
-    device = next(model.parameters()).device
-    if device.type == 'cpu' and not 1 <= piece <= RECURRENT_MAX_TOKENS:
-        raise ValueError(f'piece={piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
-    cache, outs = None, []
-    for start in range(0, tokens.shape[1], piece):
-        # return_dict=False: transformers is renaming the output's past_key_values to cache
-        logits, cache = model(input_ids=tokens[:, start:start + piece].to(device), past_key_values=cache,
-                              use_cache=True, return_dict=False)[:2]
-        outs.append(logits)
-    return torch.cat(outs, dim=1)
+    from fla.rwkv7_convert.runtime import fla_logits as run
+    return run(model, tokens, piece=piece)

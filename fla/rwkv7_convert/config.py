@@ -35,12 +35,13 @@ class Dims:
 def norm_eps_for(head_size: int) -> float:
     """fla's `norm_eps` for a BlinkDL model of head size N.
 
-    fla uses `norm_eps` for every LayerNorm and `head_dim * norm_eps` for `ln_x`; BlinkDL uses 1e-5 and 64e-5.
-    Both are matched exactly only for N = 64. For other N we keep the LayerNorms exact (1e-5): ln0/ln1/ln2/ln_out
-    see every token's full residual stream, while `ln_x` differs only by eps relative to its per-head variance,
-    which trained models keep far above 64e-5 (docs/mapping.md lists the residual difference measured for 32/128).
+    fla uses `norm_eps` for every LayerNorm and `head_dim * norm_eps` for `ln_x`; BlinkDL uses 1e-5 and 64e-5, so
+    both match only for N = 64. For other N we keep `ln_x` exact (norm_eps = 64e-5 / N) and let the LayerNorm eps
+    move: measured on 3-layer models (tests/test_reference.py), that is 20-200x closer in max |logit difference|
+    than keeping the LayerNorms exact (N=32: 4.0e-4 vs 8.5e-2; N=128: 1.8e-4 vs 9.0e-3), because the per-head
+    GroupNorm sees far smaller variances than the LayerNorms over the full residual stream.
     """
-    return BLINKDL_NORM_EPS
+    return BLINKDL_LN_X_EPS / head_size
 
 
 def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -> dict:

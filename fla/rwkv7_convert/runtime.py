@@ -1,0 +1,63 @@
+"""Running fla's RWKV7ForCausalLM where we verify: on CUDA with its kernels, or on the CPU through Triton's interpreter.
+
+fla's Triton kernels run on the CPU under `TRITON_INTERPRET=1` if the autotuner does not time its configs (the
+interpreter has no benchmarker) and fla does not cache autotune results; both variables are read when triton is
+imported, so `use_interpreter()` must run before anything imports triton or fla's models. Only fla's recurrent
+kernel works there, and fla takes it for eval-mode, no-grad calls of fewer than 64 tokens, so `fla_logits` feeds
+longer sequences in pieces through the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# fla picks its recurrent kernel only below 64 tokens per call; the chunk kernels fail when interpreted
+RECURRENT_MAX_TOKENS = 63
+
+
+def cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def use_interpreter() -> bool:
+    """Route Triton to its CPU interpreter when there is no CUDA device; returns whether it is in use."""
+    if cuda_available():
+        return os.environ.get('TRITON_INTERPRET') == '1'
+    if 'triton' in sys.modules and os.environ.get('TRITON_INTERPRET') != '1':
+        raise RuntimeError('triton was imported before TRITON_INTERPRET=1 was set; call use_interpreter() earlier')
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+    os.environ.setdefault('FLA_CACHE_RESULTS', '0')
+
+    from triton.runtime import autotuner
+
+    def _constant_bench(self, *args, **kwargs):  # every config "takes" the same time: the first one is kept
+        return [1.0, 1.0, 1.0]
+
+    autotuner.Autotuner._bench = _constant_bench
+    return True
+
+
+def fla_logits(model, tokens, piece: int | None = None, hook=None):
+    """Logits [B, T, V] of `model` for tokens [B, T]; in pieces through the cache on the CPU (or when `piece` is set).
+
+    `hook(start)` is called before each piece, so callers can tag what forward hooks capture.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    if piece is None:
+        piece = 48 if device.type == 'cpu' else tokens.shape[1]
+    if device.type == 'cpu' and not 1 <= piece <= RECURRENT_MAX_TOKENS:
+        raise ValueError(f'piece={piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
+    cache, outs = None, []
+    with torch.no_grad():
+        for start in range(0, tokens.shape[1], piece):
+            if hook is not None:
+                hook(start)
+            # return_dict=False: transformers 5 is renaming the output's past_key_values to `cache`
+            logits, cache = model(input_ids=tokens[:, start:start + piece].to(device), past_key_values=cache,
+                                  use_cache=True, return_dict=False)[:2]
+            outs.append(logits)
+    return torch.cat(outs, dim=1)
