@@ -3,7 +3,8 @@
 `import fla.<anything>` normally runs fla/__init__.py, which imports all of fla's models, triton and transformers:
 about 5-10 s before the first byte is converted. Conversion needs none of them, so the scripts register `fla` as a
 bare namespace over the same folders (the ones `pkgutil.extend_path` would find) while fla is not yet imported.
-Nothing of fla is copied or replaced; `real_fla()` swaps in the real package for steps that run fla's models.
+Nothing of fla is copied or replaced; `fla.rwkv7_convert.loading.ensure_real_fla()` swaps in the real package
+for steps that run fla's models.
 """
 
 from __future__ import annotations
@@ -24,15 +25,3 @@ def light_fla() -> None:
     stub.__path__ = [str(Path(p) / 'fla') for p in sys.path if p and (Path(p) / 'fla').is_dir()]
     stub.__light_stub__ = True
     sys.modules['fla'] = stub
-
-
-def real_fla():
-    """Import fla for real (models, kernels), keeping the already-imported parts of this package."""
-    mod = sys.modules.get('fla')
-    if mod is not None and getattr(mod, '__light_stub__', False):
-        del sys.modules['fla']
-    import fla
-    for name, module in list(sys.modules.items()):
-        if name.startswith('fla.rwkv7_convert') and name.count('.') == 1:
-            setattr(fla, name.split('.')[1], module)
-    return fla

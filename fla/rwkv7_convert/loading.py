@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
+
+
+def ensure_real_fla():
+    """The real `fla` package, imported now if the command-line scripts had put a light stub in its place
+    (utils/_bootstrap.py does, so that converting never pays for importing fla's models)."""
+    mod = sys.modules.get('fla')
+    if mod is not None and getattr(mod, '__light_stub__', False):
+        del sys.modules['fla']
+        import fla
+        for name, module in list(sys.modules.items()):
+            if name.startswith('fla.rwkv7_convert') and name.count('.') == 1:
+                setattr(fla, name.split('.')[1], module)
+    import fla
+    return fla
 
 
 @contextmanager
@@ -15,6 +30,7 @@ def fla_init_skipped():
     ZeroDivisionError (`layer_idx / (num_hidden_layers - 1)` in RWKV7Attention), which makes plain
     `from_pretrained` fail on valid 1-layer models.
     """
+    ensure_real_fla()
     from fla.layers.rwkv6 import LoRA
     from fla.layers.rwkv7 import RWKV7Attention
     from fla.models.rwkv7.modeling_rwkv7 import RWKV7FeedForward
