@@ -48,10 +48,16 @@ def fla_init_skipped():
 
 def load_fla_model(model_dir: str | os.PathLike, dtype=None, device=None):
     """An eval-mode RWKV7ForCausalLM from a converted directory; raises if any weight is missing or unexpected."""
+    import warnings
+
+    ensure_real_fla()  # registers RWKV7 with transformers' Auto classes
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
-    import fla  # noqa: F401  (registers RWKV7 with the Auto classes)
-
+    logging.disable_progress_bar()
+    # fla warns on every RWKV-7 layer that its port may differ from BlinkDL's: checking that is our job
+    warnings.filterwarnings('ignore', message='According to Bo')
+    warnings.filterwarnings('ignore', message='Triton is not supported on current platform')
     with fla_init_skipped():
         model, info = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, output_loading_info=True)
     problems = {k: sorted(v) for k, v in info.items() if k != 'error_msgs' and v}

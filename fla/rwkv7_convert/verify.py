@@ -212,20 +212,28 @@ def _tokens(model_dir, vocab: int, count: int, text: str | None, batch: int, see
 
 
 def greedy_tokens(source, model_dir, prompt_ids: list[int], steps: int = 8, head_size: int | None = None):
-    """Greedy continuations of the prompt by the reference and by fla (both on the CPU, float32 fla)."""
+    """Greedy continuations of the prompt by the reference and by fla (CPU, float32), each decoding through its
+    own recurrent state/cache one token at a time."""
     import torch
 
     from fla.rwkv7_convert.loading import load_fla_model
     from fla.rwkv7_convert.reference import RWKV7Reference
-    from fla.rwkv7_convert.runtime import fla_logits, use_interpreter
+    from fla.rwkv7_convert.runtime import use_interpreter
     use_interpreter()
     reference = RWKV7Reference(load_blinkdl_weights(source, head_size), dtype=torch.float64)
     model = load_fla_model(model_dir, dtype=torch.float32)
-    ref_ids, fla_ids = list(prompt_ids), list(prompt_ids)
+    ref_ids, fla_ids = [], []
+    logits, state = reference.forward(torch.tensor([prompt_ids]))
     for _ in range(steps):
-        ref_ids.append(int(reference.forward(torch.tensor([ref_ids]))[0][0, -1].argmax()))
-        fla_ids.append(int(fla_logits(model, torch.tensor([fla_ids]))[0, -1].argmax()))
-    return ref_ids[len(prompt_ids):], fla_ids[len(prompt_ids):]
+        ref_ids.append(int(logits[0, -1].argmax()))
+        logits, state = reference.forward(torch.tensor([ref_ids[-1:]]), state)
+    cache, ids = None, torch.tensor([prompt_ids])
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, cache = model(input_ids=ids, past_key_values=cache, use_cache=True, return_dict=False)[:2]
+            fla_ids.append(int(logits[0, -1].argmax()))
+            ids = torch.tensor([fla_ids[-1:]])
+    return ref_ids, fla_ids
 
 
 def verify_cli_after_convert(source, model_dir, *, tokens: int = 48, quiet: bool = False, head_size: int | None = None) -> int:
