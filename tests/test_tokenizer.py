@@ -150,6 +150,14 @@ def test_auto_tokenizer_is_stock_fast_tokenizer(outdir, hf):
     assert batch[0][-1] == 0
 
 
+def test_split_special_tokens_makes_end_of_text_name_plain_text(outdir, reference):
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(str(outdir), split_special_tokens=True)
+    text = 'a' + world.END_OF_TEXT + 'b'
+    assert plain(text)['input_ids'] == reference.encode(text)
+
+
 def test_save_pretrained_round_trip(hf, texts, reference, tmp_path):
     from transformers import AutoTokenizer
 
