@@ -37,7 +37,8 @@ import numpy as np
 
 from fla.rwkv7_convert.dtypes import TORCH_STORAGE, itemsize
 from fla.rwkv7_convert.errors import ConversionError, OutputExistsError
-from fla.rwkv7_convert.writer import OutTensor
+from fla.rwkv7_convert.readers import contiguous_strides
+from fla.rwkv7_convert.writer import OutTensor, fsync_dir, pid_alive
 
 ALIGNMENT = 64  # torch's default `storage_alignment`
 ARCHIVE = 'archive'  # the root folder torch uses inside the zip for file objects
@@ -74,14 +75,6 @@ def _tuple(items: list[bytes]) -> bytes:
 
 def _global(module: str, name: str) -> bytes:
     return b'c' + module.encode() + b'\n' + name.encode() + b'\n'
-
-
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= max(d, 1)
-    return tuple(reversed(strides))
 
 
 def state_dict_pickle(tensors: list[OutTensor]) -> bytes:
@@ -230,16 +223,6 @@ def _write_pth(f, tensors: list[OutTensor], on_tensor: Callable[[OutTensor], Non
 
 # ------------------------------------------------------------------------------------------------ atomic single file
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_files(target: Path) -> list[Path]:
     """Remove temporary files our earlier runs left beside `target` (their process is gone: killed or crashed)."""
     removed = []
@@ -247,7 +230,7 @@ def clean_stale_files(target: Path) -> list[Path]:
         return removed
     for p in target.parent.glob(f'.{target.name}.tmp-*-*'):
         pid = p.name[len(target.name) + len('..tmp-'):].split('-')[0]
-        if p.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+        if p.is_file() and pid.isdigit() and not pid_alive(int(pid)):
             try:
                 p.unlink()
                 removed.append(p)
@@ -262,19 +245,6 @@ def check_target_file(target: Path, force: bool) -> None:
         raise OutputExistsError('exists and is not a regular file; remove it or choose another --output', str(target))
     if target.exists() and not force:
         raise OutputExistsError('exists; pass --force to replace it', str(target))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -315,7 +285,7 @@ def atomic_file(target: str | os.PathLike, force: bool = False) -> Iterator[Path
                 os.rename(scratch, target)
             else:
                 os.unlink(scratch)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         try:
             scratch.unlink()

@@ -287,7 +287,7 @@ def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name
             raw = np.frombuffer(archive.read(record), carrier)
             span = raw[t.offset:t.offset + extent]
         else:
-            expected = _contiguous_strides(t.shape)
+            expected = contiguous_strides(t.shape)
             contiguous = all(s == e for d, s, e in zip(t.shape, t.stride, expected) if d != 1)
             if contiguous:
                 start = offset + t.offset * carrier.itemsize
@@ -299,7 +299,7 @@ def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name
     return load
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, acc = [], 1
     for d in reversed(shape):
         strides.append(acc)

@@ -119,7 +119,7 @@ def write_json(path: Path, obj: object) -> None:
 
 # ------------------------------------------------------------------------------------------- atomic output folder
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -141,7 +141,7 @@ def clean_stale(target: Path) -> list[Path]:
     for p in target.parent.glob(f'.{target.name}.*-*-*'):
         kind, _, rest = p.name[len(target.name) + 2:].partition('-')
         pid = rest.split('-')[0]
-        if kind in ('tmp', 'old') and pid.isdigit() and not _pid_alive(int(pid)):
+        if kind in ('tmp', 'old') and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -155,7 +155,7 @@ def check_target(target: Path, force: bool) -> None:
         raise OutputExistsError('exists and is not empty; pass --force to replace it', str(target))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -183,7 +183,7 @@ def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator
     scratch.mkdir()
     try:
         yield scratch
-        _fsync_dir(scratch)
+        fsync_dir(scratch)
         check_target(target, force)  # another process may have written it meanwhile
         old = None
         if target.is_dir():
@@ -198,7 +198,7 @@ def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator
             if old is not None:
                 os.rename(old, target)  # put the old model back
             raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
