@@ -1,0 +1,45 @@
+"""The converter writes the exact World tokenizer for World-vocabulary models, and the choice can be overridden."""
+
+import pytest
+import torch
+from rwkv7_factory import Goose, make_state_dict, save
+
+from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.tokenizer import WORLD_VOCAB_SIZE
+
+WORLD_FILES = {'tokenizer.json', 'tokenizer_config.json', 'rwkv_vocab_v20230424.txt'}
+
+
+@pytest.fixture(scope='module')
+def world_checkpoint(tmp_path_factory):
+    shape = Goose(vocab=WORLD_VOCAB_SIZE, hidden=64, layers=1, head_size=64)
+    return save(make_state_dict(shape, dtype=torch.bfloat16), tmp_path_factory.mktemp('world') / 'world.pth')
+
+
+def test_world_vocab_gets_the_world_tokenizer(tmp_path, world_checkpoint):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    result = convert_to_fla(world_checkpoint, tmp_path / 'out')
+    assert WORLD_FILES <= set(result.files) and WORLD_FILES <= {p.name for p in (tmp_path / 'out').iterdir()}
+    tok = AutoTokenizer.from_pretrained(tmp_path / 'out')
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    assert tok.eos_token_id == tok.pad_token_id == 0 and tok.bos_token_id is None
+    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
+    from fla.rwkv7_convert.tokenizer import VOCAB_PATH
+    text = 'Hello, Goose! 你好 🙂\n\n  def f(x): return x'
+    assert tok(text)['input_ids'] == TRIE_TOKENIZER(str(VOCAB_PATH)).encode(text)
+
+
+def test_tokenizer_choices(tmp_path, world_checkpoint):
+    convert_to_fla(world_checkpoint, tmp_path / 'none', tokenizer='none')
+    assert not WORLD_FILES & {p.name for p in (tmp_path / 'none').iterdir()}
+    small = save(make_state_dict(Goose(layers=1)), tmp_path / 'small.pth')
+    convert_to_fla(small, tmp_path / 'auto')  # 256 rows: not the World vocabulary, so no tokenizer
+    assert not WORLD_FILES & {p.name for p in (tmp_path / 'auto').iterdir()}
+    convert_to_fla(small, tmp_path / 'copied', tokenizer=str(tmp_path / 'none' / 'config.json'))
+    assert (tmp_path / 'copied' / 'config.json').exists()
+    convert_to_fla(small, tmp_path / 'from-dir', tokenizer=str(tmp_path / 'world-dir'), dry_run=True)
+    with pytest.raises(ConversionError, match='no tokenizer files found'):
+        convert_to_fla(small, tmp_path / 'bad', tokenizer=str(tmp_path))
+    assert not (tmp_path / 'bad').exists()
