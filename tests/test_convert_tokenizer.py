@@ -43,3 +43,12 @@ def test_tokenizer_choices(tmp_path, world_checkpoint):
     with pytest.raises(ConversionError, match='no tokenizer files found'):
         convert_to_fla(small, tmp_path / 'bad', tokenizer=str(tmp_path))
     assert not (tmp_path / 'bad').exists()
+
+
+def test_verify_on_text_through_the_written_tokenizer(tmp_path, world_checkpoint):
+    from fla.rwkv7_convert.verify import verify
+    convert_to_fla(world_checkpoint, tmp_path / 'out', precision='F32')
+    text = tmp_path / 'prompt.txt'
+    text.write_text('The Eiffel tower is in the city of Paris. 巴黎有埃菲尔铁塔。', encoding='utf-8')
+    report = verify(world_checkpoint, tmp_path / 'out', text=str(text), tokens=64, batch=2)
+    assert report.passed and report.batch == 2 and 10 <= report.tokens <= 64
