@@ -97,9 +97,14 @@ def _round_to_f32_for_bf16(data: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def is_finite(data: np.ndarray, dtype: str) -> bool:
-    if dtype == 'BF16':
-        return not bool(((data & 0x7F80) == 0x7F80).any())
-    if dtype in FLOATING:
-        return bool(np.isfinite(data).all())
+def is_finite(data: np.ndarray, dtype: str, chunk: int = 1 << 18) -> bool:
+    """No NaN or Inf in `data`; checked in cache-sized chunks, since full-size temporaries cost more than the test."""
+    flat = data.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        part = flat[start:start + chunk]
+        if dtype == 'BF16':
+            if int((part & 0x7FFF).max()) >= 0x7F80:  # exponent all ones: Inf or NaN
+                return False
+        elif dtype in FLOATING and not np.isfinite(part).all():
+            return False
     return True
