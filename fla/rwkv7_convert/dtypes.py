@@ -75,26 +75,16 @@ def from_float32(data: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def cast(data: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Cast carrier arrays between storage dtypes (floating point only)."""
+    """Cast carrier arrays between floating storage dtypes exactly as torch's `Tensor.to` does."""
     if src == dst:
         return data
     with np.errstate(over='ignore', invalid='ignore'):  # overflow to inf is the intended cast semantics
-        if src == 'F64' and dst != 'BF16':
-            return data.astype(CARRIER[dst])
+        if dst == 'F64':
+            return to_float32(data, src).astype(np.float64) if src != 'F32' else data.astype(np.float64)
         if src == 'F64':
-            return from_float32(_round_to_f32_for_bf16(data), 'BF16')
+            # torch narrows double to half/bf16 through float32 (two roundings); doing the same keeps us bit-exact
+            data, src = data.astype(np.float32), 'F32'
         return from_float32(to_float32(data, src), dst)
-
-
-def _round_to_f32_for_bf16(data: np.ndarray) -> np.ndarray:
-    # f64 -> f32 -> bf16 with two round-to-nearest steps can differ from torch's direct cast on rare ties.
-    # Rounding the first step "to odd" (truncate towards zero, set the last bit when inexact) makes the pair exact.
-    f32 = data.astype(np.float32)
-    bits = f32.view(np.uint32).copy()
-    inexact = (data != f32.astype(np.float64)) & np.isfinite(f32) & (f32 != 0)
-    away = np.abs(f32.astype(np.float64)) > np.abs(data)
-    bits = np.where(inexact, (bits - away.astype(np.uint32)) | 1, bits)
-    return bits.view(np.float32)
 
 
 def is_finite(data: np.ndarray, dtype: str, chunk: int = 1 << 18) -> bool:
