@@ -12,10 +12,14 @@ The `.pth` pickle is read by an unpickler that only knows tensors and plain cont
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import re
+import stat
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.dtypes import CARRIER, TORCH_DTYPE, TORCH_STORAGE, itemsize
+from fla.rwkv7_convert.dtypes import CARRIER, FLOATING, TORCH_DTYPE, TORCH_STORAGE, itemsize
 from fla.rwkv7_convert.errors import NotACheckpointError, UnsafeCheckpointError
 
 
@@ -38,7 +42,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -76,10 +80,17 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     shown = str(path)
     if not os.path.lexists(path):
         raise NotACheckpointError('no such file', shown)
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a loop or a dangling link fails here
+    except OSError as e:
+        raise NotACheckpointError(f'cannot open: {e.strerror or e}', shown) from e
+    if stat.S_ISDIR(mode):
         hf = (path / 'config.json').exists()
         hint = ' (a Hugging Face model directory? convert_from_fla_rwkv7.py reads those)' if hf else ''
         raise NotACheckpointError(f'is a directory, expected a .pth or .safetensors file{hint}', shown)
+    if not stat.S_ISREG(mode):  # a FIFO would block forever, a device never ends
+        raise NotACheckpointError('is not a regular file (a pipe, socket or device?); expected a .pth or .safetensors file',
+                                  shown)
     try:
         handle = open(path, 'rb', buffering=0)
     except OSError as e:
@@ -123,10 +134,13 @@ def _read_safetensors_index(handle, size: int, shown: str) -> dict[str, TensorRe
     (header_len,) = struct.unpack('<Q', handle.read(8))
     if header_len > min(size - 8, 256 << 20):
         raise NotACheckpointError(f'safetensors header claims {header_len} bytes, the file has {size}', shown)
+    raw = _read_exact(handle, 8, np.empty(header_len, np.uint8), 'header', shown).tobytes()
     try:
-        header = json.loads(_read_exact(handle, 8, np.empty(header_len, np.uint8), 'header', shown).tobytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NotACheckpointError(f'safetensors header is not valid JSON ({e})', shown) from e
+        header = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise NotACheckpointError(f'safetensors header names {e.args[0]!r} twice (ambiguous or lying header)', shown) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise NotACheckpointError(f'safetensors header is not valid JSON ({type(e).__name__})', shown) from None
     if not isinstance(header, dict):
         raise NotACheckpointError('safetensors header is not a JSON object', shown)
     data_start = 8 + header_len
@@ -136,13 +150,8 @@ def _read_safetensors_index(handle, size: int, shown: str) -> dict[str, TensorRe
     for name, info in header.items():
         if name == '__metadata__':
             continue
-        try:
-            dtype, shape, (begin, end) = info['dtype'], tuple(int(d) for d in info['shape']), info['data_offsets']
-        except (KeyError, TypeError, ValueError) as e:
-            raise NotACheckpointError(f'safetensors header entry {name!r} is malformed', shown) from e
-        if dtype not in CARRIER:
-            raise NotACheckpointError(f'tensor {name!r} has dtype {dtype}, expected one of {", ".join(CARRIER)}', shown)
-        expected = int(np.prod(shape, dtype=np.int64)) * itemsize(dtype)
+        dtype, shape, begin, end = _header_entry(name, info, shown)
+        expected = math.prod(shape) * itemsize(dtype)
         if not (0 <= begin <= end <= data_size) or end - begin != expected:
             raise NotACheckpointError(
                 f'tensor {name!r}: header offsets [{begin}, {end}) do not fit shape {list(shape)} {dtype} '
@@ -150,11 +159,56 @@ def _read_safetensors_index(handle, size: int, shown: str) -> dict[str, TensorRe
         spans.append((begin, end, name))
         loader = _safetensors_loader(handle, data_start + begin, shape, dtype, name, shown)
         tensors[name] = TensorRef(name, shape, dtype, loader)
+    # as the safetensors library requires: the byte ranges tile the data exactly, with no overlap, gap or tail
     spans.sort()
     for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise NotACheckpointError(f'tensors {n0!r} and {n1!r} overlap in the file (lying header)', shown)
+        if b1 > e0:
+            raise NotACheckpointError(f'{b1 - e0} unclaimed bytes between tensors {n0!r} and {n1!r} (lying header)', shown)
+    covered = spans[-1][1] if spans else 0
+    if spans and spans[0][0] != 0:
+        raise NotACheckpointError(f'{spans[0][0]} unclaimed bytes before tensor {spans[0][2]!r} (lying header)', shown)
+    if covered != data_size:
+        raise NotACheckpointError(
+            f'the header describes {covered} data bytes, the file holds {data_size} (truncated, appended to or lying header)',
+            shown)
     return tensors
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _header_entry(name: str, info: object, shown: str) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each of the exact JSON type the format prescribes."""
+    def bad(what: str) -> NotACheckpointError:
+        return NotACheckpointError(f'safetensors header entry {name!r} is malformed ({what})', shown)
+    if not isinstance(info, dict):
+        raise bad('not an object')
+    dtype, shape, offsets = info.get('dtype'), info.get('shape'), info.get('data_offsets')
+    if not isinstance(dtype, str):
+        raise bad('dtype is not a string')
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad('shape is not a list of non-negative integers')
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise bad('data_offsets is not a pair of integers')
+    if dtype not in CARRIER:
+        raise NotACheckpointError(f'tensor {name!r} has dtype {dtype}, expected one of {", ".join(CARRIER)}', shown)
+    return dtype, tuple(shape), offsets[0], offsets[1]
 
 
 def _safetensors_loader(handle, offset: int, shape: tuple[int, ...], dtype: str, name: str, shown: str):
@@ -180,8 +234,51 @@ class _PthTensor:
     stride: tuple[int, ...]
 
 
+class _BadTensor(Exception):
+    """A tensor record the reader refuses; re-raised as NotACheckpointError with the file's name."""
+
+
+@dataclass(frozen=True)
+class _Unsupported:
+    """An inert stand-in for a torch storage class or dtype the converter does not handle (complex, float8, ...)."""
+
+    name: str
+
+
+_UNTYPED = 'untyped'  # torch >= 2.x writes new dtypes as an UntypedStorage plus the dtype in _rebuild_tensor_v3
+# torch dtype names that only ever denote a dtype; resolved to inert markers, never to anything callable
+_TORCH_DTYPE_NAME = re.compile(r'^(float8_\w+|float4_\w+|u?int\d+|complex\d+|c(float|double|half)|q(u?int)\w*|bits\w+)$')
+
+
+def _ints(values, what: str) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)) or not all(_is_int(v) and v >= 0 for v in values):
+        raise _BadTensor(f'a tensor has a malformed {what} {values!r:.60}')
+    return tuple(values)
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _PthTensor:
-    return _PthTensor(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    if not isinstance(storage, _Storage):
+        raise _BadTensor(f'a tensor is built from {type(storage).__name__}, not a storage')
+    if storage.dtype == _UNTYPED:
+        raise _BadTensor('a tensor over an untyped storage has no dtype')
+    (offset,) = _ints((storage_offset,), 'storage offset')
+    size, stride = _ints(size, 'size'), _ints(stride, 'stride')
+    if len(size) != len(stride):
+        raise _BadTensor(f'a tensor has size {list(size)} but stride {list(stride)}')
+    return _PthTensor(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, *unused) -> _PthTensor:
+    if isinstance(dtype, _Unsupported):
+        raise _BadTensor(f'a tensor has dtype torch.{dtype.name}, which is not supported '
+                         f'(RWKV-7 weights are one of {", ".join(FLOATING)})')
+    if not isinstance(storage, _Storage) or dtype not in CARRIER:
+        raise _BadTensor('a tensor record is malformed')
+    if storage.dtype == _UNTYPED:
+        storage = _Storage(storage.key, dtype, storage.numel // itemsize(dtype))
+    elif storage.dtype != dtype:
+        raise _BadTensor(f'a tensor of dtype {dtype} is built on a {storage.dtype} storage')
+    return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, *unused):
@@ -195,6 +292,9 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         ('collections', 'OrderedDict'): OrderedDict,
         ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
         ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
+        ('torch._utils', '_rebuild_tensor_v3'): _rebuild_tensor_v3,
+        ('torch.storage', 'UntypedStorage'): _UNTYPED,
+        ('torch', 'UntypedStorage'): _UNTYPED,
         ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
         ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
         ('torch', 'device'): str,
@@ -211,6 +311,8 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
             return TORCH_STORAGE[name]
         if module == 'torch' and name in TORCH_DTYPE:
             return TORCH_DTYPE[name]
+        if module == 'torch' and (name.endswith('Storage') and name.isidentifier() or _TORCH_DTYPE_NAME.match(name)):
+            return _Unsupported(name)  # complex, float8, uint16, quantized...: refused with a clear reason below
         raise UnsafeCheckpointError(
             f'the pickle asks for {module}.{name}, which is neither a tensor nor a plain container; '
             'refused as torch.load(weights_only=True) would (it could run code)', self.shown)
@@ -219,9 +321,12 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'):
             raise NotACheckpointError(f'unknown persistent id {pid!r:.80} in the pickle', self.shown)
         _, dtype, key, _location, numel = pid
-        if dtype not in CARRIER:
-            raise NotACheckpointError(f'storage {key} has unsupported type {dtype!r}', self.shown)
-        return _Storage(str(key), dtype, int(numel))
+        if isinstance(dtype, _Unsupported):
+            raise NotACheckpointError(f'a tensor is stored as torch.{dtype.name}, which is not a supported dtype '
+                                      f'(RWKV-7 weights are one of {", ".join(FLOATING)})', self.shown)
+        if dtype not in CARRIER and dtype != _UNTYPED or not isinstance(key, str) or not _is_int(numel):
+            raise NotACheckpointError(f'storage {key!r:.40} has unsupported type {dtype!r:.40}', self.shown)
+        return _Storage(key, dtype, numel)
 
 
 def _read_pth_index(handle, shown: str) -> object:
@@ -235,27 +340,58 @@ def _read_pth_index(handle, shown: str) -> object:
         raise NotACheckpointError('zip file is not a torch.save archive (no data.pkl)', shown)
     root = pickles[0][: -len('data.pkl')]
     byteorder = root + 'byteorder'
-    if byteorder in names and archive.read(byteorder).strip() not in (b'little', b''):
-        raise NotACheckpointError('big-endian torch archives are not supported', shown)
     try:
+        if byteorder in names and archive.read(byteorder).strip() not in (b'little', b''):
+            raise NotACheckpointError('big-endian torch archives are not supported', shown)
         with archive.open(pickles[0]) as f:
             tree = _TensorsOnlyUnpickler(f, shown).load()
     except (UnsafeCheckpointError, NotACheckpointError):
         raise
+    except _BadTensor as e:
+        raise NotACheckpointError(str(e), shown) from None
     except Exception as e:
         raise NotACheckpointError(f'cannot read the pickle in the archive ({type(e).__name__}: {e})', shown) from e
-    return _attach_loaders(tree, archive, root, handle, shown, path=())
+    return _Attach(archive, root, handle, shown).node(tree, ())
 
 
-def _attach_loaders(node, archive: zipfile.ZipFile, root: str, handle, shown: str, path: tuple) -> object:
-    if isinstance(node, _PthTensor):
-        name = '.'.join(str(p) for p in path)
-        return TensorRef(name, node.shape, node.storage.dtype, _pth_loader(node, archive, root, handle, name, shown))
-    if isinstance(node, dict):
-        return type(node)((k, _attach_loaders(v, archive, root, handle, shown, path + (k,))) for k, v in node.items())
-    if isinstance(node, (list, tuple)):
-        return type(node)(_attach_loaders(v, archive, root, handle, shown, path + (i,)) for i, v in enumerate(node))
-    return node
+MAX_NESTING = 32  # wrappers in real checkpoints nest 1-3 deep
+
+
+class _Attach:
+    """Replaces each pickled tensor by a TensorRef. Shared containers are converted once (a pickle can reference
+    one list from many places, which walked as a tree grows exponentially); cycles and deep nesting are refused."""
+
+    def __init__(self, archive: zipfile.ZipFile, root: str, handle, shown: str):
+        self.archive, self.root, self.handle, self.shown = archive, root, handle, shown
+        self.done: dict[int, object] = {}
+        self.active: set[int] = set()
+
+    def node(self, node, path: tuple) -> object:
+        if isinstance(node, _PthTensor):
+            name = '.'.join(str(p) for p in path)
+            if math.prod(node.shape) > node.storage.numel:
+                raise NotACheckpointError(
+                    f'tensor {name!r} has {math.prod(node.shape)} elements but its storage only {node.storage.numel} '
+                    '(a broadcast view or a corrupt record); re-save it with .contiguous()', self.shown)
+            return TensorRef(name, node.shape, node.storage.dtype,
+                             _pth_loader(node, self.archive, self.root, self.handle, name, self.shown))
+        if not isinstance(node, (dict, list, tuple)):
+            return node
+        if id(node) in self.done:
+            return self.done[id(node)]
+        if id(node) in self.active:
+            raise NotACheckpointError('the pickle holds a container that contains itself; not a state dict', self.shown)
+        if len(path) >= MAX_NESTING:
+            raise NotACheckpointError(f'the pickle nests containers more than {MAX_NESTING} deep; not a state dict',
+                                      self.shown)
+        self.active.add(id(node))
+        if isinstance(node, dict):
+            out = type(node)((k, self.node(v, path + (k,))) for k, v in node.items())
+        else:
+            out = type(node)(self.node(v, path + (i,)) for i, v in enumerate(node))
+        self.active.discard(id(node))
+        self.done[id(node)] = out
+        return out
 
 
 def _record_offset(archive: zipfile.ZipFile, record: str, handle, shown: str) -> tuple[int, int, bool]:
@@ -277,14 +413,18 @@ def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name
         carrier = CARRIER[t.storage.dtype]
         record = f'{root}data/{t.storage.key}'
         offset, size, stored = _record_offset(archive, record, handle, shown)
-        numel = int(np.prod(t.shape, dtype=np.int64))
+        numel = math.prod(t.shape)
         if numel == 0:
             return np.empty(t.shape, carrier)
         extent = 1 + sum((d - 1) * s for d, s in zip(t.shape, t.stride))
         if t.offset + extent > t.storage.numel or (t.offset + extent) * carrier.itemsize > size:
             raise NotACheckpointError(f'tensor {name!r} reaches past its storage (truncated or corrupt)', shown)
         if not stored:
-            raw = np.frombuffer(archive.read(record), carrier)
+            try:
+                raw = np.frombuffer(archive.read(record), carrier)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+                raise NotACheckpointError(f'tensor {name!r}: cannot read its record ({type(e).__name__}: {e})',
+                                          shown) from None
             span = raw[t.offset:t.offset + extent]
         else:
             expected = contiguous_strides(t.shape)
