@@ -69,6 +69,15 @@ class Plan:
         return sum(e.source.numel for e in self.kept)
 
 
+MAX_WRAPPERS = 8
+
+
+def _holds_weights(node: object) -> bool:
+    """A mapping that is a state dict or wraps one (directly or through further wrapper keys)."""
+    return isinstance(node, Mapping) and (any(isinstance(v, TensorRef) for v in node.values())
+                                          or any(isinstance(node.get(k), Mapping) for k in WRAPPER_KEYS))
+
+
 def unwrap_state_dict(tree: object, shown: str) -> tuple[dict[str, TensorRef], list[str]]:
     """The flat name -> tensor mapping inside `tree`, unwrapping `{"state_dict": {...}}`-style containers."""
     unwrapped = []
@@ -76,8 +85,15 @@ def unwrap_state_dict(tree: object, shown: str) -> tuple[dict[str, TensorRef], l
         inner = [k for k in WRAPPER_KEYS if isinstance(tree.get(k), Mapping)]
         if not inner:
             break
-        unwrapped.append(inner[0])
-        tree = tree[inner[0]]
+        weighty = [k for k in inner if _holds_weights(tree[k])]
+        if len(weighty) > 1:  # picking one would be a guess that may convert the wrong model
+            raise NotACheckpointError(f'ambiguous: {" and ".join(repr(k) for k in weighty)} both hold state dicts; '
+                                      'save the one to convert on its own', shown)
+        if len(unwrapped) >= MAX_WRAPPERS:
+            raise NotACheckpointError(f'state dict wrapped more than {MAX_WRAPPERS} levels deep', shown)
+        key = (weighty or inner)[0]
+        unwrapped.append(key)
+        tree = tree[key]
     if not isinstance(tree, Mapping):
         raise NotACheckpointError(f'holds a {type(tree).__name__}, expected a state dict (a mapping of names to tensors)',
                                   shown)
@@ -137,10 +153,17 @@ def _common_shape(tensors: dict[str, TensorRef], names: list[str], rank: int) ->
 def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str) -> Dims:
     """Sizes from shapes alone; raises KeyMismatchError naming each size that cannot be read."""
     problems = []
-    layers = {int(m.group(1)) for n in tensors if (m := re.match(r'^blocks\.(\d+)\.', n))}
+    if head_size is not None and head_size <= 0:
+        raise KeyMismatchError([f'--head-size must be a positive number, not {head_size}'], shown)
+    layers = {int(m.group(1)) for n in tensors if (m := _BLOCK_INDEX.match(n))}
     L = max(layers) + 1 if layers else 0
     if L == 0:
         problems.append('no blocks.{i}.* tensors: cannot tell the number of layers')
+    elif len(layers) != L:
+        # a stray high index would otherwise make every tensor of every block in between "missing" (and a huge
+        # index would take unbounded time and memory to list)
+        raise KeyMismatchError([f'block indices are not contiguous: blocks {_ranges(sorted(layers))} have tensors, '
+                                f'{_ranges(_gaps(sorted(layers)), limit=3)} have none'], shown)
 
     def two_d(names: list[str], what: str) -> tuple[int, int]:
         shape = _common_shape(tensors, names, 2)
@@ -178,11 +201,42 @@ def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str)
             N, H = head_size, r_k[0] // head_size
     else:
         problems.append(f'cannot read the head size from blocks.0.att.r_k (shape {list(r_k) if r_k else "missing"})')
-    if C and H and H * N != C:
+    if r_k is not None and C and H * N != C:
         problems.append(f'blocks.0.att.r_k is {H}x{N} = {H * N}, expected H*N = hidden size {C}')
     if problems:
         raise KeyMismatchError(problems, shown)
-    return Dims(V=V, C=C, L=L, H=H, N=N, F=F, Dw=Dw, Da=Da, Dv=Dv, Dg=Dg)
+    dims = Dims(V=V, C=C, L=L, H=H, N=N, F=F, Dw=Dw, Da=Da, Dv=Dv, Dg=Dg)
+    empty = [f'{k} = 0' for k, v in vars(dims).items() if v <= 0]
+    if empty:  # fla cannot build a model with an empty dimension; the config would divide by it
+        raise KeyMismatchError([f'zero-sized model dimension(s) read from the shapes: {", ".join(empty)}'], shown)
+    return dims
+
+
+# canonical block indices only: 'blocks.01.' or 'blocks.\u0661.' would otherwise alias 'blocks.1.'
+_BLOCK_INDEX = re.compile(r'^blocks\.(0|[1-9][0-9]*)\.')
+
+
+def _gaps(present: list[int]) -> list[int] | list[tuple[int, int]]:
+    """The missing index ranges below max(present), as (first, last) pairs."""
+    out, expect = [], 0
+    for i in present:
+        if i > expect:
+            out.append((expect, i - 1))
+        expect = i + 1
+    return out
+
+
+def _ranges(items: list, limit: int = 6) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'; (a, b) pairs are ranges already."""
+    spans: list[tuple[int, int]] = []
+    for x in items:
+        a, b = x if isinstance(x, tuple) else (x, x)
+        if spans and a == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((a, b))
+    text = [f'{a}' if a == b else f'{a}-{b}' for a, b in spans[:limit]]
+    return ', '.join(text) + (f', ... ({len(spans) - limit} more ranges)' if len(spans) > limit else '')
 
 
 def make_plan(tree: object, shown: str, *, head_size: int | None = None) -> Plan:
@@ -197,7 +251,8 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None) -> Plan
     unknown = []
     for name, ref in tensors.items():
         found = lookup_blinkdl(name)
-        if found is None or (found[1] is not None and found[1] >= dims.L):
+        # the exact canonical spelling only: the table's patterns also match 'blocks.01.x', a trailing newline...
+        if found is None or (found[1] is not None and found[1] >= dims.L) or found[0].names(found[1])[0] != name:
             unknown.append(name)
             continue
         rule, layer = found
@@ -218,7 +273,8 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None) -> Plan
     for name in unknown:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f' (closest known name: {close[0]})' if close else ''
-        problems.append(f'unexpected tensor {name}{hint}')
+        shown_name = name if name.isprintable() and not any(c.isspace() for c in name) else repr(name)
+        problems.append(f'unexpected tensor {shown_name}{hint}')
     for name, rule, _layer in expected:
         if name not in seen and not rule.optional and name not in tensors:
             problems.append(f'missing tensor {name} [{",".join(map(str, dims.resolve(rule.shape)))}]')
