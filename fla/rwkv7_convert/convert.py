@@ -81,7 +81,7 @@ def convert_to_fla(
     shown = str(source)
     limit = parse_size(max_shard_size)
     if output is not None and not dry_run:
-        check_target(Path(output).absolute(), force)  # fail before reading anything
+        check_target(Path(output).absolute(), force, protect=(source,))  # fail before reading anything
     with open_checkpoint(source) as ckpt:
         plan = make_plan(ckpt.tree, shown, head_size=head_size)
         kept = sorted(plan.kept, key=_fla_order)
@@ -96,7 +96,7 @@ def convert_to_fla(
         if on_start:
             on_start(plan, total)
         metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': Path(source).name}
-        with atomic_directory(output, force=force) as scratch:
+        with atomic_directory(output, force=force, protect=(source,)) as scratch:
             files = write_sharded(scratch, tensors, limit, metadata,
                                   on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
             write_json(scratch / 'config.json', fla_config(plan.dims, model_dtype))

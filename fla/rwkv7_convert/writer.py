@@ -8,10 +8,14 @@ shard. The index follows Hugging Face's `model.safetensors.index.json` format.
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import secrets
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,7 +88,8 @@ def write_safetensors(path: Path, tensors: list[OutTensor], metadata: dict[str, 
             data = t.produce()
             if data.shape != t.shape or data.dtype.itemsize != itemsize(t.dtype) or not data.flags.c_contiguous:
                 raise ConversionError(f'internal error: {t.name} is {data.shape} {data.dtype}, planned {t.shape} {t.dtype}')
-            f.write(memoryview(data).cast('B'))
+            if data.size:  # memoryview cannot cast an array with a zero in its shape
+                f.write(memoryview(data).cast('B'))
             del data
             if on_tensor:
                 on_tensor(t)
@@ -134,25 +139,47 @@ def _scratch_name(target: Path, kind: str) -> Path:
 
 
 def clean_stale(target: Path) -> list[Path]:
-    """Remove scratch folders our earlier runs left beside `target` (their process is gone: killed or crashed)."""
+    """Tidy what earlier runs, now dead (killed or crashed), left beside `target`.
+
+    Their scratch folders are removed. A folder holding the previous model (`.old-`) is removed once `target`
+    exists; if `target` is missing, the run died between moving the old model aside and putting the new one in
+    place, so the old model is moved back instead: it is never deleted without a model at `target`.
+    """
     removed = []
     if not target.parent.is_dir():
         return removed
-    for p in target.parent.glob(f'.{target.name}.*-*-*'):
+    for p in sorted(target.parent.glob(glob.escape(f'.{target.name}.') + '*-*-*')):
         kind, _, rest = p.name[len(target.name) + 2:].partition('-')
         pid = rest.split('-')[0]
         if kind in ('tmp', 'old') and pid.isdigit() and not pid_alive(int(pid)):
+            if kind == 'old' and not os.path.lexists(target):
+                try:
+                    os.rename(p, target)
+                    continue
+                except OSError:
+                    pass  # another run put something there meanwhile: then this copy is stale
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
 
 
-def check_target(target: Path, force: bool) -> None:
-    """Refuse a non-empty output unless --force, before any work is done."""
+def check_target(target: Path, force: bool, protect: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Refuse a non-empty output unless --force, before any work is done.
+
+    Even with --force, a folder that holds one of `protect` (the source checkpoint) or the current directory is
+    never replaced: `--output . --force` would otherwise delete the folder the user works in.
+    """
     if target.exists() and not target.is_dir():
         raise OutputExistsError('exists and is not a directory; remove it or choose another --output', str(target))
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise OutputExistsError('exists and is not empty; pass --force to replace it', str(target))
+    if target.is_dir() and any(target.iterdir()):
+        if not force:
+            raise OutputExistsError('exists and is not empty; pass --force to replace it', str(target))
+        real = os.path.realpath(target)
+        for what, path in [('the current directory', os.getcwd())] + [('the input file', p) for p in protect]:
+            inside = os.path.realpath(path)
+            if os.path.commonpath([real, inside]) == real:
+                raise OutputExistsError(f'holds {what} ({path}); --force will not replace it, choose another --output',
+                                        str(target))
 
 
 def fsync_dir(path: Path) -> None:
@@ -168,39 +195,97 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_renameat2 = None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if os.name == 'posix':
+            try:
+                import ctypes
+                _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+            except (OSError, AttributeError):
+                pass
+    if not _renameat2:
+        return False
+    import ctypes
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # old kernel or file system
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextmanager
-def atomic_directory(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM/SIGHUP until the block is done (they are then delivered), so no exception lands
+    between two renames that must happen together."""
+    sigs = {signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', signal.SIGTERM)}
+    if not hasattr(signal, 'pthread_sigmask') or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _commit(scratch: Path, target: Path, force: bool, protect: tuple) -> None:
+    """Put the complete `scratch` at `target`; an existing model there is swapped out and deleted afterwards."""
+    for _attempt in range(3):
+        check_target(target, force, protect)  # another process may have written it meanwhile
+        if target.is_dir():
+            if exchange(scratch, target):  # one step: `target` is the old model, then the new one
+                fsync_dir(target.parent)
+                shutil.rmtree(scratch, ignore_errors=True)  # now holds the old model
+                return
+            old = _scratch_name(target, 'old')
+            with _signals_deferred():  # two steps; a SIGKILL in between is undone by clean_stale
+                os.rename(target, old)
+                try:
+                    os.rename(scratch, target)
+                except BaseException:
+                    os.rename(old, target)  # put the old model back
+                    raise
+            fsync_dir(target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        try:
+            os.rename(scratch, target)
+            fsync_dir(target.parent)
+            return
+        except OSError as e:  # a racing run put a model there since the check: check again
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    raise OutputExistsError('keeps being replaced by other runs converting into it at the same time', str(target))
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike, force: bool = False,
+                     protect: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
     """Yield a scratch folder beside `target`; on success it becomes `target`, on any failure it vanishes.
 
-    With --force an existing target is first renamed aside and deleted only once the new one is in place, so at
-    every instant either the old complete model or the new complete model sits at `target`.
+    With --force an existing target is swapped with the complete new folder in one atomic step (renameat2
+    RENAME_EXCHANGE; elsewhere two renames with signals held, repaired by `clean_stale` if the process is killed
+    between them) and deleted after, so at every instant either the old complete model or the new complete
+    model sits at `target`, also when runs race for the same `target`. `protect`: see `check_target`.
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target)
-    check_target(target, force)
+    check_target(target, force, protect)
     scratch = _scratch_name(target, 'tmp')
     scratch.mkdir()
     try:
         yield scratch
         fsync_dir(scratch)
-        check_target(target, force)  # another process may have written it meanwhile
-        old = None
-        if target.is_dir():
-            if any(target.iterdir()):
-                old = _scratch_name(target, 'old')
-                os.rename(target, old)
-            else:
-                target.rmdir()
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if old is not None:
-                os.rename(old, target)  # put the old model back
-            raise
-        fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _commit(scratch, target, force, protect)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
