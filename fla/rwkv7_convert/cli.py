@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from fla.rwkv7_convert.dtypes import TORCH_NAME, parse_precision
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
@@ -26,10 +29,43 @@ def _human_count(n: int) -> str:
     return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that the same cleanup runs (scratch output removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """While converting, SIGTERM/SIGHUP unwind like Ctrl-C instead of killing the process mid-write
+    (signals a caller chose to ignore, such as SIGHUP under nohup, stay ignored)."""
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in sigs}
+    for s, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(s, _raise_terminated)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler == signal.SIG_DFL:
+                signal.signal(s, handler)
+
+
 def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run `body`, turning every expected failure into one line on stderr."""
     try:
-        return body(args)
+        with _termination_as_interrupt():
+            return body(args)
     except ConversionError as e:
         print(f'error: {e.one_line()}', file=sys.stderr)
         if getattr(args, 'verbose', False):
@@ -37,9 +73,11 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
                 print(e.full_report(), file=sys.stderr)
             traceback.print_exc()
         return e.exit_code
-    except KeyboardInterrupt:
-        print('interrupted: nothing was written (any existing output is untouched)', file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        print(f'interrupted ({signal.Signals(signum).name}): no partial output was left (the output is as it was, or '
+              'the complete new one if the interrupt came after it was in place)', file=sys.stderr)
+        return 128 + signum
     except OSError as e:
         where = f'{e.filename}: ' if e.filename else ''
         print(f'error: {where}{e.strerror or e} (nothing was written; any existing output is untouched)', file=sys.stderr)
