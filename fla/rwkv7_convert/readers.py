@@ -11,6 +11,7 @@ The `.pth` pickle is read by an unpickler that only knows tensors and plain cont
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -341,10 +342,9 @@ def _read_pth_index(handle, shown: str) -> object:
     root = pickles[0][: -len('data.pkl')]
     byteorder = root + 'byteorder'
     try:
-        if byteorder in names and archive.read(byteorder).strip() not in (b'little', b''):
+        if byteorder in names and _read_record(archive, byteorder, handle, shown).strip() not in (b'little', b''):
             raise NotACheckpointError('big-endian torch archives are not supported', shown)
-        with archive.open(pickles[0]) as f:
-            tree = _TensorsOnlyUnpickler(f, shown).load()
+        tree = _TensorsOnlyUnpickler(io.BytesIO(_read_record(archive, pickles[0], handle, shown)), shown).load()
     except (UnsafeCheckpointError, NotACheckpointError):
         raise
     except _BadTensor as e:
@@ -394,8 +394,8 @@ class _Attach:
         return out
 
 
-def _record_offset(archive: zipfile.ZipFile, record: str, handle, shown: str) -> tuple[int, int, bool]:
-    """(data offset, size, stored uncompressed) of a zip member: torch stores records uncompressed."""
+def _record_offset(archive: zipfile.ZipFile, record: str, handle, shown: str) -> tuple[int, int, bool, int]:
+    """(data offset, size, stored uncompressed, CRC-32) of a zip member: torch stores records uncompressed."""
     try:
         info = archive.getinfo(record)
     except KeyError:
@@ -405,14 +405,33 @@ def _record_offset(archive: zipfile.ZipFile, record: str, handle, shown: str) ->
     if len(local) < 30 or local[:4] != b'PK\x03\x04':
         raise NotACheckpointError(f'storage record {record!r} has a corrupt zip header', shown)
     name_len, extra_len = struct.unpack('<HH', local[26:30])
-    return info.header_offset + 30 + name_len + extra_len, info.file_size, info.compress_type == zipfile.ZIP_STORED
+    return (info.header_offset + 30 + name_len + extra_len, info.file_size, info.compress_type == zipfile.ZIP_STORED,
+            info.CRC)
+
+
+def _read_record(archive: zipfile.ZipFile, record: str, handle, shown: str) -> bytes:
+    """A small record's bytes. Not through zipfile, which fails on the zero CRCs that torch writes when saving
+    with `torch.serialization.set_crc32_options(False)` (torch.load reads those files)."""
+    offset, size, stored, crc = _record_offset(archive, record, handle, shown)
+    if not stored:
+        return archive.read(record)
+    return _check_crc(_read_exact(handle, offset, np.empty(size, np.uint8), record, shown), crc, record, shown).tobytes()
+
+
+def _check_crc(data: np.ndarray, crc: int, name: str, shown: str) -> np.ndarray:
+    """A tensor read straight from its record is checked against the zip's CRC-32 (~2 GB/s), so a corrupt record
+    is refused instead of converted. torch can save without checksums (CRC 0); those are not checked."""
+    if crc and data.size and zlib.crc32(memoryview(data).cast('B')) != crc:
+        raise NotACheckpointError(f'{name!r}: its data does not match the checksum stored in the archive '
+                                  '(corrupt file)', shown)
+    return data
 
 
 def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name: str, shown: str):
     def load() -> np.ndarray:
         carrier = CARRIER[t.storage.dtype]
         record = f'{root}data/{t.storage.key}'
-        offset, size, stored = _record_offset(archive, record, handle, shown)
+        offset, size, stored, crc = _record_offset(archive, record, handle, shown)
         numel = math.prod(t.shape)
         if numel == 0:
             return np.empty(t.shape, carrier)
@@ -429,11 +448,15 @@ def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name
         else:
             expected = contiguous_strides(t.shape)
             contiguous = all(s == e for d, s, e in zip(t.shape, t.stride, expected) if d != 1)
+            whole = t.offset == 0 and extent * carrier.itemsize == size  # the tensor spans its whole record
             if contiguous:
                 start = offset + t.offset * carrier.itemsize
-                return _read_exact(handle, start, np.empty(t.shape, carrier), f'tensor {name!r}', shown)
+                data = _read_exact(handle, start, np.empty(t.shape, carrier), f'tensor {name!r}', shown)
+                return _check_crc(data, crc, name, shown) if whole else data
             span = _read_exact(handle, offset + t.offset * carrier.itemsize, np.empty(extent, carrier), f'tensor {name!r}',
                                shown)
+            if whole:
+                _check_crc(span, crc, name, shown)
         strided = np.lib.stride_tricks.as_strided(span, t.shape, tuple(s * carrier.itemsize for s in t.stride))
         return np.ascontiguousarray(strided)
     return load
