@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""Prefill and decode speed of a converted RWKV-7 model in fla, against the project's plain-PyTorch reference (GPU only).
+
+For each size (released shapes, random weights) it writes an RWKV-LM bf16 checkpoint with the generator of
+benchmark_convert.py, converts it with utils/convert_to_rwkv7.py, loads the result with fla's
+RWKV7ForCausalLM (bf16) and measures, median of --repeats after warm-up, CUDA-synchronized:
+
+  prefill   tokens/s of one forward over a [B, T] prompt (logits of the last position only)
+  TTFT      time to first token: prompt ids on the host -> forward -> greedy token back on the host, B = 1
+  decode    tokens/s of greedy one-token steps through the cache, for each batch in --decode-batch
+
+for fla's two kernels and for `fla.rwkv7_convert.reference.RWKV7Reference` (one token at a time, --ref-dtype).
+fla 0.6.0's RWKV7Attention ignores `config.attn_mode` in its forward: it runs `chunk_rwkv7` for calls of 64 or
+more tokens (or with grad enabled) and `fused_mul_recurrent_rwkv7` below that. So "chunk" prefill is one call
+over the prompt, and "fused_recurrent" prefill feeds the prompt through the cache in 63-token pieces; decode
+(one token per call) is the recurrent kernel in both. A logits check against the reference guards the numbers.
+
+    python benchmarks/benchmark_forward.py                       # 0.1B and 1.5B
+    python benchmarks/benchmark_forward.py --sizes 0.1B --prefill-len 4096 --json fwd.json
+
+Without a CUDA device it prints 'skipped: no CUDA device' and exits 0 (`--cpu-smoke` runs a tiny shape on the
+CPU through Triton's interpreter, recurrent kernel only, to check the script itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+RECURRENT_PIECE = 63  # fla takes its recurrent kernel below 64 tokens per call
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def use_triton_interpreter() -> None:
+    """CPU smoke test only: Triton's interpreter, with an autotuner that does not time configs."""
+    if 'triton' in sys.modules:
+        raise RuntimeError('triton was imported before the interpreter could be selected')
+    os.environ['TRITON_INTERPRET'] = '1'
+    os.environ['FLA_CACHE_RESULTS'] = '0'
+    from triton.runtime import autotuner
+
+    def equal_times(self, *args, config, **meta):
+        return [1.0, 1.0, 1.0]
+
+    autotuner.Autotuner._bench = equal_times
+
+
+class Timer:
+    def __init__(self, device):
+        import torch
+        self.torch, self.cuda = torch, device.type == 'cuda'
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def median(self, fn, repeats: int, warmup: int = 1, setup=None) -> float:
+        """Median seconds of fn(); `setup()` runs before each call, untimed (e.g. a fresh cache)."""
+        for _ in range(warmup):
+            arg = setup() if setup else None
+            fn(arg) if setup else fn()
+        times = []
+        for _ in range(repeats):
+            arg = setup() if setup else None
+            self.sync()
+            t = time.perf_counter()
+            fn(arg) if setup else fn()
+            self.sync()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------------------------------- fla side
+
+class FlaRunner:
+    def __init__(self, model, kernel: str):
+        self.model, self.kernel = model, kernel
+
+    def _call(self, ids, cache, keep):
+        logits, cache = self.model(input_ids=ids, past_key_values=cache, use_cache=True, return_dict=False,
+                                   logits_to_keep=keep)[:2]
+        return logits, cache
+
+    def prefill(self, ids, cache=None):
+        """Logits of the last position and the cache after `ids` [B, T]."""
+        if self.kernel == 'chunk':  # one call; fla runs it with chunk_rwkv7 when it has 64 tokens or more
+            return self._call(ids, cache, 1)
+        logits = None
+        for s in range(0, ids.shape[1], RECURRENT_PIECE):
+            logits, cache = self._call(ids[:, s:s + RECURRENT_PIECE], cache, 1)
+        return logits, cache
+
+    def step(self, tok, cache):
+        return self._call(tok, cache, 1)
+
+    def logits(self, ids):
+        """Full logits [B, T, V] (recurrent pieces, so any T works) for the accuracy check."""
+        import torch
+
+        outs, cache = [], None
+        for s in range(0, ids.shape[1], RECURRENT_PIECE):
+            out, cache = self._call(ids[:, s:s + RECURRENT_PIECE], cache, 0)
+            outs.append(out)
+        return torch.cat(outs, 1)
+
+
+class RefRunner:
+    def __init__(self, ref):
+        self.ref = ref
+
+    def prefill(self, ids, state=None):
+        logits, state = self.ref.forward(ids, state)
+        return logits[:, -1:], state
+
+    def step(self, tok, state):
+        return self.ref.forward(tok, state)
+
+
+def bench_runner(runner, timer: Timer, args, vocab: int, device, prefill_len: int) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    out = {}
+    # host-side ids (the CPU generator needs device='cpu' inside a `with torch.device('cuda')` block)
+    prompt = torch.randint(1, vocab, (args.prefill_batch, prefill_len), generator=gen, device='cpu')
+    prompt_dev = prompt.to(device)
+    t = timer.median(lambda: runner.prefill(prompt_dev), args.repeats, args.warmup)
+    out['prefill_tokens'] = prefill_len
+    out['prefill_batch'] = args.prefill_batch
+    out['prefill_tok_s'] = args.prefill_batch * prefill_len / t
+    out['prefill_s'] = t
+
+    one = prompt[:1]
+
+    def first_token():
+        logits, _ = runner.prefill(one.to(device))
+        return int(logits[0, -1].argmax())
+
+    out['ttft_ms'] = 1e3 * timer.median(first_token, args.repeats, args.warmup)
+
+    for b in args.decode_batch:
+        ctx = torch.randint(1, vocab, (b, args.decode_context), generator=gen, device='cpu').to(device)
+
+        def fresh(ctx=ctx):
+            logits, cache = runner.prefill(ctx)
+            return logits[:, -1].argmax(-1, keepdim=True), cache
+
+        def decode(start):
+            tok, cache = start
+            for _ in range(args.decode_tokens):
+                logits, cache = runner.step(tok, cache)
+                tok = logits[:, -1].argmax(-1, keepdim=True)
+            return tok
+
+        t = timer.median(decode, args.repeats, args.warmup, setup=fresh)
+        out[f'decode_b{b}_tok_s'] = b * args.decode_tokens / t
+        out[f'decode_b{b}_ms_per_step'] = 1e3 * t / args.decode_tokens
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+
+def prepare(size: str, workdir: Path, py: str, say) -> tuple[Path, Path]:
+    sys.path.insert(0, str(HERE.parent))
+    from benchmark_convert import SIZES, Shape, generate_checkpoint
+
+    work = workdir / size
+    work.mkdir(parents=True, exist_ok=True)
+    src, out = work / f'rwkv7-{size}.pth', work / 'fla'
+    if not src.exists():
+        say(f'  generating {src}')
+        generate_checkpoint(Shape(*SIZES[size]), src)
+    if not (out / 'config.json').exists():
+        say(f'  converting -> {out}')
+        subprocess.run([py, str(REPO / 'utils' / 'convert_to_rwkv7.py'), '--rwkv7', str(src), '--output', str(out),
+                        '--force', '--quiet', '--tokenizer', 'none'], check=True)
+    return src, out
+
+
+def bench_size(size: str, args, device, say) -> list[dict]:
+    import torch
+    from fla.models import RWKV7ForCausalLM
+
+    from fla.rwkv7_convert.reference import RWKV7Reference
+
+    src, model_dir = prepare(size, args.workdir, sys.executable, say)
+    timer = Timer(device)
+    rows = []
+    model_dtype = getattr(torch, args.dtype)
+    model = RWKV7ForCausalLM.from_pretrained(str(model_dir), dtype=model_dtype).to(device).eval()
+    vocab = model.config.vocab_size
+    weights = torch.load(src, map_location=device, weights_only=True)
+    ref_dtype = getattr(torch, args.ref_dtype)
+    with torch.device(device):  # the reference makes its zero state on the default device
+        ref = RWKV7Reference(weights, dtype=ref_dtype)
+    del weights
+
+    # accuracy guard: fla bf16 vs reference on a short sequence
+    with torch.no_grad(), torch.device(device):
+        ids = torch.randint(1, vocab, (1, args.check_tokens), generator=torch.Generator().manual_seed(2),
+                            device='cpu').to(device)
+        want = ref.forward(ids)[0].float()
+        got = FlaRunner(model, 'fused_recurrent').logits(ids).float()
+        err = ((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()).item()
+    say(f'  {size}: fla {args.dtype} vs reference {args.ref_dtype}: RMS error ratio {err:.2e} over {args.check_tokens} tokens')
+
+    kernels = ['fused_recurrent'] if args.cpu_smoke else ['chunk', 'fused_recurrent']
+    with torch.no_grad(), torch.device(device):
+        for kernel in kernels:
+            model.config.attn_mode = kernel
+            r = bench_runner(FlaRunner(model, kernel), timer, args, vocab, device, args.prefill_len)
+            rows.append({'size': size, 'impl': f'fla {args.dtype}, {kernel}', 'err_vs_ref': err, **r})
+            say(f'  {size} fla {kernel}: {_summary(r, args)}')
+        del model
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+        r = bench_runner(RefRunner(ref), timer, args, vocab, device, min(args.prefill_len, args.ref_prefill_len))
+        rows.append({'size': size, 'impl': f'reference {args.ref_dtype}', 'err_vs_ref': 0.0, **r})
+        say(f'  {size} reference: {_summary(r, args)}')
+    return rows
+
+
+def _summary(r: dict, args) -> str:
+    dec = ', '.join(f'decode B={b} {r[f"decode_b{b}_tok_s"]:.0f} tok/s' for b in args.decode_batch)
+    return f'prefill {r["prefill_tok_s"]:.0f} tok/s (T={r["prefill_tokens"]}), TTFT {r["ttft_ms"]:.1f} ms, {dec}'
+
+
+def markdown(rows: list[dict], args, device_name: str) -> str:
+    dec_cols = ''.join(f' decode B={b} tok/s (ms/step) |' for b in args.decode_batch)
+    lines = [f'Device: {device_name}; prefill batch {args.prefill_batch}; decode {args.decode_tokens} steps after a '
+             f'{args.decode_context}-token context; median of {args.repeats}.', '',
+             f'| model | implementation | prefill tok/s (T) | TTFT ms (T) |{dec_cols} RMS err vs ref |',
+             '|---|---|---|---|' + '---|' * len(args.decode_batch) + '---|']
+    for r in rows:
+        dec = ''.join(f' {r[f"decode_b{b}_tok_s"]:.0f} ({r[f"decode_b{b}_ms_per_step"]:.2f}) |' for b in args.decode_batch)
+        lines.append(f'| {r["size"]} | {r["impl"]} | {r["prefill_tok_s"]:.0f} ({r["prefill_tokens"]}) | '
+                     f'{r["ttft_ms"]:.1f} ({r["prefill_tokens"]}) |{dec} {r["err_vs_ref"]:.1e} |')
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--sizes', default='0.1B,1.5B', help='comma-separated from 0.1B, 0.4B, 1.5B, 2.9B (default 0.1B,1.5B)')
+    p.add_argument('--prefill-len', type=int, default=2048, help='prompt tokens for prefill and TTFT (default 2048)')
+    p.add_argument('--prefill-batch', type=int, default=1)
+    p.add_argument('--ref-prefill-len', type=int, default=256,
+                   help='prompt tokens for the reference, which steps token by token (default 256)')
+    p.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'], help='fla model dtype')
+    p.add_argument('--ref-dtype', default='float32', choices=['float32', 'float64', 'bfloat16'])
+    p.add_argument('--decode-batch', default='1,8', help='batch sizes for decode (default 1,8)')
+    p.add_argument('--decode-tokens', type=int, default=128, help='timed decode steps (default 128)')
+    p.add_argument('--decode-context', type=int, default=64, help='tokens before decoding starts (default 64)')
+    p.add_argument('--check-tokens', type=int, default=32, help='tokens for the logits check (default 32)')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--workdir', type=Path, default=Path(tempfile.gettempdir()) / 'rwkv7-bench-forward')
+    p.add_argument('--keep', action='store_true', help='keep the generated checkpoints and converted models')
+    p.add_argument('--json', type=Path, default=None)
+    p.add_argument('--cpu-smoke', action='store_true', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.decode_batch = [int(b) for b in args.decode_batch.split(',') if b.strip()]
+
+    if args.cpu_smoke:
+        use_triton_interpreter()
+        args.sizes, args.prefill_len, args.ref_prefill_len = 'tiny', 70, 8
+        args.decode_tokens, args.decode_context, args.check_tokens = 3, 4, 8
+        args.repeats, args.warmup = 1, 0
+        args.dtype = 'float32'  # Triton's interpreter emulates bf16 poorly
+    elif not cuda_available():
+        print('skipped: no CUDA device')
+        return 0
+
+    import torch
+    sys.path.insert(0, str(REPO))
+    from fla.models import RWKV7ForCausalLM  # noqa: F401  (fail early, before generating anything)
+
+    device = torch.device('cpu' if args.cpu_smoke else 'cuda')
+    device_name = 'CPU (Triton interpreter smoke test)' if args.cpu_smoke else torch.cuda.get_device_name()
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    rows = []
+    try:
+        for size in [s.strip() for s in args.sizes.split(',') if s.strip()]:
+            rows += bench_size(size, args, device, say)
+    finally:
+        if not args.keep:
+            import shutil
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    print(markdown(rows, args, device_name))
+    if args.json:
+        args.json.write_text(json.dumps({'device': device_name, 'args': {k: str(v) for k, v in vars(args).items()},
+                                         'rows': rows}, indent=1))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
