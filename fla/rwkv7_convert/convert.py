@@ -17,7 +17,15 @@ from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
 from fla.rwkv7_convert.plan import Entry, Plan, make_plan
 from fla.rwkv7_convert.readers import open_checkpoint
 from fla.rwkv7_convert.table import GLOBAL, RULES
-from fla.rwkv7_convert.writer import OutTensor, atomic_directory, check_target, parse_size, write_json, write_sharded
+from fla.rwkv7_convert.writer import (
+    OutTensor,
+    atomic_directory,
+    check_target,
+    clean_stale,
+    parse_size,
+    write_json,
+    write_sharded,
+)
 
 DEFAULT_MAX_SHARD_SIZE = '5GB'
 PROVENANCE_FILE = 'rwkv7_convert.json'
@@ -81,6 +89,7 @@ def convert_to_fla(
     shown = str(source)
     limit = parse_size(max_shard_size)
     if output is not None and not dry_run:
+        clean_stale(Path(output).absolute())  # what killed runs left, also when this run stops at the next line
         check_target(Path(output).absolute(), force, protect=(source,))  # fail before reading anything
     with open_checkpoint(source) as ckpt:
         plan = make_plan(ckpt.tree, shown, head_size=head_size)
