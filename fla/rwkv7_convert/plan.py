@@ -179,10 +179,13 @@ def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str)
     _, Da = two_d([f'blocks.{i}.att.a1' for i in range(L)] or ['blocks.0.att.a1'], 'the a LoRA rank')
     _, Dg = two_d([f'blocks.{i}.att.g1' for i in range(L)] or ['blocks.0.att.g1'], 'the gate LoRA rank')
     # v1 is read from block 1 on; block 0's copy is unused and may be absent (then any rank works for L = 1)
-    v_shape = _common_shape(tensors, [f'blocks.{i}.att.v1' for i in range(1, L)] or ['blocks.0.att.v1'], 2)
-    Dv = v_shape[1] if v_shape else 32
-    if L > 1 and not v_shape:
-        problems.append('cannot read the value LoRA rank from blocks.1.att.v1')
+    # (from v2 when v1 is absent: a 1-layer file may keep only some of block 0's unused v0/v1/v2)
+    v_blocks = list(range(1, L)) or [0]
+    v1 = _common_shape(tensors, [f'blocks.{i}.att.v1' for i in v_blocks], 2)
+    v2 = _common_shape(tensors, [f'blocks.{i}.att.v2' for i in v_blocks], 2)
+    Dv = v1[1] if v1 else v2[0] if v2 else 32
+    if L > 1 and not v1 and not v2:
+        problems.append('cannot read the value LoRA rank from blocks.1.att.v1 or v2')
 
     r_k_names = [f'blocks.{i}.att.r_k' for i in range(L)]
     r_k = _common_shape(tensors, r_k_names, 2) or _common_shape(tensors, r_k_names, 1)
