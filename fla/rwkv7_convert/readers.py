@@ -286,6 +286,13 @@ def _rebuild_parameter(data, *unused):
     return data
 
 
+def _latin1_bytes(text, encoding='latin1'):
+    """How protocol-2 pickles spell a bytes object (`_codecs.encode(text, 'latin1')`); other codecs refused."""
+    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+        raise _BadTensor(f'the pickle asks for _codecs.encode with {encoding!r:.20}, not a plain bytes object')
+    return text.encode('latin1')
+
+
 class _TensorsOnlyUnpickler(pickle.Unpickler):
     """Knows tensors, storages and plain containers; anything else is refused, never imported or called."""
 
@@ -299,6 +306,7 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
         ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
         ('torch', 'device'): str,
+        ('_codecs', 'encode'): _latin1_bytes,
     }
 
     def __init__(self, data, shown: str):
