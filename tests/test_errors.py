@@ -179,3 +179,33 @@ def test_safetensors_header_that_lies_about_offsets(tmp_path):
     path.write_bytes(raw[:8] + new + raw[8 + n:])
     with pytest.raises(NotACheckpointError, match='overlap'):
         convert_to_fla(path, tmp_path / 'out')
+
+
+def test_corrupt_record_is_caught_on_the_kernel_copy_path(tmp_path):
+    sd = base()
+    path = save(sd, tmp_path / 'm.pth')
+    raw = bytearray(path.read_bytes())
+    # flip one byte inside the data of head.weight (an identity tensor: copied without being loaded)
+    needle = sd['head.weight'].contiguous().view(torch.uint8).numpy().tobytes()[:64]
+    at = raw.find(needle)
+    assert at > 0
+    raw[at + 10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(NotACheckpointError, match='checksum'):
+        convert_to_fla(path, tmp_path / 'out', tokenizer='none')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_copy_falls_back_when_the_kernel_cannot_copy(tmp_path, monkeypatch):
+    import errno
+
+    from safetensors.torch import load_file
+    path = save(base(), tmp_path / 'm.safetensors')
+    convert_to_fla(path, tmp_path / 'fast', tokenizer='none')
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EXDEV, 'cross-device')
+    monkeypatch.setattr(os, 'copy_file_range', refuse)
+    convert_to_fla(path, tmp_path / 'slow', tokenizer='none')
+    fast, slow = load_file(tmp_path / 'fast' / 'model.safetensors'), load_file(tmp_path / 'slow' / 'model.safetensors')
+    assert fast.keys() == slow.keys() and all(torch.equal(fast[k], slow[k]) for k in fast)

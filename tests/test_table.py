@@ -1,5 +1,7 @@
 """The name table: coverage of fla's parameters, reversibility, lookups, and every accepted naming variant."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,15 +91,12 @@ def test_strip_prefixes(name, expected):
 
 
 def _converted(path, head_size=None) -> dict[str, tuple]:
-    """fla name -> (shape, dtype, bytes) of what the plan would write, reading each tensor as the converter does."""
-    from fla.rwkv7_convert.convert import _producer
-    with open_checkpoint(path) as ckpt:
-        plan = make_plan(ckpt.tree, str(path), head_size=head_size)
-        out = {}
-        for e in plan.kept:
-            data = _producer(e, e.source.dtype, False, str(path))()
-            out[e.fla] = (data.shape, e.source.dtype, data.tobytes())
-    return out
+    """fla name -> (shape, dtype, bytes) of the converted safetensors, converted by the real pipeline."""
+    from fla.rwkv7_convert.convert import convert_to_fla
+    out = Path(path).with_suffix('.out')
+    convert_to_fla(path, out, head_size=head_size, tokenizer='none')
+    with open_checkpoint(out / 'model.safetensors') as ckpt:
+        return {name: (ref.shape, ref.dtype, ref.load().tobytes()) for name, ref in ckpt.tree.items()}
 
 
 LAYER0_V = ('blocks.0.att.v0', 'blocks.0.att.v1', 'blocks.0.att.v2')

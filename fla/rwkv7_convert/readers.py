@@ -40,6 +40,9 @@ class TensorRef:
     shape: tuple[int, ...]
     dtype: str  # safetensors name, e.g. 'BF16'
     loader: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    # (fd, byte offset, byte count, CRC-32 or 0) when the bytes lie contiguous and uncompressed in the file, so a
+    # writer can copy them inside the kernel instead of through a numpy array; None when they do not
+    spanner: Callable[[], RawSpan | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def numel(self) -> int:
@@ -54,7 +57,20 @@ class TensorRef:
         return self.loader()
 
     def renamed(self, name: str) -> TensorRef:
-        return TensorRef(name, self.shape, self.dtype, self.loader)
+        return TensorRef(name, self.shape, self.dtype, self.loader, self.spanner)
+
+    def span(self) -> RawSpan | None:
+        return self.spanner() if self.spanner is not None else None
+
+
+@dataclass(frozen=True)
+class RawSpan:
+    fd: int
+    offset: int
+    nbytes: int
+    crc: int = 0  # CRC-32 the bytes must have (a whole .pth record); 0: nothing to check
+    what: str = ''  # for error messages
+    shown: str = ''
 
 
 class Checkpoint:
@@ -159,7 +175,8 @@ def _read_safetensors_index(handle, size: int, shown: str) -> dict[str, TensorRe
                 f'in {data_size} data bytes (truncated or lying header)', shown)
         spans.append((begin, end, name))
         loader = _safetensors_loader(handle, data_start + begin, shape, dtype, name, shown)
-        tensors[name] = TensorRef(name, shape, dtype, loader)
+        span = RawSpan(handle.fileno(), data_start + begin, end - begin, 0, f'tensor {name!r}', shown)
+        tensors[name] = TensorRef(name, shape, dtype, loader, lambda span=span: span)
     # as the safetensors library requires: the byte ranges tile the data exactly, with no overlap, gap or tail
     spans.sort()
     for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
@@ -382,7 +399,8 @@ class _Attach:
                     f'tensor {name!r} has {math.prod(node.shape)} elements but its storage only {node.storage.numel} '
                     '(a broadcast view or a corrupt record); re-save it with .contiguous()', self.shown)
             return TensorRef(name, node.shape, node.storage.dtype,
-                             _pth_loader(node, self.archive, self.root, self.handle, name, self.shown))
+                             _pth_loader(node, self.archive, self.root, self.handle, name, self.shown),
+                             _pth_spanner(node, self.archive, self.root, self.handle, name, self.shown))
         if not isinstance(node, (dict, list, tuple)):
             return node
         if id(node) in self.done:
@@ -468,6 +486,28 @@ def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name
         strided = np.lib.stride_tricks.as_strided(span, t.shape, tuple(s * carrier.itemsize for s in t.stride))
         return np.ascontiguousarray(strided)
     return load
+
+
+def check_span(span: RawSpan | None, view: memoryview) -> None:
+    """The CRC-32 check `_check_crc` does on loaded records, for bytes that are copied without being loaded."""
+    if span is not None and span.crc and zlib.crc32(view) != span.crc:
+        raise NotACheckpointError(f'{span.what}: its data does not match the checksum stored in the archive '
+                                  '(corrupt file)', span.shown)
+
+
+def _pth_spanner(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name: str, shown: str):
+    def span() -> RawSpan | None:
+        carrier = CARRIER[t.storage.dtype]
+        record = f'{root}data/{t.storage.key}'
+        offset, size, stored, crc = _record_offset(archive, record, handle, shown)
+        numel = math.prod(t.shape)
+        strides_ok = all(s == e for d, s, e in zip(t.shape, t.stride, contiguous_strides(t.shape)) if d != 1)
+        if not stored or not numel or not strides_ok or (t.offset + numel) * carrier.itemsize > size:
+            return None  # the loader handles (and reports) everything else
+        whole = t.offset == 0 and numel * carrier.itemsize == size
+        return RawSpan(handle.fileno(), offset + t.offset * carrier.itemsize, numel * carrier.itemsize,
+                       crc if whole else 0, f'tensor {name!r}', shown)
+    return span
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

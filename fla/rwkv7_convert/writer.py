@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import glob
 import json
+import mmap
 import os
 import secrets
 import shutil
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from fla.rwkv7_convert.dtypes import itemsize
-from fla.rwkv7_convert.errors import ConversionError, OutputExistsError
+from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError, OutputExistsError
+from fla.rwkv7_convert.readers import RawSpan
 
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
@@ -36,6 +38,10 @@ class OutTensor:
     shape: tuple[int, ...]
     dtype: str
     produce: Callable[[], np.ndarray]  # returns a C-contiguous carrier array of `shape`
+    # Fast path for tensors whose output bytes equal bytes of the input file: where they lie (None: use produce),
+    # and a check to run on a read-only mapping of them before they are copied inside the kernel.
+    raw: Callable[[], RawSpan | None] | None = None
+    check: Callable[[memoryview], None] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -80,21 +86,63 @@ def _header(tensors: list[OutTensor], metadata: dict[str, str]) -> bytes:
     return len(raw).to_bytes(8, 'little') + raw
 
 
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast('B')
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_span(fd: int, span: RawSpan, check: Callable[[memoryview], None] | None) -> None:
+    """Check the span's bytes on a mapping released right after (RSS stays flat), then copy them in the kernel."""
+    if check is not None:
+        start = span.offset - span.offset % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(span.fd, span.nbytes + span.offset - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+            view = memoryview(mapped)[span.offset - start:]
+            try:
+                check(view)
+            finally:
+                view.release()
+    done = 0
+    while done < span.nbytes:
+        try:
+            n = os.copy_file_range(span.fd, fd, span.nbytes - done, span.offset + done)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            n = _copy_through_memory(span.fd, fd, span.offset + done, span.nbytes - done)
+        if n == 0:
+            raise NotACheckpointError(f'{span.what}: file ends early (truncated or corrupt)', span.shown)
+        done += n
+
+
+def _copy_through_memory(src: int, dst: int, offset: int, count: int) -> int:
+    chunk = os.pread(src, min(count, 64 << 20), offset)
+    _write_all(dst, chunk)
+    return len(chunk)
+
+
 def write_safetensors(path: Path, tensors: list[OutTensor], metadata: dict[str, str],
                       on_tensor: Callable[[OutTensor], None] | None = None) -> None:
-    with open(path, 'wb') as f:
-        f.write(_header(tensors, metadata))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, _header(tensors, metadata))
         for t in tensors:
-            data = t.produce()
-            if data.shape != t.shape or data.dtype.itemsize != itemsize(t.dtype) or not data.flags.c_contiguous:
-                raise ConversionError(f'internal error: {t.name} is {data.shape} {data.dtype}, planned {t.shape} {t.dtype}')
-            if data.size:  # memoryview cannot cast an array with a zero in its shape
-                f.write(memoryview(data).cast('B'))
-            del data
+            span = t.raw() if t.raw is not None else None
+            if span is not None and span.nbytes == t.nbytes:
+                _copy_span(fd, span, t.check)
+            else:
+                data = t.produce()
+                if data.shape != t.shape or data.dtype.itemsize != itemsize(t.dtype) or not data.flags.c_contiguous:
+                    raise ConversionError(f'internal error: {t.name} is {data.shape} {data.dtype}, planned {t.shape} '
+                                          f'{t.dtype}')
+                if data.size:  # memoryview cannot cast an array with a zero in its shape
+                    _write_all(fd, data)
+                del data
             if on_tensor:
                 on_tensor(t)
-        f.flush()
-        os.fsync(f.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_sharded(outdir: Path, tensors: list[OutTensor], max_shard_size: int, metadata: dict[str, str],
