@@ -206,9 +206,17 @@ def clean_stale(target: Path) -> list[Path]:
                     continue
                 except OSError:
                     pass  # another run put something there meanwhile: then this copy is stale
-            shutil.rmtree(p, ignore_errors=True)
+            _remove(p)
             removed.append(p)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder we moved aside; a symlink (OUTDIR may be one) is unlinked, its target left alone."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_target(target: Path, force: bool, protect: tuple[str | os.PathLike, ...] = ()) -> None:
@@ -291,7 +299,7 @@ def _commit(scratch: Path, target: Path, force: bool, protect: tuple) -> None:
         if target.is_dir():
             if exchange(scratch, target):  # one step: `target` is the old model, then the new one
                 fsync_dir(target.parent)
-                shutil.rmtree(scratch, ignore_errors=True)  # now holds the old model
+                _remove(scratch)  # now holds the old model (or the symlink OUTDIR was)
                 return
             old = _scratch_name(target, 'old')
             with _signals_deferred():  # two steps; a SIGKILL in between is undone by clean_stale
@@ -302,7 +310,7 @@ def _commit(scratch: Path, target: Path, force: bool, protect: tuple) -> None:
                     os.rename(old, target)  # put the old model back
                     raise
             fsync_dir(target.parent)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             return
         try:
             os.rename(scratch, target)
