@@ -92,16 +92,29 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
+def _release(close: Callable[[], None]) -> None:
+    # When `check` raised (Ctrl-C, NaN, a bad CRC), frames of that exception may still hold arrays viewing the
+    # mapping: closing it then raises BufferError, which would replace the real exception with a traceback. The
+    # mapping is then freed with the exception instead.
+    try:
+        close()
+    except BufferError:
+        pass
+
+
 def _copy_span(fd: int, span: RawSpan, check: Callable[[memoryview], None] | None) -> None:
     """Check the span's bytes on a mapping released right after (RSS stays flat), then copy them in the kernel."""
     if check is not None:
         start = span.offset - span.offset % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(span.fd, span.nbytes + span.offset - start, access=mmap.ACCESS_READ, offset=start) as mapped:
+        mapped = mmap.mmap(span.fd, span.nbytes + span.offset - start, access=mmap.ACCESS_READ, offset=start)
+        try:
             view = memoryview(mapped)[span.offset - start:]
             try:
                 check(view)
             finally:
-                view.release()
+                _release(view.release)
+        finally:
+            _release(mapped.close)
     done = 0
     while done < span.nbytes:
         try:
