@@ -155,22 +155,31 @@ def build_to_fla_parser() -> argparse.ArgumentParser:
     return p
 
 
+def precision_arg(args: argparse.Namespace) -> str | None:
+    try:
+        return parse_precision(args.precision)
+    except ValueError as e:
+        raise ConversionError(f'--precision: {e}') from None
+
+
+def progress_callbacks(args: argparse.Namespace):
+    """(on_start, on_tensor, close): a progress bar, or with --verbose one line per tensor written."""
+    on_start, on_tensor, close = _progress(args.quiet)
+    if args.verbose:
+        def on_tensor(name, nbytes):
+            print(f'  wrote {name} ({_human_bytes(nbytes)})', file=sys.stderr)
+    return on_start, on_tensor, close
+
+
 def _convert_body(args: argparse.Namespace) -> int:
     from fla.rwkv7_convert.convert import convert_to_fla
     from fla.rwkv7_convert.writer import parse_size
-    try:
-        precision = parse_precision(args.precision)
-    except ValueError as e:
-        raise ConversionError(f'--precision: {e}') from None
+    precision = precision_arg(args)
     try:
         max_shard_size = parse_size(args.max_shard_size)
     except ValueError as e:
         raise ConversionError(f'--max-shard-size: {e}') from None
-    on_start, on_tensor, close = _progress(args.quiet)
-    verbose_tensor = on_tensor
-    if args.verbose:
-        def verbose_tensor(name, nbytes):
-            print(f'  wrote {name} ({_human_bytes(nbytes)})', file=sys.stderr)
+    on_start, verbose_tensor, close = progress_callbacks(args)
     try:
         result = convert_to_fla(
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,

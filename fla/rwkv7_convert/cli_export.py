@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fla.rwkv7_convert.cli import _human_bytes, _human_count, _progress, run_cli
-from fla.rwkv7_convert.dtypes import TORCH_NAME, parse_precision
-from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.cli import _human_bytes, _human_count, precision_arg, progress_callbacks, run_cli
+from fla.rwkv7_convert.dtypes import TORCH_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,15 +50,8 @@ def _print_plan(plan, out=None) -> None:
 
 def _export_body(args: argparse.Namespace) -> int:
     from fla.rwkv7_convert.export import convert_from_fla
-    try:
-        precision = parse_precision(args.precision)
-    except ValueError as e:
-        raise ConversionError(f'--precision: {e}') from None
-    on_start, on_tensor, close = _progress(args.quiet)
-    report = on_tensor
-    if args.verbose:
-        def report(name, nbytes):
-            print(f'  wrote {name} ({_human_bytes(nbytes)})', file=sys.stderr)
+    precision = precision_arg(args)
+    on_start, report, close = progress_callbacks(args)
     try:
         result = convert_from_fla(args.model, args.output, precision=precision, fmt=args.fmt, force=args.force,
                                   layer0_v=args.layer0_v, allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run,
