@@ -73,11 +73,6 @@ def _out_tensor(entry: Entry, out_dtype: str, allow_nonfinite: bool, shown: str)
                      raw=entry.source.span if same_bytes else None, check=check)
 
 
-def plan_from_file(source: str | os.PathLike, head_size: int | None = None) -> Plan:
-    with open_checkpoint(source) as ckpt:
-        return make_plan(ckpt.tree, str(source), head_size=head_size)
-
-
 def convert_to_fla(
     source: str | os.PathLike,
     output: str | os.PathLike | None,
