@@ -15,7 +15,7 @@ from fla.rwkv7_convert.config import fla_config, generation_config
 from fla.rwkv7_convert.dtypes import CARRIER, cast, is_finite
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
 from fla.rwkv7_convert.plan import Entry, Plan, make_plan
-from fla.rwkv7_convert.readers import check_span, open_checkpoint
+from fla.rwkv7_convert.readers import RawSpan, check_span, open_checkpoint
 from fla.rwkv7_convert.table import GLOBAL, RULES, Transpose
 from fla.rwkv7_convert.writer import (
     OutTensor,
@@ -62,8 +62,8 @@ def _out_tensor(entry: Entry, out_dtype: str, allow_nonfinite: bool, shown: str)
             raise _nonfinite(entry, shown)
         return np.ascontiguousarray(cast(entry.rule.op.apply(data), src_dtype, out_dtype))
 
-    def check(view: memoryview) -> None:
-        check_span(entry.source.span(), view)
+    def check(span: RawSpan, view: memoryview) -> None:
+        check_span(span, view)
         if not allow_nonfinite and not is_finite(np.frombuffer(view, CARRIER[src_dtype]), src_dtype):
             raise _nonfinite(entry, shown)
 

@@ -41,7 +41,7 @@ class OutTensor:
     # Fast path for tensors whose output bytes equal bytes of the input file: where they lie (None: use produce),
     # and a check to run on a read-only mapping of them before they are copied inside the kernel.
     raw: Callable[[], RawSpan | None] | None = None
-    check: Callable[[memoryview], None] | None = None
+    check: Callable[[RawSpan, memoryview], None] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -102,7 +102,7 @@ def _release(close: Callable[[], None]) -> None:
         pass
 
 
-def _copy_span(fd: int, span: RawSpan, check: Callable[[memoryview], None] | None) -> None:
+def _copy_span(fd: int, span: RawSpan, check: Callable[[RawSpan, memoryview], None] | None) -> None:
     """Check the span's bytes on a mapping released right after (RSS stays flat), then copy them in the kernel."""
     if check is not None:
         start = span.offset - span.offset % mmap.ALLOCATIONGRANULARITY
@@ -110,7 +110,7 @@ def _copy_span(fd: int, span: RawSpan, check: Callable[[memoryview], None] | Non
         try:
             view = memoryview(mapped)[span.offset - start:]
             try:
-                check(view)
+                check(span, view)
             finally:
                 _release(view.release)
         finally:
