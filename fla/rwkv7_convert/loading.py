@@ -10,6 +10,10 @@ from contextlib import contextmanager
 def ensure_real_fla():
     """The real `fla` package, imported now if the command-line scripts had put a light stub in its place
     (utils/_bootstrap.py does, so that converting never pays for importing fla's models)."""
+    import warnings
+
+    # on a CPU-only machine fla says on import that Triton falls back to the CPU: expected here, not news
+    warnings.filterwarnings('ignore', message='Triton is not supported on current platform')
     mod = sys.modules.get('fla')
     if mod is not None and getattr(mod, '__light_stub__', False):
         del sys.modules['fla']
@@ -57,7 +61,6 @@ def load_fla_model(model_dir: str | os.PathLike, dtype=None, device=None):
     logging.disable_progress_bar()
     # fla warns on every RWKV-7 layer that its port may differ from BlinkDL's: checking that is our job
     warnings.filterwarnings('ignore', message='According to Bo')
-    warnings.filterwarnings('ignore', message='Triton is not supported on current platform')
     with fla_init_skipped():
         model, info = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, output_loading_info=True)
     problems = {k: sorted(v) for k, v in info.items() if k != 'error_msgs' and v}
