@@ -441,16 +441,22 @@ def _read_record(archive: zipfile.ZipFile, record: str, handle, shown: str) -> b
     offset, size, stored, crc = _record_offset(archive, record, handle, shown)
     if not stored:
         return archive.read(record)
-    return _check_crc(_read_exact(handle, offset, np.empty(size, np.uint8), record, shown), crc, record, shown).tobytes()
+    return _check_crc(_read_exact(handle, offset, np.empty(size, np.uint8), record, shown), crc, repr(record), shown).tobytes()
 
 
-def _check_crc(data: np.ndarray, crc: int, name: str, shown: str) -> np.ndarray:
-    """A tensor read straight from its record is checked against the zip's CRC-32 (~2 GB/s), so a corrupt record
-    is refused instead of converted. torch can save without checksums (CRC 0); those are not checked."""
-    if crc and data.size and zlib.crc32(memoryview(data).cast('B')) != crc:
-        raise NotACheckpointError(f'{name!r}: its data does not match the checksum stored in the archive '
-                                  '(corrupt file)', shown)
+def _check_crc(data: np.ndarray | memoryview, crc: int, what: str, shown: str):
+    """Bytes read straight from a record are checked against the zip's CRC-32 (~2 GB/s), so a corrupt record is
+    refused instead of converted. torch can save without checksums (CRC 0); those are not checked."""
+    raw = data if isinstance(data, memoryview) else memoryview(data).cast('B') if data.size else b''
+    if crc and len(raw) and zlib.crc32(raw) != crc:
+        raise NotACheckpointError(f'{what}: its data does not match the checksum stored in the archive (corrupt file)',
+                                  shown)
     return data
+
+
+def _is_contiguous(t: _PthTensor) -> bool:
+    """Row-major strides, ignoring unit dimensions (whose stride is arbitrary)."""
+    return all(s == e for d, s, e in zip(t.shape, t.stride, contiguous_strides(t.shape)) if d != 1)
 
 
 def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name: str, shown: str):
@@ -472,27 +478,24 @@ def _pth_loader(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name
                                           shown) from None
             span = raw[t.offset:t.offset + extent]
         else:
-            expected = contiguous_strides(t.shape)
-            contiguous = all(s == e for d, s, e in zip(t.shape, t.stride, expected) if d != 1)
             whole = t.offset == 0 and extent * carrier.itemsize == size  # the tensor spans its whole record
-            if contiguous:
+            if _is_contiguous(t):
                 start = offset + t.offset * carrier.itemsize
                 data = _read_exact(handle, start, np.empty(t.shape, carrier), f'tensor {name!r}', shown)
-                return _check_crc(data, crc, name, shown) if whole else data
+                return _check_crc(data, crc, f'tensor {name!r}', shown) if whole else data
             span = _read_exact(handle, offset + t.offset * carrier.itemsize, np.empty(extent, carrier), f'tensor {name!r}',
                                shown)
             if whole:
-                _check_crc(span, crc, name, shown)
+                _check_crc(span, crc, f'tensor {name!r}', shown)
         strided = np.lib.stride_tricks.as_strided(span, t.shape, tuple(s * carrier.itemsize for s in t.stride))
         return np.ascontiguousarray(strided)
     return load
 
 
 def check_span(span: RawSpan | None, view: memoryview) -> None:
-    """The CRC-32 check `_check_crc` does on loaded records, for bytes that are copied without being loaded."""
-    if span is not None and span.crc and zlib.crc32(view) != span.crc:
-        raise NotACheckpointError(f'{span.what}: its data does not match the checksum stored in the archive '
-                                  '(corrupt file)', span.shown)
+    """The CRC-32 check of loaded records, for bytes that are copied without being loaded."""
+    if span is not None:
+        _check_crc(view, span.crc, span.what, span.shown)
 
 
 def _pth_spanner(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, name: str, shown: str):
@@ -501,8 +504,7 @@ def _pth_spanner(t: _PthTensor, archive: zipfile.ZipFile, root: str, handle, nam
         record = f'{root}data/{t.storage.key}'
         offset, size, stored, crc = _record_offset(archive, record, handle, shown)
         numel = math.prod(t.shape)
-        strides_ok = all(s == e for d, s, e in zip(t.shape, t.stride, contiguous_strides(t.shape)) if d != 1)
-        if not stored or not numel or not strides_ok or (t.offset + numel) * carrier.itemsize > size:
+        if not stored or not numel or not _is_contiguous(t) or (t.offset + numel) * carrier.itemsize > size:
             return None  # the loader handles (and reports) everything else
         whole = t.offset == 0 and numel * carrier.itemsize == size
         return RawSpan(handle.fileno(), offset + t.offset * carrier.itemsize, numel * carrier.itemsize,
