@@ -157,10 +157,8 @@ def _trace_fla(model, tokens, piece):
     return logits, {k: torch.cat(v, dim=1) for k, v in captured.items()}
 
 
-def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', tokens: int = 64, text: str | None = None,
-           batch: int = 1, per_layer: bool = False, piece: int | None = None, seed: int = 0,
-           head_size: int | None = None) -> Report:
-    """Compare the converted directory with the reference on the source file; see the module docstring."""
+def load_pair(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', head_size: int | None = None):
+    """(reference in float64 on the source file, fla model from the directory in `dtype` on `device`)."""
     from fla.rwkv7_convert.runtime import use_interpreter
     if device == 'cpu':
         use_interpreter()
@@ -172,9 +170,16 @@ def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', to
         raise ConversionError(f'--dtype: {dtype!r} is not one of {", ".join(TOLERANCES)}')
     if device == 'cuda' and not torch.cuda.is_available():
         raise ConversionError('--device cuda: no CUDA device is available')
-
     reference = RWKV7Reference(load_blinkdl_weights(source, head_size), dtype=torch.float64)
-    model = load_fla_model(model_dir, dtype=getattr(torch, dtype), device=device)
+    return reference, load_fla_model(model_dir, dtype=getattr(torch, dtype), device=device)
+
+
+def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', tokens: int = 64, text: str | None = None,
+           batch: int = 1, per_layer: bool = False, piece: int | None = None, seed: int = 0,
+           head_size: int | None = None, pair=None) -> Report:
+    """Compare the converted directory with the reference on the source file; see the module docstring.
+    `pair` is what `load_pair` returned for the same arguments, to reuse already loaded models."""
+    reference, model = pair or load_pair(source, model_dir, device=device, dtype=dtype, head_size=head_size)
     ids = _tokens(model_dir, reference.vocab, tokens, text, batch, seed)
 
     trace: dict | None = {} if per_layer else None
@@ -211,36 +216,31 @@ def _tokens(model_dir, vocab: int, count: int, text: str | None, batch: int, see
     return torch.tensor([ids] * batch)
 
 
-def greedy_tokens(source, model_dir, prompt_ids: list[int], steps: int = 8, head_size: int | None = None):
-    """Greedy continuations of the prompt by the reference and by fla (CPU, float32), each decoding through its
-    own recurrent state/cache one token at a time."""
+def greedy_tokens(reference, model, prompt_ids: list[int], steps: int = 8):
+    """Greedy continuations of the prompt by the reference and by fla, each decoding through its own recurrent
+    state/cache one token at a time."""
     import torch
-
-    from fla.rwkv7_convert.loading import load_fla_model
-    from fla.rwkv7_convert.reference import RWKV7Reference
-    from fla.rwkv7_convert.runtime import use_interpreter
-    use_interpreter()
-    reference = RWKV7Reference(load_blinkdl_weights(source, head_size), dtype=torch.float64)
-    model = load_fla_model(model_dir, dtype=torch.float32)
     ref_ids, fla_ids = [], []
     logits, state = reference.forward(torch.tensor([prompt_ids]))
     for _ in range(steps):
         ref_ids.append(int(logits[0, -1].argmax()))
         logits, state = reference.forward(torch.tensor([ref_ids[-1:]]), state)
+    device = next(model.parameters()).device
     cache, ids = None, torch.tensor([prompt_ids])
     with torch.no_grad():
         for _ in range(steps):
-            logits, cache = model(input_ids=ids, past_key_values=cache, use_cache=True, return_dict=False)[:2]
+            logits, cache = model(input_ids=ids.to(device), past_key_values=cache, use_cache=True, return_dict=False)[:2]
             fla_ids.append(int(logits[0, -1].argmax()))
             ids = torch.tensor([fla_ids[-1:]])
     return ref_ids, fla_ids
 
 
-def verify_cli_after_convert(source, model_dir, *, tokens: int = 48, quiet: bool = False, head_size: int | None = None) -> int:
+def verify_cli_after_convert(source, model_dir, *, tokens: int = 48, head_size: int | None = None) -> int:
     """The converter's --verify: parity table, then a few greedy tokens from the converted model."""
-    report = verify(source, model_dir, tokens=tokens, head_size=head_size)
+    pair = load_pair(source, model_dir, head_size=head_size)
+    report = verify(source, model_dir, tokens=tokens, head_size=head_size, pair=pair)
     print(report.render())
-    ref_ids, fla_ids = greedy_tokens(source, model_dir, [0], steps=8, head_size=head_size)
+    ref_ids, fla_ids = greedy_tokens(*pair, [0], steps=8)
     text = _decode(model_dir, fla_ids)
     same = 'same as the reference' if ref_ids == fla_ids else f'reference: {ref_ids}'
     print(f'greedy tokens from fla after token 0: {fla_ids} ({same}){text}')
