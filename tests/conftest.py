@@ -13,8 +13,6 @@ if not torch.cuda.is_available():
 import fla_cpu  # noqa: E402
 
 fla_cpu.use_interpreter()
-# BlinkDL's `rwkv` package picks its RWKV-7 classes at import time
-os.environ.setdefault('RWKV_V7_ON', '1')
 
 
 def pytest_configure(config):
@@ -28,3 +26,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'gpu' in item.keywords:
             item.add_marker(skip)
+
+
+def _global_state() -> dict:
+    """What a test could change for every test after it: the process environment and torch's global switches."""
+    from torch.utils.serialization import config as serialization_config
+    # pytest's own marker, and torch inductor's private bookkeeping (torch.compile sets it inside fla's kernels)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTEST_CURRENT_TEST' and not k.startswith('_TORCHINDUCTOR')}
+    return {
+        'environment': env,
+        'torch serialization config': serialization_config.get_config_copy(),
+        'torch default dtype': torch.get_default_dtype(),
+        'torch threads': torch.get_num_threads(),
+        'torch deterministic algorithms': torch.are_deterministic_algorithms_enabled(),
+        'TF32 matmul': torch.backends.cuda.matmul.allow_tf32,
+        'TF32 cudnn': torch.backends.cudnn.allow_tf32,
+        'float32 matmul precision': torch.get_float32_matmul_precision(),
+        'grad mode': torch.is_grad_enabled(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_global_state():
+    """Fails the test that changes process-wide state, instead of a test that runs after it (order dependence)."""
+    before = _global_state()
+    yield
+    after = _global_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    if 'environment' in changed:
+        old, new = changed['environment']
+        changed['environment'] = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    assert not changed, f'the test left global state changed: {changed}'

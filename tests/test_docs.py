@@ -29,3 +29,17 @@ def test_ruff_is_clean():
     paths = [p for p in ('fla', 'utils', 'tests', 'benchmarks', 'examples') if (REPO / p).exists()]
     r = subprocess.run(['ruff', 'check', *paths], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ci_runs_the_readme_test_command_and_carries_no_copy_of_it():
+    readme = (REPO / 'README.md').read_text().splitlines()
+    marker = readme.index('<!-- test-command -->')
+    assert readme[marker + 1] == '```bash'
+    command = readme[marker + 2]
+    assert readme[marker + 3] == '```' and 'pytest' in command and 'pip install' in command
+    ci = (REPO / '.ci' / 'run').read_text()
+    # .ci/run reads the README; a second copy of the command there could drift from it
+    assert 'pytest' not in ci and 'pip install' not in ci
+    r = subprocess.run(['bash', '-c', next(line for line in ci.splitlines() if line.startswith('cmd=')) + '; echo "$cmd"'],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.stdout.strip() == command, r.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from blinkdl_rwkv import rwkv_package_model
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
@@ -121,10 +122,12 @@ def test_pth_writer_matches_torch_predicted_offsets(tmp_path, monkeypatch):
     from torch.utils.serialization import config
     path = _write_arrays(tmp_path / 'x.pth')
     monkeypatch.setenv('TORCH_SERIALIZATION_DEBUG', '1')  # torch then asserts predicted == actual offsets
-    monkeypatch.setattr(config.load, 'calculate_storage_offsets', True)
-    sd = torch.load(path, weights_only=True, mmap=True)
-    assert _bits(sd['big']) == ARRAYS['big'][0].tobytes()
-    meta = torch.load(path, weights_only=True, map_location='meta')
+    # torch's own patch(): monkeypatch.setattr on the config proxy breaks torch's config module when undone
+    with config.patch({'load.calculate_storage_offsets': True}):
+        sd = torch.load(path, weights_only=True, mmap=True)
+        assert _bits(sd['big']) == ARRAYS['big'][0].tobytes()
+        meta = torch.load(path, weights_only=True, map_location='meta')
+    assert config.load.calculate_storage_offsets is False
     assert meta['big'].shape == (33, 1000)
 
 
@@ -379,16 +382,6 @@ def test_script_is_torch_free(hf_dir, tmp_path):
 
 # --------------------------------------------------------------------------------------------------------- logits
 
-def _rwkv_package_model(path_without_suffix: Path):
-    """BlinkDL's `rwkv` package in RWKV-7 mode (its module reads RWKV_V7_ON at import)."""
-    import importlib
-    os.environ['RWKV_V7_ON'] = '1'
-    import rwkv.model
-    if not hasattr(rwkv.model, 'RWKV_x070'):
-        rwkv.model = importlib.reload(rwkv.model)
-    return rwkv.model.RWKV_x070(str(path_without_suffix), 'cpu fp32')
-
-
 def test_logits_rwkv_package_equals_fla(tmp_path):
     """The exported .pth, run by BlinkDL's rwkv package, gives the logits fla gives on the source directory."""
     import fla_cpu
@@ -399,7 +392,7 @@ def test_logits_rwkv_package_equals_fla(tmp_path):
     assert convert_from_fla(tmp_path / 'src', tmp_path / 'model.pth').plan.warnings == []  # eps agree at N = 64
     tokens = torch.randint(0, shape.vocab, (40,), generator=torch.Generator().manual_seed(0))
 
-    blinkdl = _rwkv_package_model(tmp_path / 'model')
+    blinkdl = rwkv_package_model(tmp_path / 'model')
     expected, _ = blinkdl.forward(tokens.tolist(), None, full_output=True)
     model = RWKV7ForCausalLM.from_pretrained(tmp_path / 'src').float().eval()
     got = fla_cpu.fla_logits(model, tokens[None])[0]

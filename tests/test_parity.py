@@ -9,10 +9,9 @@ those eps to check the conversion itself to 1e-4, and the remaining BlinkDL gap 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from blinkdl_rwkv import rwkv_package_model
 from fla_cpu import fla_logits
 from rwkv7_factory import Goose, add_prefix, make_state_dict, save, squeeze_vectors
 
@@ -25,10 +24,8 @@ from fla.rwkv7_convert.verify import compare
 
 def rwkv_package_logits(sd, tmp_path, tokens: torch.Tensor) -> torch.Tensor:
     """BlinkDL's `rwkv` package (cpu fp32) on the canonical state dict, as RWKV-LM saves it."""
-    os.environ.setdefault('RWKV_V7_ON', '1')
-    from rwkv.model import RWKV
     save(sd, tmp_path / 'blinkdl.pth')
-    model = RWKV(model=str(tmp_path / 'blinkdl'), strategy='cpu fp32')
+    model = rwkv_package_model(tmp_path / 'blinkdl')
     logits, _ = model.forward(tokens[0].tolist(), None, full_output=True)
     return logits.double()
 

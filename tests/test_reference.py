@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+import blinkdl_rwkv
 import pytest
 import torch
 from fla_cpu import fla_logits, fla_model
@@ -14,13 +13,8 @@ from fla.rwkv7_convert.reference import RWKV7Reference
 
 def rwkv_package_model(sd: dict[str, torch.Tensor], tmp_path):
     """BlinkDL's own CPU implementation (fp32), loaded from `sd` saved as RWKV-LM does."""
-    os.environ.setdefault('RWKV_V7_ON', '1')
-    from rwkv import model as rwkv_model
-
-    if not hasattr(rwkv_model, 'RWKV_x070') or rwkv_model.RWKV is not rwkv_model.RWKV_x070:
-        pytest.fail('rwkv.model was imported before RWKV_V7_ON=1 was set')
     save(sd, tmp_path / 'model.pth')
-    return rwkv_model.RWKV(model=str(tmp_path / 'model'), strategy='cpu fp32')
+    return blinkdl_rwkv.rwkv_package_model(tmp_path / 'model')
 
 
 def tokens(batch: int, length: int, vocab: int, seed: int = 0) -> torch.LongTensor:
