@@ -8,6 +8,10 @@ times, each in a fresh process, median of --repeats runs:
   naive    what one would otherwise write: import fla, RWKV7ForCausalLM(RWKV7Config(...)) (random init),
            torch.load the file, rename/transpose into the model's state dict, cast to the file's dtype,
            save_pretrained (see `naive_to_fla` below)
+  plain    the strongest plain script a user would write: torch.load(mmap=True, weights_only=True), the same
+           renames and transposes, fla's target shapes from a model built on the meta device (no weights),
+           safetensors.torch.save_file into one file, config.json (see `plain_to_fla` below); no sharding,
+           no fsync, no atomic output, no checks
   floor    cp of the file; a python process copying it and fsyncing the copy (our converter fsyncs its
            output); a python process reading every byte once; plus `python -c pass`, `import torch` and
            `import fla.models` once per run for reference
@@ -198,6 +202,26 @@ def naive_to_fla(src: str, out: str) -> None:
     model.save_pretrained(out)
 
 
+def plain_to_fla(src: str, out: str) -> None:
+    """torch.load(mmap=True) + safetensors' save_file: memory-mapped input, one output file, nothing instantiated."""
+    import torch
+    from fla.models import RWKV7ForCausalLM
+    from safetensors.torch import save_file
+
+    sd = torch.load(src, map_location='cpu', weights_only=True, mmap=True)
+    config = _naive_config(sd)
+    with torch.device('meta'):  # target names and shapes only
+        shapes = {k: v.shape for k, v in RWKV7ForCausalLM(config).state_dict().items()}
+    renamed = {}
+    for name, t in sd.items():
+        new, transpose = _naive_name(name)
+        if new is not None:
+            renamed[new] = (t.t() if transpose else t).reshape(shapes[new]).contiguous()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_file(renamed, str(Path(out) / 'model.safetensors'), metadata={'format': 'pt'})
+    config.save_pretrained(out)
+
+
 def naive_from_fla(model_dir: str, out: str) -> None:
     import torch
     from fla.models import RWKV7ForCausalLM
@@ -351,7 +375,7 @@ def bench_size(name: str, args, py: str, say) -> dict:
     file_bytes = src.stat().st_size
     measure([py, '-c', READ_ALL, str(src)], work / 'log.txt')  # warm the page cache for every method alike
 
-    d_ours, d_naive = work / 'fla-ours', work / 'fla-naive'
+    d_ours, d_naive, d_plain = work / 'fla-ours', work / 'fla-naive', work / 'fla-plain'
     copy, copy2 = work / 'copy.pth', work / 'copy-fsync.pth'
     # naive holds the random fp32 model (4 B/param), the loaded file (2) and the cast copy (up to 2)
     naive_need = 8 * shape.num_parameters
@@ -361,6 +385,8 @@ def bench_size(name: str, args, py: str, say) -> dict:
                                          '--quiet', '--tokenizer', 'none'], [d_ours]),
         Method('naive', 'naive (to fla)', [py, str(HERE), '_naive_to', str(src), str(d_naive)], [d_naive],
                skipped=naive_skip if not args.no_naive else 'skipped: --no-naive', max_runs=args.naive_repeats),
+        Method('plain', 'plain (mmap+save_file)', [py, str(HERE), '_plain_to', str(src), str(d_plain)], [d_plain],
+               skipped='skipped: --no-plain' if args.no_plain else ''),
         Method('cp', 'cp', ['cp', '--reflink=never', str(src), str(copy)], [copy]),
         Method('copy_fsync', 'python copy + fsync', [py, '-c', COPY_FSYNC, str(src), str(copy2)], [copy2]),
         Method('read', 'python read all', [py, '-c', READ_ALL, str(src)]),
@@ -372,9 +398,15 @@ def bench_size(name: str, args, py: str, say) -> dict:
         check = run_worker(py, '_compare_dirs', str(d_ours), str(d_naive))
         say(f'  ours vs naive output: {"identical tensors" if not check else "DIFFER: " + check}')
 
+    plain_check = ''
+    if not to_methods[2].skipped:
+        plain_check = run_worker(py, '_compare_dirs', str(d_ours), str(d_plain))
+        say(f'  ours vs plain output: {"identical tensors" if not plain_check else "DIFFER: " + plain_check}')
+
     result = {'size': name, 'C': shape.C, 'L': shape.L, 'params': shape.num_parameters, 'file_bytes': file_bytes,
               'ranks': shape.ranks, 'to_fla': {m.key: method_dict(m) for m in to_methods},
-              'ours_equals_naive': (not check) if not to_methods[1].skipped else None}
+              'ours_equals_naive': (not check) if not to_methods[1].skipped else None,
+              'ours_equals_plain': (not plain_check) if not to_methods[2].skipped else None}
 
     if FROM_FLA.exists():
         back_ours, back_naive = work / 'back-ours.pth', work / 'back-naive.pth'
@@ -523,9 +555,10 @@ def markdown(results: list[dict], consts: dict, meta: dict) -> str:
         f'import torch {_fmt(_med(consts, "torch"))} s / {_med(consts, "torch", "rss_mb"):.0f} MB; '
         f'import fla.models {_fmt(_med(consts, "fla"))} s / {_med(consts, "fla", "rss_mb"):.0f} MB.', '',
         '## RWKV-LM .pth → fla directory', '',
-        '| model | file GB | ours s (cpu) | ours RSS MB | naive s (cpu) | naive RSS MB | cp s | copy+fsync s | '
-        'read s | floor s = cp + start | ours / floor | ours / (copy+fsync + start) | naive / ours |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+        '| model | file GB | ours s (cpu) | ours RSS MB | plain s (cpu) | plain RSS MB | naive s (cpu) | naive RSS MB | '
+        'cp s | copy+fsync s | read s | floor s = cp + start | ours / floor | ours / (copy+fsync + start) | '
+        'plain / ours | naive / ours |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in results:
         d = r['to_fla']
@@ -533,16 +566,21 @@ def markdown(results: list[dict], consts: dict, meta: dict) -> str:
         floor = cp + start
         lines.append(
             f'| {r["size"]} | {r["file_bytes"] / 1e9:.2f} | {_fmt(ours)} ({_fmt(_med(d, "ours", "cpu"))}) | '
-            f'{_med(d, "ours", "rss_mb"):.0f} | {_cell(d, "naive")} | {_fmt(_med(d, "naive", "rss_mb"), 0)} | '
+            f'{_med(d, "ours", "rss_mb"):.0f} | {_cell(d, "plain")} | {_fmt(_med(d, "plain", "rss_mb"), 0)} | '
+            f'{_cell(d, "naive")} | {_fmt(_med(d, "naive", "rss_mb"), 0)} | '
             f'{_fmt(cp)} | {_fmt(_med(d, "copy_fsync"))} | {_fmt(_med(d, "read"))} | {_fmt(floor)} | '
-            f'{_x(ours / floor)} | {_fmt(ours / (_med(d, "copy_fsync") + start))}× | {_x(naive / ours, 1)} |')
+            f'{_x(ours / floor)} | {_fmt(ours / (_med(d, "copy_fsync") + start))}× | {_x(_med(d, "plain") / ours)} | '
+            f'{_x(naive / ours, 1)} |')
     lines += ['', 'Peak RSS of the floor: ' + ', '.join(
         f'{r["size"]}: cp {_med(r["to_fla"], "cp", "rss_mb"):.0f} MB, read {_med(r["to_fla"], "read", "rss_mb"):.0f} MB'
         for r in results) + '.', '']
-    checks = [f'{r["size"]}: {"identical" if r["ours_equals_naive"] else "DIFFERENT"}'
-              for r in results if r['ours_equals_naive'] is not None]
-    if checks:
-        lines += ['Ours vs naive output, tensor by tensor: ' + ', '.join(checks) + '.', '']
+    for key, who in (('ours_equals_naive', 'naive'), ('ours_equals_plain', 'plain')):
+        checks = [f'{r["size"]}: {"identical" if r[key] else "DIFFERENT"}' for r in results if r.get(key) is not None]
+        if checks:
+            lines += [f'Ours vs {who} output, tensor by tensor: ' + ', '.join(checks) + '.', '']
+    lines += ['Plain: `torch.load(mmap=True, weights_only=True)` + renames + `safetensors.torch.save_file` into one '
+              'file, no fsync (see `plain_to_fla`). Its peak RSS counts the pages of the mapped input it touched '
+              'and the whole output it builds before writing.', '']
 
     lines += ['## fla directory → RWKV-LM .pth, and round trip', '']
     if not any('from_fla' in r for r in results):
@@ -593,7 +631,8 @@ def plot(results: list[dict], consts: dict, path: Path) -> None:
     start = _med(consts, 'start')
     gb = [r['file_bytes'] / 1e9 for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
-    series = [('ours', 'ours', 'o-'), ('naive', 'naive (fla + torch.load + save_pretrained)', 's-')]
+    series = [('ours', 'ours', 'o-'), ('plain', 'plain (torch.load mmap + save_file)', '^-'),
+              ('naive', 'naive (fla + torch.load + save_pretrained)', 's-')]
     for key, label, style in series:
         ax1.plot(gb, [_med(r['to_fla'], key) for r in results], style, label=label)
         ax2.plot(gb, [_med(r['to_fla'], key, 'rss_mb') / 1024 for r in results], style, label=label)
@@ -666,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--markdown', type=Path, default=None,
                    help=f'markdown report (default with default sizes: {DEFAULT_MARKDOWN.relative_to(REPO)})')
     p.add_argument('--no-naive', action='store_true', help='skip the naive baseline (slow: ~1.5 min per run at 1.5B)')
+    p.add_argument('--no-plain', action='store_true', help='skip the plain torch.load(mmap=True) + save_file baseline')
     p.add_argument('--naive-repeats', type=int, default=None,
                    help='runs of the naive baseline (default: --repeats); it is 10-30x slower than the rest')
     p.add_argument('--naive-round-trip', action='store_true',
@@ -752,6 +792,8 @@ def worker(argv: list[str]) -> int:
         generate_checkpoint(Shape(*SIZES[rest[0]]), Path(rest[1]))
     elif cmd == '_naive_to':
         naive_to_fla(*rest)
+    elif cmd == '_plain_to':
+        plain_to_fla(*rest)
     elif cmd == '_naive_from':
         naive_from_fla(*rest)
     elif cmd == '_compare_dirs':
