@@ -1,0 +1,118 @@
+"""benchmarks/gpu_parity.py, the one GPU parity command, proven on its CPU path (Triton's interpreter).
+
+The script runs in a subprocess, so its interpreter settings and its patched autotuner never reach this process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'benchmarks' / 'gpu_parity.py'
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('gpu_parity', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / 'out'
+    proc = subprocess.run([sys.executable, str(SCRIPT), '--cpu', '--out', str(out), '--workdir', str(tmp_path / 'work'),
+                           *extra], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert (out / 'gpu_parity.json').exists(), proc.stdout + proc.stderr
+    return proc, json.loads((out / 'gpu_parity.json').read_text())
+
+
+def test_cpu_matrix_has_every_planned_cell_and_all_pass(tmp_path):
+    proc, report = run_script(tmp_path)
+    log = proc.stdout + (tmp_path / 'out' / 'gpu_parity_workers.log').read_text()
+    assert proc.returncode == 0, log
+    cases, precisions = load_script().make_plan(cpu=True)
+    expected = {(c.name, lay.name, k, p) for c in cases for lay in c.layouts for k in lay.kernels for p in precisions}
+    got = {(c['case'], c['layout'], c['kernel'], c['precision']) for c in report['cells']}
+    assert got == expected
+    assert {c['kind'] for c in report['cells']} == {'tokens', 'leftpad', 'decode', 'varlen'}
+    for cell in report['cells']:
+        assert cell['status'] == 'PASS', cell
+        # float32 with IEEE arithmetic: the conversion-exactness bar, and about the reference's own error
+        assert cell['fla_error'] <= 1e-4 and cell['ratio'] < 3, cell
+    assert report['passed'] and report['mode'] == 'cpu'
+    table = (tmp_path / 'out' / 'gpu_parity.md').read_text()
+    assert '| C128 L2 N64 V256 | decode |' in table and 'cells pass' in table
+
+
+def test_swapped_k_k_and_k_a_fail_the_verdict(tmp_path):
+    proc, report = run_script(tmp_path, '--corrupt', 'swap-kk-ka', '--only', 'T9')
+    assert proc.returncode == 1, proc.stdout
+    assert report['cells'] and not report['passed']
+    for cell in report['cells']:
+        # a wrong tensor is orders of magnitude above what float32 rounding explains
+        assert cell['status'] == 'FAIL' and cell['ratio'] > 1e3, cell
+    assert 'FAIL' in proc.stdout
+
+
+def test_gpu_plan_is_the_issues_matrix():
+    cases, precisions = load_script().make_plan(cpu=False)
+    assert precisions == ('float32', 'tf32', 'bfloat16', 'float16')
+    small = [c for c in cases if c.kind == 'goose']
+    assert sorted(c.head_size for c in small) == [32, 64, 128]
+    for c in small:
+        tokens = [lay for lay in c.layouts if lay.kind == 'tokens']
+        assert [lay.lengths[0] for lay in tokens] == [1, 63, 64, 257, 1024, 4096]
+        assert all(lay.kernels == ('chunk', 'fused_recurrent') for lay in tokens)
+        assert {lay.kind for lay in c.layouts} == {'tokens', 'leftpad', 'decode', 'varlen'}
+    released = {c.size: c.layouts for c in cases if c.kind == 'released'}
+    assert set(released) == {'0.1B', '1.5B'}
+    assert all(lay.lengths == (2048,) for layouts in released.values() for lay in layouts)
+
+
+class _FakeAutotuner:
+    """Just what keep_first_fitting_config touches: configs, prune_configs and triton's do_bench slot."""
+
+    def __init__(self, configs):
+        self.configs, self._do_bench = configs, None
+
+    def prune_configs(self, meta):
+        return self.configs
+
+    @property
+    def do_bench(self):
+        return self._do_bench
+
+
+def test_autotuner_keeps_the_first_config_that_fits_untimed(monkeypatch):
+    from triton.runtime import autotuner
+
+    launched = []
+
+    def triton_like_bench(self, *args, config, **meta):  # what Autotuner._bench does, minus the kernel
+        def kernel_call():
+            launched.append(config)
+            if config == 'too big':
+                raise MemoryError('out of shared memory')
+        try:
+            return self.do_bench(kernel_call, quantiles=(0.5, 0.2, 0.8))
+        except MemoryError:
+            return [math.inf] * 3
+
+    monkeypatch.setattr(autotuner.Autotuner, '_bench', triton_like_bench)
+    load_script().keep_first_fitting_config()  # patches the class; monkeypatch restores it afterwards
+    tuner = _FakeAutotuner(['too big', 'fits', 'never compiled'])
+    for _ in range(2):  # a second tuning round (another key) starts over
+        timings = {c: autotuner.Autotuner._bench(tuner, config=c) for c in tuner.configs}
+        assert min(timings, key=timings.get) == 'fits'
+    assert launched == ['too big', 'fits'] * 2
+    assert tuner.do_bench is None  # triton's own benchmarker is back in its slot
+
