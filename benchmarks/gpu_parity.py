@@ -361,11 +361,16 @@ def worker(args) -> int:
         cfg = json.loads((d / 'fla' / 'config.json').read_text())
         # the eps the converted model carries (for N = 64 exactly BlinkDL's 1e-5 and 64e-5; README: other N)
         eps = {'norm_eps': cfg['norm_eps'], 'ln_x_eps': cfg['norm_eps'] * cfg['head_dim']}
-        weights = {k: v.to(device) for k, v in load_blinkdl_weights(d / 'model.pth').items()}
+
+        def reference(dtype, d=d, eps=eps):
+            # the float32 weights live only while the reference takes its copy (1.5B: 6 GB per worker on the GPU)
+            weights = {k: v.to(device) for k, v in load_blinkdl_weights(d / 'model.pth').items()}
+            return RWKV7Reference(weights, dtype=dtype, **eps)
+
         truths = {}
         if 'truth' in roles:
             with matmul_precision('float32'):
-                ref = RWKV7Reference(weights, dtype=torch.float64, **eps)
+                ref = reference(torch.float64)
                 for layout in case.layouts:
                     t = time.time()
                     truth = reference_logits(ref, layout, layout_inputs(case, layout, ref.vocab), device)
@@ -381,7 +386,7 @@ def worker(args) -> int:
         for precision in [r for r in roles if r != 'truth']:
             dtype = storage_dtype(precision)
             with matmul_precision(precision):
-                ref = RWKV7Reference(weights, dtype=dtype, **eps)
+                ref = reference(dtype)
                 t = time.time()
                 model = load_fla_model(d / 'fla', dtype=dtype, device=device)
                 log(f'{case.name}: fla model loaded in {time.time() - t:.1f}s')
@@ -424,7 +429,7 @@ def worker(args) -> int:
                 del model, ref
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
-        del weights, truths
+        del truths
     return 0
 
 
