@@ -547,7 +547,10 @@ def run_verify(case: Case, workdir: Path, cpu: bool, timeout: float) -> dict:
 def stop(procs: dict) -> None:
     for p in procs.values():
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
     for p in procs.values():
         try:
             p.wait(10)
@@ -569,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--corrupt', choices=CORRUPTIONS, default=None, help='corrupt every conversion (tests only)')
     p.add_argument('--workdir', type=Path, default=None)
     p.add_argument('--keep', action='store_true', help='keep the work folder (checkpoints, conversions, truths)')
+    p.add_argument('--split', action='store_true', help=argparse.SUPPRESS)  # --cpu with the GPU's worker layout
     # worker-only arguments
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--name', help=argparse.SUPPRESS)
@@ -596,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     # Workers: on the CPU one process does everything; on a GPU the truths and each precision run in parallel
-    if args.cpu:
+    if args.cpu and not args.split:
         groups = {'all': ('truth',) + precisions}
     else:
         groups = {'truth': ('truth',), **{p: (p,) for p in precisions}}
