@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'gpu_parity.py'
 
@@ -116,3 +118,61 @@ def test_autotuner_keeps_the_first_config_that_fits_untimed(monkeypatch):
     assert launched == ['too big', 'fits'] * 2
     assert tuner.do_bench is None  # triton's own benchmarker is back in its slot
 
+
+
+class _RecordingModel:
+    """Stands in for RWKV7ForCausalLM: logits[b, t] = the token id there, and every call recorded."""
+
+    def __init__(self, vocab=8):
+        import types
+        self.config, self.calls = types.SimpleNamespace(vocab_size=vocab), []
+
+    def __call__(self, input_ids, past_key_values=None, use_cache=True, return_dict=False, attention_mask=None,
+                 cu_seqlens=None):
+        import torch
+        self.calls.append({'T': input_ids.shape[1], 'grad': torch.is_grad_enabled(), 'cached': past_key_values,
+                           'mask': None if attention_mask is None else attention_mask.shape[1],
+                           'packed': cu_seqlens is not None})
+        logits = input_ids.double().unsqueeze(-1).expand(*input_ids.shape, self.config.vocab_size)
+        return logits, (past_key_values or 0) + input_ids.shape[1]
+
+
+@pytest.mark.parametrize('kind, lengths, batch', [
+    pytest.param('tokens', (63,), 2, id='T63'),
+    pytest.param('tokens', (130,), 2, id='T130'),
+    pytest.param('leftpad', (130, 70, 5), 1, id='leftpad'),
+    pytest.param('decode', (100, 3), 2, id='decode'),
+    pytest.param('varlen', (30, 1, 17, 9), 1, id='varlen57'),
+])
+@pytest.mark.parametrize('kernel', ['chunk', 'fused_recurrent'])
+def test_layouts_reach_the_kernel_they_name(kind, lengths, batch, kernel):
+    """fla picks chunk for calls of >= 64 tokens or with grad, recurrent otherwise: each cell must make such calls,
+    and both sides must compare the same positions."""
+    import torch
+    script = load_script()
+    layout = script.Layout('x', kind, lengths, batch)
+    case = script.Case('N64', 'goose', vocab=8)
+    inputs = script.layout_inputs(case, layout, 8)
+    model = _RecordingModel()
+    got = script.fla_layout_logits(model, layout, inputs, kernel, torch.device('cpu'))
+
+    class Echo:  # the reference side: logits = token ids, run sequence by sequence
+        vocab = 8
+
+        def zero_state(self, batch):
+            from fla.rwkv7_convert.reference import RWKV7State
+            return RWKV7State([], [], [])
+
+        def __call__(self, ids, state):
+            return ids.double().unsqueeze(-1).expand(*ids.shape, 8), state
+
+    want = script.reference_logits(Echo(), layout, inputs, torch.device('cpu'))
+    assert got.shape == (layout.tokens, 8) and torch.equal(got, want)
+    prefill = [c for c in model.calls if c['T'] > 1 or kind != 'decode']
+    for call in (model.calls if kind != 'decode' else prefill[:1] if kernel == 'chunk' else prefill):
+        assert (call['T'] >= 64 or call['grad']) == (kernel == 'chunk'), model.calls
+    if kind == 'leftpad':  # fla reads the last len(piece) mask columns: each call gets the mask up to its end
+        ends = [c['mask'] for c in model.calls]
+        assert ends[-1] == max(lengths) and all(e is not None for e in ends)
+    if kernel == 'fused_recurrent' and kind != 'varlen':
+        assert all(c['T'] <= 63 for c in model.calls)
