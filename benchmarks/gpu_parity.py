@@ -485,6 +485,8 @@ def judge_cells(cases, precisions, workdir: Path) -> list[dict]:
             cell.update(status='not run', passed=False)
         elif 'error' in r:
             cell.update(status='error', passed=False, error=r['error'], ref_error=r['ref_error'])
+        elif not math.isfinite(r['ref_error']):  # e.g. fp16 overflowing in the reference itself: nothing to judge by
+            cell.update({k: r[k] for k in ('fla_error', 'ref_error')}, status='reference non-finite', passed=False)
         else:
             j = judge(r['fla_error'], r['ref_error'], key[3])
             exact = key[3] != 'float32' or r['fla_error'] <= IEEE_BAR
@@ -529,10 +531,21 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines)
 
 
+def verify_cli(argv: list[str]) -> int:
+    """utils/verify_rwkv7.py as a user runs it, but with the parity runs' autotune discipline (first fitting
+    config, untimed): with fla's default autotuning a cold 1.5B run spends minutes benchmarking configs."""
+    import runpy
+    if 'cuda' in argv:  # on the CPU verify chooses Triton's interpreter itself, before triton is imported
+        os.environ['FLA_CACHE_RESULTS'] = '0'
+        keep_first_fitting_config()
+    sys.argv = ['verify_rwkv7.py', *argv]
+    runpy.run_path(str(REPO / 'utils' / 'verify_rwkv7.py'), run_name='__main__')  # exits with its status
+    return 0
+
+
 def run_verify(case: Case, workdir: Path, cpu: bool, timeout: float) -> dict:
     d = workdir / case.name
-    cmd = [sys.executable, str(REPO / 'utils' / 'verify_rwkv7.py'), '--rwkv7', str(d / 'model.pth'), '--model',
-           str(d / 'fla')]
+    cmd = [sys.executable, str(HERE), '--verify-cli', '--rwkv7', str(d / 'model.pth'), '--model', str(d / 'fla')]
     cmd += ['--device', 'cpu', '--dtype', 'float32'] if cpu else ['--device', 'cuda', '--dtype', 'bfloat16']
     shown = f'python utils/verify_rwkv7.py --rwkv7 <{case.name}.pth> --model <{case.name} converted> ' + ' '.join(cmd[-4:])
     t = time.time()
@@ -541,7 +554,8 @@ def run_verify(case: Case, workdir: Path, cpu: bool, timeout: float) -> dict:
         rc, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
         rc, out = 'timeout', (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or '')
-    return {'case': case.name, 'command': shown, 'rc': rc, 'wall_s': time.time() - t, 'output': out[-3000:]}
+    return {'case': case.name, 'command': shown, 'autotune': 'first fitting config, untimed', 'rc': rc,
+            'wall_s': time.time() - t, 'output': out[-3000:]}
 
 
 def stop(procs: dict) -> None:
@@ -560,13 +574,16 @@ def stop(procs: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['--verify-cli']:  # internal: the timed verify run
+        return verify_cli(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--out', type=Path, default=Path('out/gpu-parity'), help='folder for gpu_parity.json/.md')
     p.add_argument('--cpu', action='store_true', help='CI mode: Triton interpreter, tiny shapes, recurrent, fp32')
     p.add_argument('--quick', action='store_true', help='GPU: T <= 257 and no released shapes')
     p.add_argument('--budget', type=float, default=None,
-                   help='seconds for the matrix before workers are stopped (default 270 on a GPU, 240 with --cpu)')
-    p.add_argument('--verify-timeout', type=float, default=75.0, help='seconds for the timed verify_rwkv7.py run')
+                   help='seconds for the matrix before workers are stopped (default 265 on a GPU, 240 with --cpu)')
+    p.add_argument('--verify-timeout', type=float, default=70.0, help='seconds for the timed verify_rwkv7.py run')
     p.add_argument('--only', default=None, metavar='LAYOUTS', help='only these layouts, e.g. T64,decode,T2048')
     p.add_argument('--no-verify', action='store_true', help='skip the timed utils/verify_rwkv7.py run')
     p.add_argument('--corrupt', choices=CORRUPTIONS, default=None, help='corrupt every conversion (tests only)')
@@ -592,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print('skipped: no CUDA device (use --cpu for the interpreter path)')
             return 0
-    budget = args.budget if args.budget is not None else (240.0 if args.cpu else 270.0)
+    budget = args.budget if args.budget is not None else (240.0 if args.cpu else 265.0)
     deadline = t0 + budget
     cases, precisions = make_plan(args.cpu, args.quick, args.only)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix='rwkv7-gpu-parity-'))
@@ -623,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         procs[name] = subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT,
                                        start_new_session=True)
 
-    prepared = {}
+    prepared, ended = {}, {}
     try:
         for case in cases:  # while the workers import and compile
             t = time.time()
@@ -632,8 +649,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f'[parent {time.time() - t0:6.1f}s] {case.name}: generated and converted in {prepared[case.name]:.1f}s',
                   flush=True)
         while any(pr.poll() is None for pr in procs.values()) and time.time() < deadline:
-            failed = [n for n, pr in procs.items() if pr.poll() not in (None, 0)]
-            if 'truth' in failed:
+            for n, pr in procs.items():
+                if pr.poll() is not None and n not in ended:
+                    ended[n] = time.time() - t0
+            if procs.get('truth') is not None and procs['truth'].poll() not in (None, 0):
                 break  # nothing can be judged without the truths
             time.sleep(0.5)
     finally:
@@ -641,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         for f in logs.values():
             f.close()
     matrix_s = time.time() - t0
-    children = {n: {'rc': pr.returncode} for n, pr in procs.items()}
+    # rc < 0: stopped at the deadline (or killed); ended_s: seconds from the start until it ended
+    children = {n: {'rc': pr.returncode, 'ended_s': ended.get(n, time.time() - t0)} for n, pr in procs.items()}
     child_log = '\n'.join(f'===== {n}\n' + (workdir / f'{n}.log').read_text(errors='replace') for n in procs)
     (args.out / 'gpu_parity_workers.log').write_text(child_log)
 
