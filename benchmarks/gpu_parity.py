@@ -554,7 +554,8 @@ def run_verify(case: Case, workdir: Path, cpu: bool, timeout: float) -> dict:
         rc, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
         rc, out = 'timeout', (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or '')
-    return {'case': case.name, 'command': shown, 'autotune': 'first fitting config, untimed', 'rc': rc,
+    return {'case': case.name, 'command': shown, 'rc': rc,
+            'autotune': 'Triton interpreter' if cpu else 'first fitting config, untimed',
             'wall_s': time.time() - t, 'output': out[-3000:]}
 
 

@@ -21,11 +21,13 @@ SCRIPT = REPO / 'benchmarks' / 'gpu_parity.py'
 def load_script():
     spec = importlib.util.spec_from_file_location('gpu_parity', SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    saved_path = list(sys.path)  # the script puts benchmarks/ on sys.path: not for the rest of the session
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     try:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
+        sys.path[:] = saved_path
     return module
 
 
