@@ -178,3 +178,36 @@ def test_layouts_reach_the_kernel_they_name(kind, lengths, batch, kernel):
         assert ends[-1] == max(lengths) and all(e is not None for e in ends)
     if kernel == 'fused_recurrent' and kind != 'varlen':
         assert all(c['T'] <= 63 for c in model.calls)
+
+
+_REAL_AUTOTUNER = r'''
+import os, sys
+os.environ['TRITON_INTERPRET'] = '1'
+sys.path.insert(0, sys.argv[1])
+import gpu_parity  # imports no triton at module level
+gpu_parity.keep_first_fitting_config()
+import torch
+import triton
+import triton.language as tl
+
+@triton.autotune(configs=[triton.Config({'BLOCK': b}) for b in (32, 64, 128)], key=['n'])
+@triton.jit
+def double(x, y, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y + i, 2 * tl.load(x + i, mask=i < n), mask=i < n)
+
+x = torch.arange(100, dtype=torch.float32)
+y = torch.empty_like(x)
+double[lambda meta: (triton.cdiv(100, meta['BLOCK']),)](x, y, 100)
+assert torch.equal(y, 2 * x)
+print(double.best_config.kwargs['BLOCK'], sorted(t[0] for t in double.configs_timings.values()))
+'''
+
+
+def test_first_fitting_config_with_triton_s_own_autotuner():
+    """The patch against the installed Triton's real Autotuner (interpreted, in a subprocess): the first config is
+    launched once and kept, the others are never compiled."""
+    proc = subprocess.run([sys.executable, '-c', _REAL_AUTOTUNER, str(REPO / 'benchmarks')], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split('\n')[0] == '32 [1.0, 2.0, 2.0]', proc.stdout
