@@ -9,7 +9,13 @@ RWKV7ForCausalLM (bf16) and measures, median of --repeats after warm-up, CUDA-sy
   TTFT      time to first token: prompt ids on the host -> forward -> greedy token back on the host, B = 1
   decode    tokens/s of greedy one-token steps through the cache, for each batch in --decode-batch
 
-for fla's two kernels and for `fla.rwkv7_convert.reference.RWKV7Reference` (one token at a time, --ref-dtype).
+for fla's two kernels, for BlinkDL's own `rwkv` package on the same GPU and file (RWKV_V7_ON=1, its CUDA wkv
+kernel with RWKV_CUDA_ON=1 where it builds, else its torch ops; batch 1 only, as that package runs), and for
+`fla.rwkv7_convert.reference.RWKV7Reference` (one token at a time, --ref-dtype).
+
+Warm-up discipline (the same as benchmarks/gpu_parity.py, but with real autotuning, since these are speed
+numbers): every call shape that is timed runs --warmup times first, outside the timed region, so Triton compiles
+and autotunes each kernel once there; that one-off cost is reported as `warmup_s`, never mixed into the medians.
 fla 0.6.0's RWKV7Attention ignores `config.attn_mode` in its forward: it runs `chunk_rwkv7` for calls of 64 or
 more tokens (or with grad enabled) and `fused_mul_recurrent_rwkv7` below that. So "chunk" prefill is one call
 over the prompt, and "fused_recurrent" prefill feeds the prompt through the cache in 63-token pieces; decode
@@ -65,16 +71,23 @@ class Timer:
     def __init__(self, device):
         import torch
         self.torch, self.cuda = torch, device.type == 'cuda'
+        self.warmup_s = 0.0
 
     def sync(self) -> None:
         if self.cuda:
             self.torch.cuda.synchronize()
 
     def median(self, fn, repeats: int, warmup: int = 1, setup=None) -> float:
-        """Median seconds of fn(); `setup()` runs before each call, untimed (e.g. a fresh cache)."""
+        """Median seconds of fn(); `setup()` runs before each call, untimed (e.g. a fresh cache).
+
+        The warm-up calls (compile + autotune on the first) are timed apart and added to `self.warmup_s`."""
+        self.sync()
+        t = time.perf_counter()
         for _ in range(warmup):
             arg = setup() if setup else None
             fn(arg) if setup else fn()
+        self.sync()
+        self.warmup_s += time.perf_counter() - t
         times = []
         for _ in range(repeats):
             arg = setup() if setup else None
@@ -132,10 +145,58 @@ class RefRunner:
         return self.ref.forward(tok, state)
 
 
+class RwkvPackageRunner:
+    """BlinkDL's `rwkv` package (RWKV-7 path) on the same checkpoint: one sequence at a time."""
+
+    max_batch = 1
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, ids, state=None):
+        logits, state = self.model.forward(ids[0].tolist(), state)
+        return logits.view(1, 1, -1), state
+
+    def step(self, tok, state):
+        logits, state = self.model.forward(int(tok), state)
+        return logits.view(1, 1, -1), state
+
+    def logits(self, ids):
+        return self.model.forward(ids[0].tolist(), None, full_output=True)[0].unsqueeze(0)
+
+
+def load_rwkv_package(src: Path, dtype: str, say):
+    """(model, label): BlinkDL's package with its CUDA kernel (RWKV_CUDA_ON=1), or its torch ops if that fails
+    to build. It turns TF32 and cudnn.benchmark on at import: the previous settings come back afterwards."""
+    import importlib
+
+    import torch
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    strategy = f'cuda {dict(bfloat16="bf16", float16="fp16", float32="fp32")[dtype]}'
+    os.environ['RWKV_V7_ON'] = '1'
+    os.environ.setdefault('RWKV_JIT_ON', '1')
+    label = 'rwkv package, CUDA kernel'
+    try:
+        try:
+            os.environ['RWKV_CUDA_ON'] = '1'
+            rwkv_model = importlib.import_module('rwkv.model')
+        except Exception as e:  # noqa: BLE001 - the package compiles its kernel at import; report and fall back
+            say(f'  rwkv package: CUDA kernel did not build ({type(e).__name__}: {str(e)[:200]}); torch ops instead')
+            sys.modules.pop('rwkv.model', None)
+            os.environ['RWKV_CUDA_ON'] = '0'
+            rwkv_model = importlib.import_module('rwkv.model')
+            label = 'rwkv package, torch ops'
+        model = rwkv_model.RWKV(model=str(src.with_suffix('')), strategy=strategy)
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
+    return model, f'{label} {strategy}'
+
+
 def bench_runner(runner, timer: Timer, args, vocab: int, device, prefill_len: int) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(1)
+    timer.warmup_s = 0.0
     out = {}
     # host-side ids (the CPU generator needs device='cpu' inside a `with torch.device('cuda')` block)
     prompt = torch.randint(1, vocab, (args.prefill_batch, prefill_len), generator=gen, device='cpu')
@@ -155,6 +216,9 @@ def bench_runner(runner, timer: Timer, args, vocab: int, device, prefill_len: in
     out['ttft_ms'] = 1e3 * timer.median(first_token, args.repeats, args.warmup)
 
     for b in args.decode_batch:
+        if b > getattr(runner, 'max_batch', b):
+            out[f'decode_b{b}_tok_s'] = out[f'decode_b{b}_ms_per_step'] = None  # the runner has no batches
+            continue
         ctx = torch.randint(1, vocab, (b, args.decode_context), generator=gen, device='cpu').to(device)
 
         def fresh(ctx=ctx):
@@ -171,6 +235,7 @@ def bench_runner(runner, timer: Timer, args, vocab: int, device, prefill_len: in
         t = timer.median(decode, args.repeats, args.warmup, setup=fresh)
         out[f'decode_b{b}_tok_s'] = b * args.decode_tokens / t
         out[f'decode_b{b}_ms_per_step'] = 1e3 * t / args.decode_tokens
+    out['warmup_s'] = timer.warmup_s  # compile + autotune, outside every timed region
     return out
 
 
@@ -230,6 +295,21 @@ def bench_size(size: str, args, device, say) -> list[dict]:
         del model
         if device.type == 'cuda':
             torch.cuda.empty_cache()
+        if device.type == 'cuda' and not args.no_rwkv_package:
+            try:
+                package, label = load_rwkv_package(src, args.dtype, say)
+            except Exception as e:  # noqa: BLE001 - the comparison is optional; say why it is missing
+                say(f'  {size} rwkv package: not run ({type(e).__name__}: {str(e)[:200]})')
+            else:
+                runner = RwkvPackageRunner(package)
+                with torch.no_grad():
+                    got = runner.logits(ids).float()
+                perr = ((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()).item()
+                r = bench_runner(runner, timer, args, vocab, device, args.prefill_len)
+                rows.append({'size': size, 'impl': label, 'err_vs_ref': perr, **r})
+                say(f'  {size} {label}: {_summary(r, args)}')
+                del package, runner
+                torch.cuda.empty_cache()
         r = bench_runner(RefRunner(ref), timer, args, vocab, device, min(args.prefill_len, args.ref_prefill_len))
         rows.append({'size': size, 'impl': f'reference {args.ref_dtype}', 'err_vs_ref': 0.0, **r})
         say(f'  {size} reference: {_summary(r, args)}')
@@ -237,20 +317,23 @@ def bench_size(size: str, args, device, say) -> list[dict]:
 
 
 def _summary(r: dict, args) -> str:
-    dec = ', '.join(f'decode B={b} {r[f"decode_b{b}_tok_s"]:.0f} tok/s' for b in args.decode_batch)
-    return f'prefill {r["prefill_tok_s"]:.0f} tok/s (T={r["prefill_tokens"]}), TTFT {r["ttft_ms"]:.1f} ms, {dec}'
+    dec = ', '.join(f'decode B={b} {r[f"decode_b{b}_tok_s"]:.0f} tok/s' for b in args.decode_batch
+                    if r[f'decode_b{b}_tok_s'] is not None)
+    return (f'prefill {r["prefill_tok_s"]:.0f} tok/s (T={r["prefill_tokens"]}), TTFT {r["ttft_ms"]:.1f} ms, {dec}; '
+            f'warm-up {r["warmup_s"]:.1f} s')
 
 
 def markdown(rows: list[dict], args, device_name: str) -> str:
     dec_cols = ''.join(f' decode B={b} tok/s (ms/step) |' for b in args.decode_batch)
     lines = [f'Device: {device_name}; prefill batch {args.prefill_batch}; decode {args.decode_tokens} steps after a '
              f'{args.decode_context}-token context; median of {args.repeats}.', '',
-             f'| model | implementation | prefill tok/s (T) | TTFT ms (T) |{dec_cols} RMS err vs ref |',
-             '|---|---|---|---|' + '---|' * len(args.decode_batch) + '---|']
+             f'| model | implementation | prefill tok/s (T) | TTFT ms (T) |{dec_cols} warm-up s | RMS err vs ref |',
+             '|---|---|---|---|' + '---|' * len(args.decode_batch) + '---|---|']
     for r in rows:
-        dec = ''.join(f' {r[f"decode_b{b}_tok_s"]:.0f} ({r[f"decode_b{b}_ms_per_step"]:.2f}) |' for b in args.decode_batch)
+        dec = ''.join(f' {r[f"decode_b{b}_tok_s"]:.0f} ({r[f"decode_b{b}_ms_per_step"]:.2f}) |'
+                      if r[f'decode_b{b}_tok_s'] is not None else ' — |' for b in args.decode_batch)
         lines.append(f'| {r["size"]} | {r["impl"]} | {r["prefill_tok_s"]:.0f} ({r["prefill_tokens"]}) | '
-                     f'{r["ttft_ms"]:.1f} ({r["prefill_tokens"]}) |{dec} {r["err_vs_ref"]:.1e} |')
+                     f'{r["ttft_ms"]:.1f} ({r["prefill_tokens"]}) |{dec} {r["warmup_s"]:.1f} | {r["err_vs_ref"]:.1e} |')
     return '\n'.join(lines)
 
 
@@ -272,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--workdir', type=Path, default=Path(tempfile.gettempdir()) / 'rwkv7-bench-forward')
     p.add_argument('--keep', action='store_true', help='keep the generated checkpoints and converted models')
     p.add_argument('--json', type=Path, default=None)
+    p.add_argument('--no-rwkv-package', action='store_true', help="skip BlinkDL's rwkv package comparison")
     p.add_argument('--cpu-smoke', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.decode_batch = [int(b) for b in args.decode_batch.split(',') if b.strip()]
