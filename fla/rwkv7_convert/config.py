@@ -65,6 +65,11 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
         'norm_first': True,
         'norm_bias': True,
         'norm_eps': norm_eps_for(dims.N),
+        # Read by llama.cpp's convert_hf_to_gguf.py (Rwkv7Model) before fla's head_dim/norm_eps, and only as a pair:
+        # it takes layer_norm_epsilon for its LayerNorms and keeps ln_x at 64e-5 itself, so it is exact for every N.
+        # fla and transformers ignore both keys (tests/test_model_dir.py).
+        'head_size': dims.N,
+        'layer_norm_epsilon': BLINKDL_NORM_EPS,
         'attn': None,
         'use_cache': True,
         'vocab_size': dims.V,

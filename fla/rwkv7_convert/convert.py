@@ -101,6 +101,7 @@ def convert_to_fla(
         check_target(Path(output).absolute(), force, protect=(source,))  # fail before reading anything
     with open_checkpoint(source) as ckpt:
         plan = make_plan(ckpt.tree, shown, head_size=head_size)
+        check_tokenizer_choice(tokenizer, plan.dims.V, shown)  # before anything is written
         kept = sorted(plan.kept, key=_fla_order)
         emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
         model_dtype = precision or emb_dtype
@@ -134,6 +135,14 @@ def convert_to_fla(
     result.files = files
     result.seconds = time.perf_counter() - start
     return result
+
+
+def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
+    """--tokenizer world on a model whose embedding is not the World vocabulary would pair ids with the wrong text."""
+    from fla.rwkv7_convert.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab
+    if choice == 'world' and not is_world_vocab(vocab_size):
+        raise ConversionError(f'--tokenizer world: the model has {vocab_size} embedding rows, the RWKV World tokenizer '
+                              f'needs {WORLD_VOCAB_SIZE}; use --tokenizer none or a tokenizer PATH', shown)
 
 
 def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
