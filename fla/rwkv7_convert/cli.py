@@ -244,6 +244,14 @@ def _convert_body(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_and_card_body(args: argparse.Namespace) -> int:
+    if not args.verify or args.dry_run:
+        return _convert_body(args)
+    from fla.rwkv7_convert.model_card import card_records_verify
+    with card_records_verify(args.rwkv7, args.output):  # the card of the finished directory gets the verdict
+        return _convert_body(args)
+
+
 def main_to_fla(argv: list[str] | None = None) -> int:
     args = build_to_fla_parser().parse_args(argv)
-    return run_cli(_convert_body, args)
+    return run_cli(_convert_and_card_body, args)
