@@ -32,10 +32,11 @@ def test_converts_and_prints_one_summary_line(tmp_path, checkpoint):
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'converted {checkpoint} -> {out}: RWKV-7, 2 layers, hidden 128')
     assert 'bfloat16' in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'generation_config.json', 'model.safetensors',
-                                                     'rwkv7_convert.json']
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'generation_config.json',
+                                                     'model.safetensors', 'rwkv7_convert.json']
     config = json.loads((out / 'config.json').read_text())
     assert (config['num_heads'], config['head_dim'], config['eos_token_id'], config['pad_token_id']) == (2, 64, 0, 0)
+    assert (config['head_size'], config['layer_norm_epsilon']) == (64, 1e-5)  # what llama.cpp reads first
     assert config['bos_token_id'] is None and config['dtype'] == 'bfloat16'
     assert json.loads((out / 'generation_config.json').read_text())['eos_token_id'] == 0
 

@@ -43,6 +43,13 @@ def test_tokenizer_choices(tmp_path, world_checkpoint):
     with pytest.raises(ConversionError, match='no tokenizer files found'):
         convert_to_fla(small, tmp_path / 'bad', tokenizer=str(tmp_path))
     assert not (tmp_path / 'bad').exists()
+    # the World tokenizer on another vocabulary would pair ids with the wrong text: refused before anything is written
+    for dry_run in (True, False):
+        with pytest.raises(ConversionError, match='the model has 256 embedding rows, the RWKV World tokenizer needs 65536'):
+            convert_to_fla(small, tmp_path / 'world-on-256', tokenizer='world', dry_run=dry_run)
+    assert not (tmp_path / 'world-on-256').exists()
+    convert_to_fla(world_checkpoint, tmp_path / 'world', tokenizer='world')
+    assert WORLD_FILES <= {p.name for p in (tmp_path / 'world').iterdir()}
 
 
 def test_verify_on_text_through_the_written_tokenizer(tmp_path, world_checkpoint):
