@@ -159,3 +159,21 @@ def test_chat_template_is_in_tokenizer_config(tmp_path):
     world.write_world_tokenizer(tmp_path)
     config = json.loads((tmp_path / 'tokenizer_config.json').read_text())
     assert 'Assistant:' in config['chat_template'] and config['split_special_tokens'] is True
+
+
+@pytest.mark.parametrize('tail, stops', [
+    pytest.param([28329, 11], True, id='full-stop-newline-then-newline'),
+    pytest.param([11, 11], True, id='two-newlines'),
+    pytest.param([261], True, id='blank-line-token'),
+    pytest.param([28329], False, id='one-newline'),
+    pytest.param([11], False, id='newline'),
+])
+def test_stop_strings_catch_a_blank_line_split_over_two_tokens(hf, tail, stops):
+    """The remedy the README gives for what generation_config.json cannot see: stop_strings=['\\n\\n'] with the
+    tokenizer, which transformers checks on the decoded text."""
+    import torch
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    criterion = StopStringCriteria(tokenizer=hf, stop_strings=['\n\n'])
+    ids = torch.tensor([hf.encode('User: hi\n\nAssistant: 你好') + tail])
+    assert bool(criterion(ids, None)[0]) is stops

@@ -70,8 +70,10 @@ def _tokenizer_section(meta: dict, files: set[str]) -> list[str]:
             '',
             "Chat: `tokenizer.apply_chat_template` renders BlinkDL's trained format (RWKV-LM",
             '`RWKV-v7/RWKV7-G1x-templates.txt`): `System: ...\\n\\nUser: ...\\n\\nAssistant:`, inputs cleaned of runs of',
-            'newlines; `enable_thinking=True` opens a `<think` block. `generation_config.json` ends a turn on token 261',
-            '(`"\\n\\n"`, where BlinkDL\'s chat demo stops) or 0; for plain text continuation pass `eos_token_id=0`.',
+            'newlines; `enable_thinking=True` opens a `<think` block. BlinkDL\'s chat demo ends a reply where its text',
+            'holds `"\\n\\n"`: `generation_config.json` stops on token 0 and on the 34 tokens holding `"\\n\\n"` (261 is',
+            '`"\\n\\n"` itself); for a blank line split over two tokens (after `。`) pass `stop_strings=["\\n\\n"],',
+            'tokenizer=tokenizer` to `generate`. For plain text continuation pass `eos_token_id=0`.',
         ]
     if tok == 'copied':
         names = ', '.join(f'`{n}`' for n in meta.get('tokenizer_files', []))
@@ -136,16 +138,16 @@ def render_card(config: dict, meta: dict, files: set[str], verify: tuple[bool, s
         'import fla  # registers RWKV-7 with transformers; without it AutoModelForCausalLM does not know "rwkv7"',
         'from transformers import AutoModelForCausalLM' + (', AutoTokenizer' if chat else ''),
         '',
-        "model = AutoModelForCausalLM.from_pretrained('.', dtype='auto', device_map='cuda')",
+        "model = AutoModelForCausalLM.from_pretrained('.', dtype='auto').to('cuda')",
     ]
     if chat:
         lines += [
             "tokenizer = AutoTokenizer.from_pretrained('.')",
-            "messages = [{'role': 'user', 'content': 'What is RWKV?'}]",
-            "ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt',",
-            "                                    return_dict=True)['input_ids'].to(model.device)",
-            'out = model.generate(ids, max_new_tokens=200)',
-            'print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))',
+            "messages = [{'role': 'user', 'content': 'What is RWKV?'}]  # rendered 'User: What is RWKV?\\n\\nAssistant:'",
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt',",
+            "                                       return_dict=True).to(model.device)",
+            'out = model.generate(**inputs, max_new_tokens=200)',
+            "print(tokenizer.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))",
         ]
     lines += [
         '```',
