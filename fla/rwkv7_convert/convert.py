@@ -172,7 +172,9 @@ def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
     return _copy_tokenizer(Path(choice), outdir)
 
 
-_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'rwkv_vocab_v20230424.txt')
+# chat_template.jinja: where transformers 5's save_pretrained puts the chat template
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja',
+                    'rwkv_vocab_v20230424.txt')
 
 
 def _copy_tokenizer(path: Path, outdir: Path) -> list[str]:
