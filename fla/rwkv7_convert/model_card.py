@@ -1,6 +1,7 @@
 """The README.md (model card) of a converted directory, and the source facts it and rwkv7_convert.json record.
 
-The card is rendered from what the finished directory holds (config.json, rwkv7_convert.json, the tokenizer files),
+The card is rendered from what the finished directory holds (config.json and rwkv7_convert.json, which names the
+tokenizer files),
 so it can be rendered again: after `--verify` the converter rewrites it with the verdict, atomically, leaving every
 other file as it was. Nothing in it depends on where the files lie or when they were written (no paths, no dates):
 converting the same file twice gives the same directory, byte for byte, and the folder can be published as it is.
@@ -53,7 +54,7 @@ def _human_count(n: int) -> str:
     return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
 
 
-def _tokenizer_section(meta: dict, files: set[str]) -> list[str]:
+def _tokenizer_section(meta: dict) -> list[str]:
     tok = meta.get('tokenizer', 'none')
     if tok == 'world':
         return [
@@ -83,7 +84,7 @@ def _tokenizer_section(meta: dict, files: set[str]) -> list[str]:
             '`--tokenizer none` was given). Pass token ids, or add the tokenizer the model was trained with.']
 
 
-def render_card(config: dict, meta: dict, files: set[str], verify: tuple[bool, str] | None = None) -> str:
+def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None) -> str:
     """The card's text. `verify`: (passed, rendered report) of the converter's --verify, if it ran."""
     src = meta['source']
     N, H, C, L = config['head_dim'], config['num_heads'], config['hidden_size'], config['num_hidden_layers']
@@ -158,7 +159,7 @@ def render_card(config: dict, meta: dict, files: set[str], verify: tuple[bool, s
         '',
         '## Tokenizer',
         '',
-        *_tokenizer_section(meta, files),
+        *_tokenizer_section(meta),
         '',
         '## Verification',
         '',
@@ -188,8 +189,7 @@ def write_model_card(model_dir: str | os.PathLike, verify: tuple[bool, str] | No
     """Render README.md from the directory's own files and put it in place atomically (a temporary file in the same
     folder, fsynced, then renamed over the old card): a reader sees the old card or the new one, never half of one."""
     model_dir = Path(model_dir)
-    text = render_card(_read_json(model_dir / 'config.json'), _read_json(model_dir / PROVENANCE_FILE),
-                       {p.name for p in model_dir.iterdir()}, verify)
+    text = render_card(_read_json(model_dir / 'config.json'), _read_json(model_dir / PROVENANCE_FILE), verify)
     target = model_dir / CARD_FILE
     tmp = model_dir / f'.{CARD_FILE}.tmp-{os.getpid()}'
     try:
