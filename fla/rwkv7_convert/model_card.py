@@ -1,10 +1,10 @@
 """The README.md (model card) of a converted directory, and the source facts it and rwkv7_convert.json record.
 
-The card is rendered from what the finished directory holds (config.json and rwkv7_convert.json, which names the
-tokenizer files),
-so it can be rendered again: after `--verify` the converter rewrites it with the verdict, atomically, leaving every
-other file as it was. Nothing in it depends on where the files lie or when they were written (no paths, no dates):
-converting the same file twice gives the same directory, byte for byte, and the folder can be published as it is.
+The card is rendered from what the finished directory holds (config.json, and rwkv7_convert.json, which also names
+the tokenizer files), so it can be rendered again: after `--verify` the converter rewrites it with the verdict,
+atomically, leaving every other file as it was. Nothing in it depends on where the files lie or when they were
+written (no paths, no dates): converting the same file twice gives the same directory, byte for byte, and the
+folder can be published as it is.
 """
 
 from __future__ import annotations
