@@ -32,10 +32,11 @@ def test_converts_and_prints_one_summary_line(tmp_path, checkpoint):
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f'converted {checkpoint} -> {out}: RWKV-7, 2 layers, hidden 128')
     assert 'bfloat16' in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'generation_config.json', 'model.safetensors',
-                                                     'rwkv7_convert.json']
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'generation_config.json',
+                                                     'model.safetensors', 'rwkv7_convert.json']
     config = json.loads((out / 'config.json').read_text())
     assert (config['num_heads'], config['head_dim'], config['eos_token_id'], config['pad_token_id']) == (2, 64, 0, 0)
+    assert (config['head_size'], config['layer_norm_epsilon']) == (64, 1e-5)  # what llama.cpp reads first
     assert config['bos_token_id'] is None and config['dtype'] == 'bfloat16'
     assert json.loads((out / 'generation_config.json').read_text())['eos_token_id'] == 0
 
@@ -112,11 +113,41 @@ def test_failed_conversion_keeps_the_old_model_and_leaves_no_scratch(tmp_path, c
 @pytest.mark.parametrize('args, message', [
     pytest.param(['--precision', 'int8'], "--precision: unknown precision 'int8'", id='bad-precision'),
     pytest.param(['--max-shard-size', 'lots'], "cannot read size 'lots'", id='bad-shard-size'),
+    # a bare number would be bytes: 69 shards for a small model, never what was meant
+    pytest.param(['--max-shard-size', '5'], "--max-shard-size: size '5' has no unit", id='shard-size-without-unit'),
+    pytest.param(['--max-shard-size', '0GB'], "size '0GB' is not positive", id='shard-size-zero'),
+    pytest.param(['--precision', 'bf16', '--precision', 'fp32'], '--precision given more than once', id='repeated-precision'),
+    pytest.param(['--output', 'elsewhere'], '--output given more than once', id='repeated-output'),
+    pytest.param(['--tokenizer', 'none', '--tokenizer', 'world'], '--tokenizer given more than once', id='repeated-tokenizer'),
+    pytest.param(['--tokenizer', 'world'], '--tokenizer world: the model has 256 embedding rows, the RWKV World '
+                 'tokenizer needs 65536', id='world-tokenizer-on-256-rows'),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, checkpoint, args, message):
-    r = run('--rwkv7', checkpoint, '--output', tmp_path / 'out', *args)
+    r = run('--rwkv7', checkpoint, '--output', tmp_path / 'out', *args, cwd=tmp_path)
     assert r.returncode != 0
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
+    assert r.stdout == '' and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_repeated_options_are_refused_by_the_export_script_too(tmp_path):
+    script = REPO / 'utils' / 'convert_from_fla_rwkv7.py'
+    r = subprocess.run([sys.executable, str(script), '--model', 'a', '--model', 'b', '--output', tmp_path / 'o.pth'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        'convert_from_fla_rwkv7.py: error: --model given more than once; give it once (see --help)']
+
+
+def test_closed_pipe_ends_quietly(tmp_path, checkpoint):
+    """`--dry-run | head -2`: once the reader is gone, no "Broken pipe" error, and the status a shell gives `yes | head`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already left: the first write fails, however small the output
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    try:
+        r = subprocess.run([sys.executable, str(SCRIPT), '--rwkv7', checkpoint, '--output', tmp_path / 'out', '--dry-run'],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert r.stderr == '' and r.returncode == 128 + 13  # 128 + SIGPIPE
     assert not (tmp_path / 'out').exists()
 
 

@@ -43,6 +43,13 @@ def test_tokenizer_choices(tmp_path, world_checkpoint):
     with pytest.raises(ConversionError, match='no tokenizer files found'):
         convert_to_fla(small, tmp_path / 'bad', tokenizer=str(tmp_path))
     assert not (tmp_path / 'bad').exists()
+    # the World tokenizer on another vocabulary would pair ids with the wrong text: refused before anything is written
+    for dry_run in (True, False):
+        with pytest.raises(ConversionError, match='the model has 256 embedding rows, the RWKV World tokenizer needs 65536'):
+            convert_to_fla(small, tmp_path / 'world-on-256', tokenizer='world', dry_run=dry_run)
+    assert not (tmp_path / 'world-on-256').exists()
+    convert_to_fla(world_checkpoint, tmp_path / 'world', tokenizer='world')
+    assert WORLD_FILES <= {p.name for p in (tmp_path / 'world').iterdir()}
 
 
 def test_verify_on_text_through_the_written_tokenizer(tmp_path, world_checkpoint):
@@ -52,3 +59,15 @@ def test_verify_on_text_through_the_written_tokenizer(tmp_path, world_checkpoint
     text.write_text('The Eiffel tower is in the city of Paris. 巴黎有埃菲尔铁塔。', encoding='utf-8')
     report = verify(world_checkpoint, tmp_path / 'out', text=str(text), tokens=64, batch=2)
     assert report.passed and report.batch == 2 and 10 <= report.tokens <= 64
+
+
+def test_a_tokenizer_folder_saved_by_transformers_keeps_its_chat_template(tmp_path, world_checkpoint):
+    """transformers 5's save_pretrained moves the chat template into chat_template.jinja: copied with the rest."""
+    from transformers import AutoTokenizer
+    convert_to_fla(world_checkpoint, tmp_path / 'first')
+    AutoTokenizer.from_pretrained(tmp_path / 'first').save_pretrained(tmp_path / 'saved')
+    result = convert_to_fla(world_checkpoint, tmp_path / 'out', tokenizer=str(tmp_path / 'saved'))
+    assert 'chat_template.jinja' in result.files
+    tok = AutoTokenizer.from_pretrained(tmp_path / 'out')
+    rendered = tok.apply_chat_template([{'role': 'user', 'content': 'xxx'}], tokenize=False, add_generation_prompt=True)
+    assert rendered == 'User: xxx\n\nAssistant:'

@@ -101,6 +101,8 @@ def test_decode_round_trip(kind, texts, fast, hf):
     ids = fast.encode(text).ids
     assert fast.decode(ids) == text
     assert hf.decode(ids) == text
+    with_eos_name = text[:1000] + world.END_OF_TEXT + text[1000:2000]
+    assert hf.decode(hf(with_eos_name)['input_ids']) == with_eos_name
 
 
 def test_every_entry_alone_is_one_token(vocab, fast):
@@ -130,7 +132,7 @@ def test_every_id_decodes_to_its_bytes(vocab, fast):
     assert fast.get_vocab_size() == len(vocab) + 1
 
 
-def test_auto_tokenizer_is_stock_fast_tokenizer(outdir, hf):
+def test_auto_tokenizer_is_stock_fast_tokenizer(outdir, hf, reference):
     from transformers import PreTrainedTokenizerFast
 
     config = json.loads((outdir / 'tokenizer_config.json').read_text())
@@ -145,17 +147,31 @@ def test_auto_tokenizer_is_stock_fast_tokenizer(outdir, hf):
     assert 261 in ids and hf.convert_ids_to_tokens(261) == '\u010a\u010a'  # "\n\n" stays an ordinary token
     assert hf.decode([*ids, 0], skip_special_tokens=True) == text
     assert hf.decode([*ids, 0]) == text + world.END_OF_TEXT
-    assert hf.encode('a' + world.END_OF_TEXT + 'b') == [98, 0, 99]
+    assert hf.encode('a' + world.END_OF_TEXT + 'b') == reference.encode('a' + world.END_OF_TEXT + 'b')
     batch = hf(['a', 'abc def'], padding=True)['input_ids']
     assert batch[0][-1] == 0
 
 
-def test_split_special_tokens_makes_end_of_text_name_plain_text(outdir, reference):
+@pytest.mark.parametrize('text', [
+    pytest.param('a' + world.END_OF_TEXT + 'b', id='inside'),
+    pytest.param(world.END_OF_TEXT, id='alone'),
+    pytest.param('User: ' + world.END_OF_TEXT * 3 + '\n\nAssistant:', id='repeated-in-chat'),
+])
+def test_end_of_text_name_in_text_is_text(hf, reference, text):
+    """As in TRIE_TOKENIZER and llama.cpp, the eos name typed in text is text: id 0 comes only from the token."""
+    ids = hf(text)['input_ids']
+    assert ids == reference.encode(text) and 0 not in ids
+    assert hf.decode(ids) == text
+    # the token itself still is id 0, and decodes to its name (or to nothing when special tokens are skipped)
+    assert hf.eos_token_id == 0 and hf.decode([*ids, 0], skip_special_tokens=True) == text
+    assert hf.decode([0]) == world.END_OF_TEXT
+
+
+def test_split_special_tokens_false_restores_the_usual_hugging_face_behaviour(outdir):
     from transformers import AutoTokenizer
 
-    plain = AutoTokenizer.from_pretrained(str(outdir), split_special_tokens=True)
-    text = 'a' + world.END_OF_TEXT + 'b'
-    assert plain(text)['input_ids'] == reference.encode(text)
+    usual = AutoTokenizer.from_pretrained(str(outdir), split_special_tokens=False)
+    assert usual.encode('a' + world.END_OF_TEXT + 'b') == [98, 0, 99]
 
 
 def test_save_pretrained_round_trip(hf, texts, reference, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,38 @@ from fla.rwkv7_convert.dtypes import TORCH_NAME, parse_precision
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
+
+
+class Once(argparse.Action):
+    """store, but refuse a second occurrence: `--precision bf16 ... --precision fp32` is a mistake, not an override."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault('_given_once', set())
+        if self.dest in seen:
+            parser.error(f'{option_string} given more than once; give it once')
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (`prog: error: ...`), like every other error of these scripts."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`... --dry-run | head -2`): stop without a message, as `cat` or `yes` do.
+
+    stdout is pointed at /dev/null so that Python's final flush at exit does not raise the same error again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _human_bytes(n: float) -> str:
@@ -73,6 +106,8 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
                 print(e.full_report(), file=sys.stderr)
             traceback.print_exc()
         return e.exit_code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         print(f'interrupted ({signal.Signals(signum).name}): no partial output was left (the output is as it was, or '
@@ -129,26 +164,30 @@ def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
 
 
 def build_to_fla_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog='convert_to_rwkv7.py',
         description='Convert a BlinkDL RWKV-7 checkpoint (.pth or .safetensors, RWKV-LM names) into a Hugging Face '
                     'directory that fla.models.RWKV7ForCausalLM loads.')
-    p.add_argument('--rwkv7', required=True, metavar='IN', help='BlinkDL RWKV-7 state dict (.pth or .safetensors)')
-    p.add_argument('--output', required=True, metavar='OUTDIR', help='output directory (created atomically)')
-    p.add_argument('--precision', default=None, metavar='P',
+    p.add_argument('--rwkv7', required=True, action=Once, metavar='IN',
+                   help='BlinkDL RWKV-7 state dict (.pth or .safetensors)')
+    p.add_argument('--output', required=True, action=Once, metavar='OUTDIR',
+                   help='output directory (created atomically)')
+    p.add_argument('--precision', default=None, action=Once, metavar='P',
                    help='float32/fp32, bfloat16/bf16 or float16/fp16; default: keep each tensor\'s stored dtype')
     p.add_argument('--force', action='store_true', help='replace a non-empty OUTDIR (only once the new model is complete)')
-    p.add_argument('--max-shard-size', default='5GB', help='largest safetensors shard, e.g. 5GB or 500MB (default 5GB)')
-    p.add_argument('--head-size', type=int, default=None,
+    p.add_argument('--max-shard-size', default='5GB', action=Once,
+                   help='largest safetensors shard with its unit, e.g. 5GB, 500MB or 2GiB (default 5GB)')
+    p.add_argument('--head-size', type=int, default=None, action=Once,
                    help='head size N, needed only when att.r_k is stored flat (otherwise read from r_k)')
-    p.add_argument('--tokenizer', default='auto', metavar='world|none|auto|PATH',
+    p.add_argument('--tokenizer', default='auto', action=Once, metavar='world|none|auto|PATH',
                    help='auto (default): RWKV World tokenizer when the vocabulary has 65536 rows; or a tokenizer '
                         'file/folder to copy')
     p.add_argument('--allow-nonfinite', action='store_true', help='convert tensors holding NaN/Inf instead of refusing')
     p.add_argument('--dry-run', action='store_true', help='print the detected variant, config and mapping; write nothing')
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
-    p.add_argument('--verify-tokens', type=int, default=48, metavar='N', help='tokens for --verify (default 48)')
+    p.add_argument('--verify-tokens', type=int, default=48, action=Once, metavar='N',
+                   help='tokens for --verify (default 48)')
     loud = p.add_mutually_exclusive_group()
     loud.add_argument('--quiet', '-q', action='store_true', help='print errors only')
     loud.add_argument('--verbose', '-v', action='store_true', help='print each tensor; tracebacks on errors')
@@ -205,6 +244,14 @@ def _convert_body(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_and_card_body(args: argparse.Namespace) -> int:
+    if not args.verify or args.dry_run:
+        return _convert_body(args)
+    from fla.rwkv7_convert.model_card import card_records_verify
+    with card_records_verify(args.rwkv7, args.output):  # the card of the finished directory gets the verdict
+        return _convert_body(args)
+
+
 def main_to_fla(argv: list[str] | None = None) -> int:
     args = build_to_fla_parser().parse_args(argv)
-    return run_cli(_convert_body, args)
+    return run_cli(_convert_and_card_body, args)

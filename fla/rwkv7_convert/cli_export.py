@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fla.rwkv7_convert.cli import _human_bytes, _human_count, precision_arg, progress_callbacks, run_cli
+from fla.rwkv7_convert.cli import Once, Parser, _human_bytes, _human_count, precision_arg, progress_callbacks, run_cli
 from fla.rwkv7_convert.dtypes import TORCH_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog='convert_from_fla_rwkv7.py',
         description='Convert an fla / Hugging Face RWKV-7 model directory (config.json + model.safetensors or shards) '
                     "into a BlinkDL RWKV-LM checkpoint that RWKV-LM and BlinkDL's rwkv package load.")
-    p.add_argument('--model', required=True, metavar='HF_DIR', help='Hugging Face directory of an RWKV7ForCausalLM')
-    p.add_argument('--output', required=True, metavar='OUT.pth', help='output file (written atomically)')
-    p.add_argument('--precision', default=None, metavar='P',
+    p.add_argument('--model', required=True, action=Once, metavar='HF_DIR',
+                   help='Hugging Face directory of an RWKV7ForCausalLM')
+    p.add_argument('--output', required=True, action=Once, metavar='OUT.pth', help='output file (written atomically)')
+    p.add_argument('--precision', default=None, action=Once, metavar='P',
                    help="float32/fp32, bfloat16/bf16 or float16/fp16; default: keep each tensor's stored dtype")
-    p.add_argument('--format', default=None, choices=('pth', 'safetensors'), dest='fmt',
+    p.add_argument('--format', default=None, action=Once, choices=('pth', 'safetensors'), dest='fmt',
                    help='pth (torch.save, default) or safetensors; default: by the suffix of OUT')
     p.add_argument('--force', action='store_true', help='replace an existing OUT (only once the new file is complete)')
     p.add_argument('--no-layer0-v', dest='layer0_v', action='store_false',

@@ -65,6 +65,11 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
         'norm_first': True,
         'norm_bias': True,
         'norm_eps': norm_eps_for(dims.N),
+        # Read by llama.cpp's convert_hf_to_gguf.py (Rwkv7Model) before fla's head_dim/norm_eps, and only as a pair:
+        # it takes layer_norm_epsilon for its LayerNorms and keeps ln_x at 64e-5 itself, so it is exact for every N.
+        # fla and transformers ignore both keys (tests/test_model_dir.py).
+        'head_size': dims.N,
+        'layer_norm_epsilon': BLINKDL_NORM_EPS,
         'attn': None,
         'use_cache': True,
         'vocab_size': dims.V,
@@ -83,5 +88,9 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
     }
 
 
-def generation_config() -> dict:
-    return {'bos_token_id': None, 'eos_token_id': 0, 'pad_token_id': 0, '_from_model_config': False}
+def generation_config(chat: bool = False) -> dict:
+    """generation_config.json. With the World tokenizer a reply also ends at a token holding "\n\n", where BlinkDL's
+    chat demo stops a turn (see chat.py); without it the only end is token 0."""
+    from fla.rwkv7_convert.chat import TURN_END_TOKENS
+    eos = [0, *TURN_END_TOKENS] if chat else 0
+    return {'bos_token_id': None, 'eos_token_id': eos, 'pad_token_id': 0, '_from_model_config': False}

@@ -14,6 +14,7 @@ from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.config import fla_config, generation_config
 from fla.rwkv7_convert.dtypes import CARRIER, cast, is_finite
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
+from fla.rwkv7_convert.model_card import PROVENANCE_FILE, FileDigest, write_model_card
 from fla.rwkv7_convert.plan import Entry, Plan, make_plan
 from fla.rwkv7_convert.readers import RawSpan, check_span, open_checkpoint
 from fla.rwkv7_convert.table import GLOBAL, RULES, Transpose
@@ -28,7 +29,6 @@ from fla.rwkv7_convert.writer import (
 )
 
 DEFAULT_MAX_SHARD_SIZE = '5GB'
-PROVENANCE_FILE = 'rwkv7_convert.json'
 
 
 @dataclass
@@ -101,6 +101,7 @@ def convert_to_fla(
         check_target(Path(output).absolute(), force, protect=(source,))  # fail before reading anything
     with open_checkpoint(source) as ckpt:
         plan = make_plan(ckpt.tree, shown, head_size=head_size)
+        check_tokenizer_choice(tokenizer, plan.dims.V, shown)  # before anything is written
         kept = sorted(plan.kept, key=_fla_order)
         emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
         model_dtype = precision or emb_dtype
@@ -112,28 +113,51 @@ def convert_to_fla(
         if on_start:
             on_start(plan, total)
         metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': Path(source).name}
+        digest = FileDigest(source)  # on a thread, while the tensors are copied
         with atomic_directory(output, force=force, protect=(source,)) as scratch:
             files = write_sharded(scratch, tensors, limit, metadata,
                                   on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
+            tokenizer_files = write_tokenizer(scratch, tokenizer, plan.dims.V)
+            world = tokenizer_kind(tokenizer, plan.dims.V)
             write_json(scratch / 'config.json', fla_config(plan.dims, model_dtype))
-            write_json(scratch / 'generation_config.json', generation_config())
-            files += ['config.json', 'generation_config.json']
-            files += write_tokenizer(scratch, tokenizer, plan.dims.V)
+            write_json(scratch / 'generation_config.json', generation_config(chat=world == 'world'))
+            files += ['config.json', 'generation_config.json', *tokenizer_files]
+            # names, sizes and digests only: the folder may be published, local paths must not be
             write_json(scratch / PROVENANCE_FILE, {
                 'converter': f'rwkv7_convert {__version__}',
-                'source': str(Path(source).absolute()),
-                'source_bytes': os.path.getsize(source),
-                'source_format': ckpt.kind,
+                'source': {'name': Path(source).name, 'bytes': os.path.getsize(source), 'sha256': digest.result(),
+                           'format': ckpt.kind},
                 'stored_dtypes': plan.stored_dtypes,
                 'precision': model_dtype if precision else 'kept as stored',
+                'parameters': plan.num_parameters,
+                'tokenizer': world,
+                'tokenizer_files': tokenizer_files,
                 'dropped': [e.blinkdl for e in plan.dropped],
                 'notes': plan.notes,
             })
             files.append(PROVENANCE_FILE)
+            write_model_card(scratch)
+            files.append('README.md')
     result.output = Path(output)
     result.files = files
     result.seconds = time.perf_counter() - start
     return result
+
+
+def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
+    """--tokenizer world on a model whose embedding is not the World vocabulary would pair ids with the wrong text."""
+    from fla.rwkv7_convert.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab
+    if choice == 'world' and not is_world_vocab(vocab_size):
+        raise ConversionError(f'--tokenizer world: the model has {vocab_size} embedding rows, the RWKV World tokenizer '
+                              f'needs {WORLD_VOCAB_SIZE}; use --tokenizer none or a tokenizer PATH', shown)
+
+
+def tokenizer_kind(choice: str, vocab_size: int) -> str:
+    """What write_tokenizer writes for this choice: 'world', 'none' or 'copied'."""
+    from fla.rwkv7_convert.tokenizer import is_world_vocab
+    if choice == 'auto':
+        return 'world' if is_world_vocab(vocab_size) else 'none'
+    return choice if choice in ('world', 'none') else 'copied'
 
 
 def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
@@ -148,7 +172,9 @@ def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
     return _copy_tokenizer(Path(choice), outdir)
 
 
-_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'rwkv_vocab_v20230424.txt')
+# chat_template.jinja: where transformers 5's save_pretrained puts the chat template
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja',
+                    'rwkv_vocab_v20230424.txt')
 
 
 def _copy_tokenizer(path: Path, outdir: Path) -> list[str]:

@@ -28,6 +28,7 @@ import shutil
 from functools import cache
 from pathlib import Path
 
+from fla.rwkv7_convert.chat import CHAT_TEMPLATE
 from fla.rwkv7_convert.trie_regex import greedy_longest_match_regex
 
 __all__ = [
@@ -143,6 +144,11 @@ def tokenizer_config() -> dict:
         'pad_token': END_OF_TEXT,
         'clean_up_tokenization_spaces': False,  # decode must give back the text exactly
         'model_max_length': int(1e30),  # transformers' own "no limit": an RNN has no context length
+        # The eos name written in text (a user pasting it into a chat) is text, as for TRIE_TOKENIZER and llama.cpp:
+        # id 0 comes only from the token itself (padding, eos, ids passed in). Pass split_special_tokens=False to
+        # from_pretrained for the usual Hugging Face behaviour.
+        'split_special_tokens': True,
+        'chat_template': CHAT_TEMPLATE,
     }
 
 

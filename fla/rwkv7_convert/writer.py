@@ -49,17 +49,27 @@ class OutTensor:
 
 
 def parse_size(text: str | int) -> int:
-    """'5GB', '500MB', '2GiB', 1000 -> bytes (decimal units as Hugging Face uses them, binary with 'i')."""
+    """'5GB', '500MB', '2GiB', '300000B', 1000 -> bytes (decimal units as Hugging Face uses them, binary with 'i').
+
+    A string needs its unit: a bare '5' would be 5 bytes, one shard per tensor, which no one means.
+    """
     if isinstance(text, int):
         return text
-    units = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
+    units = {'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
              'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
     s = text.strip().upper().replace(' ', '')
     num = s.rstrip('KMGTIB')
+    unit = s[len(num):]
     try:
-        return int(float(num) * units[s[len(num):]])
-    except (KeyError, ValueError):
+        number = float(num)
+        size = int(number * units[unit])
+    except (KeyError, ValueError, OverflowError):
+        if not unit and num.replace('.', '', 1).isdigit():
+            raise ValueError(f'size {text!r} has no unit; expected e.g. 5GB, 500MB or 2GiB (B for bytes)') from None
         raise ValueError(f'cannot read size {text!r}; expected e.g. 5GB, 500MB or 2GiB') from None
+    if size <= 0:
+        raise ValueError(f'size {text!r} is not positive; expected e.g. 5GB, 500MB or 2GiB')
+    return size
 
 
 def split_into_shards(tensors: list[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:

@@ -1,0 +1,240 @@
+"""The README.md (model card) of a converted directory, and the source facts it and rwkv7_convert.json record.
+
+The card is rendered from what the finished directory holds (config.json, and rwkv7_convert.json, which also names
+the tokenizer files), so it can be rendered again: after `--verify` the converter rewrites it with the verdict,
+atomically, leaving every other file as it was. Nothing in it depends on where the files lie or when they were
+written (no paths, no dates): converting the same file twice gives the same directory, byte for byte, and the
+folder can be published as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CARD_FILE = 'README.md'
+PROVENANCE_FILE = 'rwkv7_convert.json'
+
+
+class FileDigest:
+    """sha256 of a file, computed on a thread while the conversion reads the same file (hashlib releases the GIL,
+    so on two cores it costs little wall time)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name='sha256', daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            h = hashlib.sha256()
+            with open(self.path, 'rb') as f:
+                while chunk := f.read(8 << 20):
+                    h.update(chunk)
+            self._digest = h.hexdigest()
+        except BaseException as e:  # re-raised in the converting thread by result()
+            self._error = e
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
+
+
+def _human_count(n: int) -> str:
+    return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
+
+
+def _tokenizer_section(meta: dict) -> list[str]:
+    tok = meta.get('tokenizer', 'none')
+    if tok == 'world':
+        return [
+            'The RWKV World tokenizer (`rwkv_vocab_v20230424`, 65529 tokens; id 0 ends text and pads) as a stock',
+            '`PreTrainedTokenizerFast` (`tokenizer.json`, no remote code) that gives exactly the ids of BlinkDL\'s',
+            '`rwkv.rwkv_tokenizer.TRIE_TOKENIZER`; the name `<|rwkv_tokenizer_end_of_text|>` written in text is encoded',
+            'as text, as BlinkDL\'s tokenizer does. `rwkv_vocab_v20230424.txt` is the vocabulary itself, which',
+            "llama.cpp's `convert_hf_to_gguf.py` reads.",
+            '',
+            "Provenance and licence: the vocabulary is copied unchanged from BlinkDL's `rwkv` Python package (0.8.32,",
+            'developed in https://github.com/BlinkDL/ChatRWKV by Bo PENG) and is distributed under the Apache License 2.0',
+            '(https://www.apache.org/licenses/LICENSE-2.0); `tokenizer.json` is generated from it and carries the same',
+            'licence.',
+            '',
+            "Chat: `tokenizer.apply_chat_template` renders BlinkDL's trained format (RWKV-LM",
+            '`RWKV-v7/RWKV7-G1x-templates.txt`): `System: ...\\n\\nUser: ...\\n\\nAssistant:`, inputs cleaned of runs of',
+            'newlines; `enable_thinking=True` opens a `<think` block. BlinkDL\'s chat demo ends a reply where its text',
+            'holds `"\\n\\n"`: `generation_config.json` stops on token 0 and on the 34 tokens holding `"\\n\\n"` (261 is',
+            '`"\\n\\n"` itself); for a blank line split over two tokens (after `。`) pass `stop_strings=["\\n\\n"],',
+            'tokenizer=tokenizer` to `generate`. For plain text continuation pass `eos_token_id=0`.',
+        ]
+    if tok == 'copied':
+        names = ', '.join(f'`{n}`' for n in meta.get('tokenizer_files', []))
+        return [f'Copied by the converter from the tokenizer given with `--tokenizer` ({names}); its provenance and '
+                'licence are those of that tokenizer.']
+    return ['None: this directory has no tokenizer (the vocabulary is not the 65536-row RWKV World vocabulary, or',
+            '`--tokenizer none` was given). Pass token ids, or add the tokenizer the model was trained with.']
+
+
+def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None) -> str:
+    """The card's text. `verify`: (passed, rendered report) of the converter's --verify, if it ran."""
+    src = meta['source']
+    N, H, C, L = config['head_dim'], config['num_heads'], config['hidden_size'], config['num_hidden_layers']
+    ranks = (config['decay_low_rank_dim'], config['a_low_rank_dim'], config['v_low_rank_dim'],
+             config['gate_low_rank_dim'])
+    chat = meta.get('tokenizer') == 'world'
+    lines = [
+        '---',
+        'library_name: transformers',
+        'pipeline_tag: text-generation',
+        'tags:',
+        '- rwkv',
+        '- rwkv7',
+        '- flash-linear-attention',
+        '---',
+        '',
+        f'# {Path(src["name"]).stem} (RWKV-7 "Goose", flash-linear-attention format)',
+        '',
+        f'Converted from BlinkDL\'s RWKV-LM checkpoint `{src["name"]}` by {meta["converter"]}',
+        '(https://github.com/fla-org/flash-linear-attention model classes; the converter proves the result with logits',
+        'against a float64 reference run on the source file).',
+        '',
+        '| source | |',
+        '|---|---|',
+        f'| file | `{src["name"]}` ({src["format"]}) |',
+        f'| size | {src["bytes"]:,} bytes |',
+        f'| sha256 | `{src["sha256"]}` |',
+        f'| stored dtypes | {", ".join(meta["stored_dtypes"])} |',
+        f'| written as | {config["dtype"]} ({meta["precision"]}) |',
+        '',
+        '## Model',
+        '',
+        '| | |',
+        '|---|---|',
+        f'| parameters | {_human_count(meta["parameters"])} |',
+        f'| layers × hidden | {L} × {C} |',
+        f'| heads × head size | {H} × {N} |',
+        f'| FFN width | {config["intermediate_size"]} |',
+        f'| vocabulary | {config["vocab_size"]} rows |',
+        f'| LoRA ranks (decay, a, v, gate) | {", ".join(map(str, ranks))} |',
+        f'| LayerNorm eps | {config["layer_norm_epsilon"]:g} (`layer_norm_epsilon`; fla uses `norm_eps` = '
+        f'{config["norm_eps"]:g}, see below) |',
+        '',
+        'BlinkDL uses eps 1e-5 for every LayerNorm and 64e-5 for the `ln_x` GroupNorm; fla uses `norm_eps` for the',
+        'LayerNorms and `head_dim × norm_eps` for `ln_x`, so `norm_eps = 64e-5 / head size` keeps `ln_x` exact (for',
+        'head size 64 both are exact). `head_size` and `layer_norm_epsilon` are read by llama.cpp\'s converter, which',
+        'then uses BlinkDL\'s eps everywhere; fla ignores them.',
+        '',
+        '## How to load',
+        '',
+        '```python',
+        'import fla  # registers RWKV-7 with transformers; without it AutoModelForCausalLM does not know "rwkv7"',
+        'from transformers import AutoModelForCausalLM' + (', AutoTokenizer' if chat else ''),
+        '',
+        "model = AutoModelForCausalLM.from_pretrained('.', dtype='auto').to('cuda')",
+    ]
+    if chat:
+        lines += [
+            "tokenizer = AutoTokenizer.from_pretrained('.')",
+            "messages = [{'role': 'user', 'content': 'What is RWKV?'}]  # rendered 'User: What is RWKV?\\n\\nAssistant:'",
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt',",
+            "                                       return_dict=True).to(model.device)",
+            'out = model.generate(**inputs, max_new_tokens=200)',
+            "print(tokenizer.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))",
+        ]
+    lines += [
+        '```',
+        '',
+        "fla's kernels are Triton kernels for GPUs. On a CPU-only machine run them through Triton's interpreter in",
+        'float32, in calls of fewer than 64 tokens (see the converter\'s README, "Running a converted model"), or run the',
+        "source checkpoint with BlinkDL's `rwkv` package, or llama.cpp after its `convert_hf_to_gguf.py`.",
+        '',
+        '## Tokenizer',
+        '',
+        *_tokenizer_section(meta),
+        '',
+        '## Verification',
+        '',
+    ]
+    if verify is None:
+        lines += ['The converter\'s `--verify` did not run for this directory. To check it: `python utils/verify_rwkv7.py',
+                  f'--rwkv7 {src["name"]} --model .` (the converter\'s repository; exit status 0 only on PASS).']
+    else:
+        passed, text = verify
+        lines += [f'`--verify` after converting: **{"PASS" if passed else "FAIL"}**', '', '```', text.rstrip('\n'), '```']
+    lines += [
+        '',
+        '## Licence',
+        '',
+        'The weights keep the licence of the source checkpoint (BlinkDL\'s released RWKV-7 models are Apache-2.0); add',
+        'a `license:` line to the header above before publishing.',
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def write_model_card(model_dir: str | os.PathLike, verify: tuple[bool, str] | None = None) -> Path:
+    """Render README.md from the directory's own files and put it in place atomically (a temporary file in the same
+    folder, fsynced, then renamed over the old card): a reader sees the old card or the new one, never half of one."""
+    model_dir = Path(model_dir)
+    text = render_card(_read_json(model_dir / 'config.json'), _read_json(model_dir / PROVENANCE_FILE), verify)
+    target = model_dir / CARD_FILE
+    tmp = model_dir / f'.{CARD_FILE}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _without_paths(text: str, paths: dict[str, str]) -> str:
+    """The report names the files as the user typed them; the card shows names only (no local paths published)."""
+    for path, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        if os.sep in path:  # a bare name ('out') could also be part of a word
+            text = text.replace(path, name)
+    return text
+
+
+@contextmanager
+def card_records_verify(source: str | os.PathLike, model_dir: str | os.PathLike) -> Iterator[None]:
+    """While the converter's --verify runs, keep the Report that `verify.verify` returns; then rewrite the card of
+    `model_dir` with its verdict (`passed`) and text (`render()`). Without a report (verify failed to run, or never
+    ran because the conversion failed) the card stays as it is."""
+    from fla.rwkv7_convert import verify as verify_module
+
+    original = verify_module.verify
+    reports = []
+
+    def recording(*args, **kwargs):
+        report = original(*args, **kwargs)
+        reports.append(report)
+        return report
+
+    verify_module.verify = recording
+    try:
+        yield
+    finally:
+        verify_module.verify = original
+    model_dir = Path(model_dir)
+    if reports and (model_dir / PROVENANCE_FILE).is_file():
+        report = reports[-1]
+        paths = {str(source): Path(source).name, os.path.abspath(source): Path(source).name,
+                 str(model_dir): '.', os.path.abspath(model_dir): '.'}
+        write_model_card(model_dir, (bool(report.passed), _without_paths(report.render(), paths)))
