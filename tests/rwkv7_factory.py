@@ -194,24 +194,28 @@ def _hf_dir(path: Path, tensors: dict[str, torch.Tensor], architectures: list[st
     return path
 
 
-def write_layout(layout: str, sd: dict[str, torch.Tensor], folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """`sd` written in `layout` (one of LAYOUT_WRITERS) under `folder`; returns (path, what it means canonically)."""
+def write_layout(layout: str, sd: dict[str, torch.Tensor], folder: Path,
+                 edit=None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """`sd` written in `layout` (one of LAYOUT_WRITERS) under `folder`; returns (path, what it means canonically).
+    `edit`, if given, changes the stored name -> tensor mapping just before it is written (a mutation)."""
     folder = Path(folder)
+    edit = edit or (lambda stored: stored)
     if layout == 'rc4a-train':
-        return save(to_rc4a_train(sd), folder / 'rc4a.pth'), sd
+        return save(edit(to_rc4a_train(sd)), folder / 'rc4a.pth'), sd
     if layout == 'rc4a-demo':
-        return save(to_rc4a_demo(sd), folder / 'rc4a-demo.pth'), sd
+        return save(edit(to_rc4a_demo(sd)), folder / 'rc4a-demo.pth'), sd
     if layout == 'lightning':
-        torch.save({'state_dict': add_prefix(sd, 'model.'), 'epoch': 1, 'global_step': 10}, folder / 'last.ckpt')
+        torch.save({'state_dict': edit(add_prefix(sd, 'model.')), 'epoch': 1, 'global_step': 10}, folder / 'last.ckpt')
         return folder / 'last.ckpt', sd
     if layout == 'st':
         from safetensors.torch import save_file
-        save_file(to_st(sd), str(folder / 'model.st'), metadata={'rwkv_version': 'x070', 'model_type': 'rwkv'})
+        stored = {k: v.contiguous() for k, v in edit(to_st(sd)).items()}
+        save_file(stored, str(folder / 'model.st'), metadata={'rwkv_version': 'x070', 'model_type': 'rwkv'})
         return folder / 'model.st', {k: v.half() for k, v in sd.items()}
     if layout == 'hf-rwkv7-prefix':
-        return _hf_dir(folder / 'hf-rwkv7', add_prefix(sd, 'rwkv7.'), ['Rwkv7ForCausalLM']), sd
+        return _hf_dir(folder / 'hf-rwkv7', edit(add_prefix(sd, 'rwkv7.')), ['Rwkv7ForCausalLM']), sd
     if layout == 'hf-model-prefix-sharded':
-        return _hf_dir(folder / 'hf-model', add_prefix(sd, 'model.'), ['RWKV7ForCausalLM'], shard=True), sd
+        return _hf_dir(folder / 'hf-model', edit(add_prefix(sd, 'model.')), ['RWKV7ForCausalLM'], shard=True), sd
     raise KeyError(layout)
 
 

@@ -88,6 +88,7 @@ def _refusals() -> list[str]:
         else:
             how = f'`{_cell(f.pattern)}`' + (f' and `{_cell(f.also)}`' if f.also else '')
             how += ' (only when every key matches)' if f.only else ''
+            how += f', unless `{_cell(f.unless)}`' if f.unless else ''
         evidence = '<br>'.join(_cell(str(e)) for e in f.evidence) or '—'
         lines.append(f'| {f.variant} | {how} | {f.reason} | {evidence} |')
     lines += [

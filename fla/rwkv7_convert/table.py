@@ -541,6 +541,7 @@ class Refusal:
     reason: str
     only: bool = False  # refuse only when every key matches (state-tuning files)
     also: str = ''  # a second pattern that must match some key too
+    unless: str = ''  # no key may match this (an RWKV-7 file with one stray old name is a key problem, not RWKV-6)
     shapes: Callable[[dict[str, tuple[int, ...]]], list[str]] | None = None  # hits found from shapes instead
     evidence: tuple[Source, ...] = ()
 
@@ -553,6 +554,8 @@ class Refusal:
         if not hits or (self.only and len(hits) != len(names)):
             return []
         if self.also and not any(re.search(self.also, n) for n in names):
+            return []
+        if self.unless and any(re.search(self.unless, n) for n in names):
             return []
         return hits
 
@@ -597,7 +600,8 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal('RWKV-8', r'^blocks\.\d+\.ffn\.enn\.',
             'its channel mix is gated by a per-token embedding (ffn.enn), a different architecture'),
     Refusal('RWKV-6 or older', r'^blocks\.\d+\.att\.(time_decay|time_faaaa|time_first|time_mix_\w+|time_maa_\w+)$',
-            'this is an RWKV-4/5/6 checkpoint; fla has separate models (RWKV6ForCausalLM) and converters for those'),
+            'this is an RWKV-4/5/6 checkpoint; fla has separate models (RWKV6ForCausalLM) and converters for those',
+            unless=r'^blocks\.\d+\.att\.(r_k|k_k)$'),
     Refusal('RWKV state-tuning file', STATE_TENSOR.pattern,
             'it holds only tuned initial states, not model weights; load it beside its base model', only=True),
     Refusal('state-tuned merge', STATE_TENSOR.pattern,
