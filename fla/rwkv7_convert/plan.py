@@ -34,6 +34,7 @@ from fla.rwkv7_convert.table import (
     expected_blinkdl,
     layout_hits,
     lookup_blinkdl,
+    prefix_layout,
     strip_prefixes,
 )
 
@@ -145,25 +146,30 @@ _FACTOR = re.compile(r'^blocks\.\d+\.att\.[wavg]([12])$')
 
 
 def _orient(layout: Layout, tensors: dict[str, TensorRef], shown: str) -> tuple[dict[str, TensorRef], int]:
-    """LoRA factors stored `[D,C]` (web-rwkv / ai00 `.st`) turned back to RWKV-LM's orientation, read from shapes."""
+    """LoRA factors stored `[D,C]` (web-rwkv / ai00 `.st`) turned back to RWKV-LM's orientation, read from shapes.
+
+    Only in a file that is a `.st`: named so, or with every factor whose shape can tell stored `[D,C]`. One factor
+    transposed in an otherwise canonical file is a broken file, left for the shape check to report."""
     emb = tensors.get('emb.weight')
     if emb is None or len(emb.shape) != 2:
         return tensors, 0
     C = emb.shape[1]
-    out, flipped, unclear = {}, 0, []
+    ops: dict[str, Op | None] = {}
     for name, ref in tensors.items():
         m = _FACTOR.match(name)
-        op = ORIENT.for_shape(ref.shape, int(m.group(1)), C) if m else IDENTITY
-        if op is None:
-            unclear.append(name)
-            op = IDENTITY
-        flipped += op is not IDENTITY
-        out[name] = _with_op(ref, name, op)
-    if unclear and (flipped or shown.endswith('.st')):
+        if m:
+            ops[name] = ORIENT.for_shape(ref.shape, int(m.group(1)), C)
+    flips = [n for n, op in ops.items() if op is not None and op is not IDENTITY]
+    readable = [n for n, op in ops.items() if op is not None]
+    if not (shown.endswith('.st') or (flips and len(flips) == len(readable))):
+        return tensors, 0
+    unclear = [n for n, op in ops.items() if op is None]
+    if unclear:
         raise UnsupportedVariantError(
             f'this is a {layout.name} file whose LoRA rank equals the hidden size C = {C} ({unclear[0]} is [{C},{C}]), '
             'so the orientation of that factor cannot be read from its shape; convert the original RWKV-LM .pth', shown)
-    return out, flipped
+    out = {name: _with_op(ref, name, ops.get(name) or IDENTITY) for name, ref in tensors.items()}
+    return out, len(flips)
 
 
 def apply_layouts(tensors: dict[str, TensorRef], side: str, shown: str) -> tuple[dict[str, TensorRef], list[str], list[str]]:
@@ -378,6 +384,8 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
         notes.append('unwrapped nested state dict: ' + ' -> '.join(repr(k) for k in unwrapped))
     if prefixes:
         notes.append('stripped wrapper prefixes: ' + ', '.join(repr(p) for p in prefixes))
+    for layout in {x.name: x for p in prefixes for part in p.split('.') if (x := prefix_layout(part + '.'))}.values():
+        notes.append(f'layout {layout.name}: {layout.who}')
     notes += layout_notes
     squeezed = sum(1 for e in entries if e.source.shape != e.canonical_shape)
     if squeezed:

@@ -291,13 +291,26 @@ WRAPPER_KEYS = ('state_dict', 'module', 'model')
 
 
 def strip_prefixes(name: str) -> str:
+    """`name` without wrapper prefixes (PREFIXES, any number, any order) and without the guarded prefixes of the
+    prefix layouts (`model.`, `rwkv7.`: only before a top-level RWKV-LM name; see LAYOUTS)."""
     changed = True
     while changed:
         changed = False
         for prefix in PREFIXES:
             if name.startswith(prefix):
                 name, changed = name[len(prefix):], True
+        for layout in LAYOUTS:
+            if layout.side == BLINKDL_SIDE and layout.kind == 'prefix':
+                found = next((t for r in layout.renames if (t := r.targets(name))), None)
+                if found:
+                    name, changed = found[0][0], True
     return name
+
+
+def prefix_layout(prefix: str) -> Layout | None:
+    """The prefix layout a stripped prefix belongs to (None for the wrapper PREFIXES)."""
+    return next((x for x in LAYOUTS if x.side == BLINKDL_SIDE and x.kind == 'prefix'
+                 and any(r.targets(prefix + 'emb.weight') for r in x.renames)), None)
 
 
 def canonical_shape(rule: Rule, shape: tuple[int, ...], head_size: int | None) -> tuple[int, ...] | None:
