@@ -216,10 +216,31 @@ def write_layout(layout: str, sd: dict[str, torch.Tensor], folder: Path,
         return _hf_dir(folder / 'hf-rwkv7', edit(add_prefix(sd, 'rwkv7.')), ['Rwkv7ForCausalLM']), sd
     if layout == 'hf-model-prefix-sharded':
         return _hf_dir(folder / 'hf-model', edit(add_prefix(sd, 'model.')), ['RWKV7ForCausalLM'], shard=True), sd
+    if layout == 'hf-transformers-rwkv':
+        return _hf_dir(folder / 'hf-trwkv', edit(to_transformers_rwkv(sd)), ['Rwkv7ForCausalLM']), sd
+    if layout == 'hf-rwkv-block':
+        arch = ['RWKV7ForCausalLM', 'RWKV7Model', 'RWKV7PreTrainedModel']
+        return _hf_dir(folder / 'hf-rwkv-block', edit(dict(sd)), arch), sd
     raise KeyError(layout)
 
 
-LAYOUT_WRITERS = ('rc4a-train', 'rc4a-demo', 'lightning', 'st', 'hf-rwkv7-prefix', 'hf-model-prefix-sharded')
+def to_transformers_rwkv(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """rwkv-rs/transformers-rwkv: `model.` + BlinkDL names, `model.embeddings.weight`, LoRA factors as nn.Linear."""
+    out = {}
+    for k, v in sd.items():
+        if k == 'emb.weight':
+            out['model.embeddings.weight'] = v
+        elif k == 'head.weight':
+            out[k] = v
+        elif k.split('.')[-1] in LORA_FACTOR:
+            out[f'model.{k}.weight'] = v.t().contiguous()
+        else:
+            out['model.' + k] = v
+    return out
+
+
+LAYOUT_WRITERS = ('rc4a-train', 'rc4a-demo', 'lightning', 'st', 'hf-rwkv7-prefix', 'hf-model-prefix-sharded',
+                  'hf-transformers-rwkv', 'hf-rwkv-block')
 
 
 # fla-side layouts: a modern fla state dict rewritten the way older fla versions saved it

@@ -84,6 +84,8 @@ REFUSED = [
                  id='rwkv7-qwen2-hybrid'),
     pytest.param(lambda: with_extra(base(), **{'blocks.0.qkv.emm.weight': torch.zeros(256, C)}), 'RWKV-8 hybrid',
                  id='rwkv8-hybrid'),
+    pytest.param(lambda: with_extra(base(), **{f'init_state.{i}.wkv': torch.zeros(2, 64, 64) for i in range(2)}),
+                 'state-tuned merge.*init_state', id='rwkv-block-init-state'),
     pytest.param(mixed_layouts, 'mixes two layouts, rc4a training names .* and rc4a demo names', id='mixed-layouts'),
 ]
 

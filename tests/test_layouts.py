@@ -23,7 +23,9 @@ from fla.rwkv7_convert.verify import compare
 # N = 64, so fla's eps equal BlinkDL's; ranks differ from C, so .st orientation is readable from shapes
 SHAPE = Goose(vocab=64, hidden=128, layers=2, head_size=64, w_rank=16, a_rank=32, v_rank=8, g_rank=24)
 NOTES = {'rc4a-train': 'rc4a training names', 'rc4a-demo': 'rc4a demo names', 'lightning': '`model.` prefix',
-         'st': '.st', 'hf-rwkv7-prefix': '`rwkv7.` prefix', 'hf-model-prefix-sharded': '`model.` prefix'}
+         'st': '.st', 'hf-rwkv7-prefix': '`rwkv7.` prefix', 'hf-model-prefix-sharded': '`model.` prefix',
+         'hf-transformers-rwkv': 'transformers-rwkv Rwkv7 port',
+         'hf-rwkv-block': 'Hugging Face directory (RWKV7ForCausalLM, RWKV7Model'}
 
 
 def _tensors(out: Path) -> dict[str, tuple]:

@@ -48,7 +48,8 @@ def _layouts() -> list[str]:
         '## Layouts met in practice',
         '',
         'Each layout is a set of rules (`Layout` in table.py) applied to the stored names before lookup: prefix '
-        'layouts first, then at most one naming layout (a file matching two is refused), then orientation. After them '
+        'layouts first, then at most one naming layout (a file matching two is refused), then orientation; a '
+        '"directory" layout needs no rule beyond reading the directory. After them '
         'every file is in canonical names and shapes, and the table above does the rest in both directions.',
     ]
     for side in (BLINKDL_SIDE, FLA_SIDE):
@@ -59,7 +60,8 @@ def _layouts() -> list[str]:
             if x.evidence:
                 lines += ['Evidence (verified in the repository at that commit):', '']
                 lines += [f'- {e}' for e in x.evidence] + ['']
-            lines += ['| stored name (regex) | becomes | op |', '|---|---|---|']
+            if x.renames:
+                lines += ['| stored name (regex) | becomes | op |', '|---|---|---|']
             for r in x.renames:
                 if r.to is None:
                     to, op = 'dropped (unused by the model)', '—'

@@ -488,6 +488,30 @@ LAYOUTS: tuple[Layout, ...] = (
         rf'^rwkv7\.{_TOP}', (Rename(rf'rwkv7\.({_TOP}.+)', r'\1'),),
         'stripped only before emb., blocks., ln_out. or head.'),
     Layout(
+        'transformers-rwkv Rwkv7 port', BLINKDL_SIDE, 'names',
+        'rwkv-rs/transformers-rwkv (a transformers fork with an RWKV-7 port): BlinkDL names under `model.`, '
+        '`model.embeddings.weight`, LoRA factors as nn.Linear (`att.w1.weight` = w1 transposed), `head.weight`',
+        (Source('rwkv-rs/transformers-rwkv', 'src/transformers/models/rwkv7/convert_rwkv7_checkpoint_to_hf.py',
+                '9b08710f0eda66ccecba21b81c3675c2a2c1c968', 'model.embeddings.weight; low-rank factors transposed'),
+         Source('rwkv-rs/transformers-rwkv', 'src/transformers/models/rwkv7/modeling_rwkv7.py',
+                '9b08710f0eda66ccecba21b81c3675c2a2c1c968', 'self.w1 = nn.Linear(hidden_size, decay_low_rank_dim)')),
+        r'^blocks\.\d+\.att\.[wavg][12]\.weight$',
+        (Rename(r'model\.embeddings\.weight', 'emb.weight'),
+         _block(r'att\.([wavg][12])\.weight', r'att.\2', TRANSPOSE)),
+        'the guarded `model.` prefix is stripped first (layout above)'),
+    Layout(
+        'RWKV-block Hugging Face builder', BLINKDL_SIDE, 'directory',
+        'RWKV/RWKV-block `hf_builder`: a Hugging Face directory (architectures RWKV7ForCausalLM, RWKV7Model; '
+        'model_type rwkv7, as fla writes too) holding BlinkDL names unchanged, plus `init_state.N.wkv` when '
+        'state-tuned',
+        (Source('RWKV/RWKV-block', 'hf_builder/hf_builder.py', '060d03ac87762620eeaa568a5438952e7a309d33',
+                'RWKV7Model(config).load_state_dict(state_dict); save_pretrained'),
+         Source('RWKV/RWKV-block', 'rwkv_block/v7_goose/model/rwkv7_goose_model.py',
+                '060d03ac87762620eeaa568a5438952e7a309d33', 'emb, blocks, ln_out, head; init_state ParameterList')),
+        r'^emb\.weight$', (),
+        'read as any Hugging Face directory (readers.open_hf_directory); told from fla\'s by its weight names, not '
+        'model_type; init_state.N.wkv is a tuned state (refused, or dropped with --drop-state)'),
+    Layout(
         'web-rwkv / ai00 `.st`', BLINKDL_SIDE, 'orientation',
         'ai00_server and web-rwkv convert scripts: safetensors, every tensor fp16, LoRA factors w1 w2 a1 a2 v1 v2 g1 '
         'g2 transposed',
@@ -575,7 +599,7 @@ class Refusal:
 
 _PEFT = 'JL-er/RWKV-PEFT'
 _PEFT_COMMIT = '5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2'
-STATE_TENSOR = re.compile(r'^blocks\.\d+\.att\.time_state$')
+STATE_TENSOR = re.compile(r'^(blocks\.\d+\.att\.time_state|init_state\.\d+\.wkv)$')
 
 REFUSALS: tuple[Refusal, ...] = (
     Refusal('PiSSA adapter', r'\.init_lora_[AB]$',
@@ -618,7 +642,8 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal('RWKV state-tuning file', STATE_TENSOR.pattern,
             'it holds only tuned initial states, not model weights; load it beside its base model', only=True),
     Refusal('state-tuned merge', STATE_TENSOR.pattern,
-            'RWKV-PEFT\'s merge/merge_state.py added tuned initial states (att.time_state) to the weights, and fla\'s '
+            'tuned initial states (att.time_state from RWKV-PEFT\'s merge/merge_state.py, or RWKV-block\'s '
+            'init_state.N.wkv) sit beside the weights, and fla\'s '
             'RWKV7ForCausalLM has no initial-state parameter; pass --drop-state to convert the weights alone (the '
             'tuned state is lost), or convert the base model',
             evidence=(Source(_PEFT, 'merge/merge_state.py', _PEFT_COMMIT, 'w[k] = w_state[k]'),
