@@ -185,7 +185,8 @@ def apply_layouts(tensors: dict[str, TensorRef], side: str, shown: str) -> tuple
             for layout in layouts:
                 tensors, flipped = _orient(layout, tensors, shown)
                 if flipped:
-                    notes.append(f'layout {layout.name}: {flipped} LoRA factor(s) stored [D,C], transposed back')
+                    notes.append(f'layout {layout.name}: {flipped} LoRA factor(s) stored [D,C], transposed back; '
+                                 'such files keep fp16, so this converts the fp16 model, not the original weights')
             continue
         shapes = {n: r.shape for n, r in tensors.items()}
         found = [(x, hits) for x in layouts if (hits := layout_hits(x, shapes))]
