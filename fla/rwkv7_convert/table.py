@@ -478,8 +478,10 @@ LAYOUTS: tuple[Layout, ...] = (
         'Lightning / HF `model.` prefix', BLINKDL_SIDE, 'prefix',
         'a raw Lightning checkpoint state dict (RWKV-LM / RWKV-PEFT trainers keep the RWKV module as `model`), '
         'Hugging Face ports that nest BlinkDL names under `model.`',
-        (Source('JL-er/RWKV-PEFT', 'merge/merge.py', '5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2',
-                "reads adapter keys as 'model.' + name"),),
+        (Source('JL-er/RWKV-PEFT', 'rwkvt/lightning_train/light_rwkv.py', '5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2',
+                'the LightningModule holds the RWKV model as self.model, so its state_dict names start with model.'),
+         Source('JL-er/RWKV-PEFT', 'rwkvt/lightning_train/trainer.py', '5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2',
+                'its own .pth saves strip "model."; a raw Lightning checkpoint keeps it')),
         rf'^model\.{_TOP}', (Rename(rf'model\.({_TOP}.+)', r'\1'),),
         'stripped only before emb., blocks., ln_out. or head.: fla\'s own names also start with model.'),
     Layout(
