@@ -486,7 +486,8 @@ LAYOUTS: tuple[Layout, ...] = (
         'stripped only before emb., blocks., ln_out. or head.: fla\'s own names also start with model.'),
     Layout(
         'Hugging Face `rwkv7.` prefix', BLINKDL_SIDE, 'prefix',
-        'Hugging Face ports that keep BlinkDL names under the module name `rwkv7.`', (),
+        'Hugging Face ports that keep BlinkDL names under the module name `rwkv7.` (reported for transformers\' own '
+        'rwkv7 port; not verified against its code here: the rule is guarded like `model.`)', (),
         rf'^rwkv7\.{_TOP}', (Rename(rf'rwkv7\.({_TOP}.+)', r'\1'),),
         'stripped only before emb., blocks., ln_out. or head.'),
     Layout(
