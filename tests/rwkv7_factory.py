@@ -124,3 +124,144 @@ def save(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
     else:
         torch.save(sd, path)
     return path
+
+
+# ------------------------------------------------------------------------------------------------- layout writers
+# Each writes the canonical state dict `sd` the way one producer in the wild stores it (table.LAYOUTS names them
+# and cites where each was verified) and returns (path, the canonical state dict that file means): a file is a
+# faithful copy, so converting it must give exactly what converting `expected` gives.
+
+_RC4A_TRAIN = {'x_r': 'time_maa_r', 'x_w': 'time_maa_w', 'x_k': 'time_maa_k', 'x_v': 'time_maa_v', 'x_a': 'time_maa_a',
+               'x_g': 'time_maa_g', 'w0': 'time_decay', 'w1': 'time_decay_w1', 'w2': 'time_decay_w2',
+               'a0': 'time_aaaaa', 'a1': 'time_aaa_w1', 'a2': 'time_aaa_w2', 'v0': 'time_misc_v', 'v1': 'mv_w1',
+               'v2': 'mv_w2', 'g1': 'gate_w1', 'g2': 'gate_w2', 'k_k': 'time_misc_kkk', 'k_a': 'time_misc_a',
+               'r_k': 'time_faaaa'}
+_RC4A_DEMO = {'x_r': 'xx_r', 'x_w': 'xx_w', 'x_k': 'xx_k', 'x_v': 'xx_v', 'x_a': 'xx_a', 'x_g': 'xx_g', 'w0': 'ww_b',
+              'w1': 'ww_w1', 'w2': 'ww_w2', 'a0': 'aa_b', 'a1': 'aa_w1', 'a2': 'aa_w2', 'v0': 'vv_b', 'v1': 'vv_w1',
+              'v2': 'vv_w2', 'g1': 'gg_w1', 'g2': 'gg_w2', 'k_k': 'kk_s', 'k_a': 'ka_s', 'r_k': 'rk_s'}
+LORA_FACTOR = ('w1', 'w2', 'a1', 'a2', 'v1', 'v2', 'g1', 'g2')
+
+
+def _renamed(sd: dict[str, torch.Tensor], att: dict[str, str], ffn_x_k: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        parts = k.split('.')
+        if len(parts) == 4 and parts[2] == 'att' and parts[3] in att:
+            k = '.'.join(parts[:3] + [att[parts[3]]])
+        elif len(parts) == 4 and parts[2:] == ['ffn', 'x_k']:
+            k = '.'.join(parts[:3] + [ffn_x_k])
+        out[k] = v
+    return out
+
+
+def to_rc4a_train(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """RWKV-LM `RWKV-v5/src/model.py` names of 2024-11-23..29; time_faaaa is [1,1,H,N]."""
+    out = _renamed(sd, _RC4A_TRAIN, 'time_maa_k')
+    return {k: (v.reshape(1, 1, *v.shape) if k.endswith('time_faaaa') else v) for k, v in out.items()}
+
+
+def to_rc4a_demo(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`RWKV-v7/rwkv_v7_demo.py` of the rc4a release: block 0 has no vv_*."""
+    out = _renamed(sd, _RC4A_DEMO, 'xx_k')
+    return {k: v for k, v in out.items() if not k.startswith('blocks.0.att.vv_')}
+
+
+def to_st(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """web-rwkv / ai00 `.st`: fp16, LoRA factors transposed."""
+    return {k: (v.t() if k.split('.')[-1] in LORA_FACTOR and k.startswith('blocks.') else v).half().contiguous()
+            for k, v in sd.items()}
+
+
+def _hf_dir(path: Path, tensors: dict[str, torch.Tensor], architectures: list[str], shard: bool = False) -> Path:
+    import json
+
+    from safetensors.torch import save_file
+    path.mkdir(parents=True, exist_ok=True)
+    config = {'architectures': architectures, 'model_type': 'rwkv7'}  # several ports write 'rwkv7'
+    (path / 'config.json').write_text(json.dumps(config))
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    if not shard:
+        save_file(tensors, str(path / 'model.safetensors'), metadata={'format': 'pt'})
+        return path
+    names = list(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for j, part in enumerate((names[:half], names[half:])):
+        file = f'model-{j + 1:05d}-of-00002.safetensors'
+        save_file({n: tensors[n] for n in part}, str(path / file), metadata={'format': 'pt'})
+        weight_map.update({n: file for n in part})
+    (path / 'model.safetensors.index.json').write_text(json.dumps({'metadata': {}, 'weight_map': weight_map}))
+    return path
+
+
+def write_layout(layout: str, sd: dict[str, torch.Tensor], folder: Path,
+                 edit=None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """`sd` written in `layout` (one of LAYOUT_WRITERS) under `folder`; returns (path, what it means canonically).
+    `edit`, if given, changes the stored name -> tensor mapping just before it is written (a mutation)."""
+    folder = Path(folder)
+    edit = edit or (lambda stored: stored)
+    if layout == 'rc4a-train':
+        return save(edit(to_rc4a_train(sd)), folder / 'rc4a.pth'), sd
+    if layout == 'rc4a-demo':
+        return save(edit(to_rc4a_demo(sd)), folder / 'rc4a-demo.pth'), sd
+    if layout == 'lightning':
+        torch.save({'state_dict': edit(add_prefix(sd, 'model.')), 'epoch': 1, 'global_step': 10}, folder / 'last.ckpt')
+        return folder / 'last.ckpt', sd
+    if layout == 'st':
+        from safetensors.torch import save_file
+        stored = {k: v.contiguous() for k, v in edit(to_st(sd)).items()}
+        save_file(stored, str(folder / 'model.st'), metadata={'rwkv_version': 'x070', 'model_type': 'rwkv'})
+        return folder / 'model.st', {k: v.half() for k, v in sd.items()}
+    if layout == 'hf-rwkv7-prefix':
+        return _hf_dir(folder / 'hf-rwkv7', edit(add_prefix(sd, 'rwkv7.')), ['Rwkv7ForCausalLM']), sd
+    if layout == 'hf-model-prefix-sharded':
+        return _hf_dir(folder / 'hf-model', edit(add_prefix(sd, 'model.')), ['RWKV7ForCausalLM'], shard=True), sd
+    if layout == 'hf-transformers-rwkv':
+        return _hf_dir(folder / 'hf-trwkv', edit(to_transformers_rwkv(sd)), ['Rwkv7ForCausalLM']), sd
+    if layout == 'hf-rwkv-block':
+        arch = ['RWKV7ForCausalLM', 'RWKV7Model', 'RWKV7PreTrainedModel']
+        return _hf_dir(folder / 'hf-rwkv-block', edit(dict(sd)), arch), sd
+    raise KeyError(layout)
+
+
+def to_transformers_rwkv(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """rwkv-rs/transformers-rwkv: `model.` + BlinkDL names, `model.embeddings.weight`, LoRA factors as nn.Linear."""
+    out = {}
+    for k, v in sd.items():
+        if k == 'emb.weight':
+            out['model.embeddings.weight'] = v
+        elif k == 'head.weight':
+            out[k] = v
+        elif k.split('.')[-1] in LORA_FACTOR:
+            out[f'model.{k}.weight'] = v.t().contiguous()
+        else:
+            out['model.' + k] = v
+    return out
+
+
+LAYOUT_WRITERS = ('rc4a-train', 'rc4a-demo', 'lightning', 'st', 'hf-rwkv7-prefix', 'hf-model-prefix-sharded',
+                  'hf-transformers-rwkv', 'hf-rwkv-block')
+
+
+# fla-side layouts: a modern fla state dict rewritten the way older fla versions saved it
+def to_fla_jan2025(fla_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fla 7f8c169f: k_k, k_a, ffn.x_k stored [1,1,C]; layer 0 has a (unused) v_lora."""
+    out = {k: (v.reshape(1, 1, -1) if k.endswith(('attn.k_k', 'attn.k_a', 'ffn.x_k')) else v) for k, v in fla_sd.items()}
+    for k in [k for k in fla_sd if k.startswith('model.layers.1.attn.v_lora.')]:
+        out[k.replace('layers.1.', 'layers.0.')] = torch.zeros_like(fla_sd[k])
+    return out
+
+
+def to_fla_x_x(fla_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fla 845112af: the six mixing vectors stacked as attn.x_x [6, C]."""
+    out = {}
+    for k, v in fla_sd.items():
+        if k.endswith('.attn.x_r'):
+            base = k[: -len('x_r')]
+            out[base + 'x_x'] = torch.cat([fla_sd[base + f'x_{c}'].reshape(1, -1) for c in 'rwkvag'])
+        elif not any(k.endswith(f'.attn.x_{c}') for c in 'wkvag'):
+            out[k] = v
+    return out
+
+
+FLA_LAYOUT_WRITERS = {'fla-jan2025': to_fla_jan2025, 'fla-x_x': to_fla_x_x}

@@ -2,11 +2,12 @@
 
 import os
 import pickle
+import struct
 import zipfile
 
 import pytest
 import torch
-from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save
+from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save, to_rc4a_demo, to_rc4a_train, to_st
 
 from fla.rwkv7_convert.convert import convert_to_fla
 from fla.rwkv7_convert.errors import (
@@ -27,6 +28,28 @@ def with_extra(sd, **extra):
 
 
 C = 128
+
+
+def preview(kind: str) -> dict[str, torch.Tensor]:
+    """x070 previews (RWKV-LM history): rc2 e1d143f and rc4 c453b42 add a token-shift LoRA and extra LoRAs to the
+    rc4a training names; 6b44d24 has a per-head value gate mv_w [C,H] and time_aaa."""
+    sd = to_rc4a_train(base())
+    if kind == 'rc2':
+        return {**sd, 'blocks.0.att.time_maa_x': torch.zeros(1, 1, C), 'blocks.0.att.time_maa_w1': torch.zeros(C, 160),
+                'blocks.0.att.time_kkk_w1': torch.zeros(C, 16)}
+    if kind == 'rc4':
+        return {**sd, 'blocks.0.att.time_maa_x': torch.zeros(1, 1, C), 'blocks.0.att.mk_w1': torch.zeros(C, 16),
+                'blocks.0.att.ma_w1': torch.zeros(C, 16), 'blocks.0.att.time_misc_k': torch.zeros(1, 1, C)}
+    sd = {k.replace('time_aaaaa', 'time_aaa'): v for k, v in sd.items() if '.mv_w' not in k}
+    return {**sd, **{f'blocks.{i}.att.mv_w': torch.zeros(C, 2) for i in range(2)}}
+
+
+def mixed_layouts() -> dict[str, torch.Tensor]:
+    train, demo = to_rc4a_train(base()), to_rc4a_demo(base())
+    return {**{k: v for k, v in train.items() if not k.startswith('blocks.1.')},
+            **{k: v for k, v in demo.items() if k.startswith('blocks.1.')}}
+
+
 REFUSED = [
     pytest.param(lambda: with_extra(base(), **{'blocks.0.ffn.s_emb.weight': torch.zeros(256, 1024),
                                               'blocks.0.ffn.s1': torch.zeros(C, 32)}), 'RWKV-7a "DeepEmbed"',
@@ -48,6 +71,22 @@ REFUSED = [
     pytest.param(lambda: {'model.embeddings.weight': torch.zeros(256, C), 'model.layers.0.attn.r_k': torch.zeros(2, 64)},
                  'already in fla', id='fla-format'),
     pytest.param(lambda: {'weight': torch.zeros(3), 'bias': torch.zeros(3)}, 'not an RWKV-7 checkpoint', id='unrelated'),
+    *[pytest.param(lambda k=k: preview(k), 'RWKV-7 preview', id=f'preview-{k}') for k in ('rc2', 'rc4', '6b44d24')],
+    pytest.param(lambda: {'blocks.0.att.receptance.init_lora_A': torch.zeros(8, C),
+                          'blocks.0.att.receptance.init_lora_B': torch.zeros(C, 8)}, 'PiSSA adapter.*merge_pissa',
+                 id='pissa-init'),
+    pytest.param(lambda: with_extra(base(), **{'blocks.0.att.key.disha': torch.zeros(8, C)}),
+                 'DiSHA adapter.*merge_disha', id='disha'),
+    pytest.param(lambda: with_extra(base(), **{f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)}),
+                 'state-tuned merge.*--drop-state', id='state-tuned-merge'),
+    pytest.param(lambda: {'model.embed_tokens.weight': torch.zeros(256, C), 'model.layers.0.self_attn.x_r': torch.zeros(C),
+                          'model.layers.0.self_attn.q_proj.weight': torch.zeros(C, C)}, 'RWKV7-Qwen2 hybrid',
+                 id='rwkv7-qwen2-hybrid'),
+    pytest.param(lambda: with_extra(base(), **{'blocks.0.qkv.emm.weight': torch.zeros(256, C)}), 'RWKV-8 hybrid',
+                 id='rwkv8-hybrid'),
+    pytest.param(lambda: with_extra(base(), **{f'init_state.{i}.wkv': torch.zeros(2, 64, 64) for i in range(2)}),
+                 'state-tuned merge.*init_state', id='rwkv-block-init-state'),
+    pytest.param(mixed_layouts, 'mixes two layouts, rc4a training names .* and rc4a demo names', id='mixed-layouts'),
 ]
 
 
@@ -58,6 +97,50 @@ def test_other_architectures_are_refused_by_name(tmp_path, make, message):
         convert_to_fla(path, tmp_path / 'out')
     assert str(path) in info.value.one_line()
     assert not (tmp_path / 'out').exists()
+
+
+def test_state_tuned_merge_converts_without_its_state_when_asked(tmp_path):
+    sd = base()
+    merged = with_extra(sd, **{f'blocks.{i}.att.time_state': torch.ones(2, 64, 64) for i in range(2)})
+    plain = convert_to_fla(save(sd, tmp_path / 'base.pth'), tmp_path / 'a', tokenizer='none')
+    dropped = convert_to_fla(save(merged, tmp_path / 'merged.pth'), tmp_path / 'b', tokenizer='none', drop_state=True)
+    from safetensors.torch import load_file
+    a, b = load_file(tmp_path / 'a' / 'model.safetensors'), load_file(tmp_path / 'b' / 'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.plan.dims == dropped.plan.dims
+    assert any('--drop-state: 2 tuned initial state(s)' in n for n in dropped.plan.notes)
+
+
+def test_rwkv_package_dump_is_refused(tmp_path, monkeypatch):
+    """`torch.save(model.z)` of BlinkDL's package: head [C,V], transposed matrices, empty layer-0 v0/v1/v2."""
+    monkeypatch.setenv('RWKV_V7_ON', '1')
+    from rwkv.model import RWKV
+    save(base(), tmp_path / 'm.pth')
+    torch.save(RWKV(model=str(tmp_path / 'm'), strategy='cpu fp32').z, tmp_path / 'dump.pth')
+    with pytest.raises(UnsupportedVariantError, match="in-memory dump of BlinkDL's `rwkv` package") as info:
+        convert_to_fla(tmp_path / 'dump.pth', tmp_path / 'out')
+    assert 'convert the .pth the package loaded' in info.value.one_line()
+
+
+def test_st_file_with_rank_equal_to_hidden_size_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    sd = to_st(make_state_dict(Goose(layers=2, w_rank=C)))  # w1, w2 are [C,C]: orientation unreadable
+    save_file(sd, str(tmp_path / 'model.st'))
+    with pytest.raises(UnsupportedVariantError, match=r'\.st` file whose LoRA rank equals the hidden size C = 128'):
+        convert_to_fla(tmp_path / 'model.st', tmp_path / 'out')
+
+
+@pytest.mark.parametrize('head, suffix, message', [
+    pytest.param(b'GGUF\x03\x00\x00\x00', '.gguf', 'GGUF file', id='gguf'),
+    pytest.param(struct.pack('<ii', 0x67676d66, 101), '.bin', 'rwkv.cpp ggml file', id='rwkv.cpp'),
+    pytest.param(b'\xa5dtype', '.prefab', 'prefab', id='ai00-prefab'),
+])
+def test_foreign_formats_are_named(tmp_path, head, suffix, message):
+    path = tmp_path / f'model{suffix}'
+    path.write_bytes(head + bytes(64))
+    with pytest.raises(UnsupportedVariantError, match=message) as info:
+        convert_to_fla(path, tmp_path / 'out')
+    assert '\n' not in info.value.one_line() and 'convert the original' in info.value.one_line()
 
 
 def test_all_key_problems_are_reported_together(tmp_path):

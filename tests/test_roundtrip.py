@@ -14,10 +14,11 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save, squeeze_vectors
+from rwkv7_factory import LAYOUT_WRITERS, Goose, add_prefix, flatten_r_k, make_state_dict, save, squeeze_vectors, write_layout
 from safetensors.torch import load_file
 
 from fla.rwkv7_convert.convert import convert_to_fla
@@ -176,3 +177,19 @@ def test_fla_blinkdl_fla_loads_and_matches(tmp_path):
     a = fla_cpu.fla_logits(RWKV7ForCausalLM.from_pretrained(tmp_path / 'src').eval(), tokens)
     b = fla_cpu.fla_logits(RWKV7ForCausalLM.from_pretrained(tmp_path / 'back').eval(), tokens)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('layout', [pytest.param(x, id=x) for x in LAYOUT_WRITERS])
+def test_every_layout_round_trips_to_the_canonical_file(tmp_path, layout):
+    """A file in any layout -> fla -> RWKV-LM gives back the canonical names, shapes, dtypes and bits."""
+    sd = make_state_dict(Goose(vocab=50, hidden=64, layers=2, head_size=32, w_rank=16, a_rank=8, v_rank=24, g_rank=40),
+                         torch.bfloat16, seed=9)
+    path, meant = write_layout(layout, sd, tmp_path)
+    convert_to_fla(path, tmp_path / 'hf', tokenizer='none')
+    back = torch.load(convert_from_fla(tmp_path / 'hf', tmp_path / 'back.pth').output, weights_only=True)
+    assert sorted(back) == sorted(meant)
+    for name, want in meant.items():
+        if LAYER0_V.match(name):
+            assert not back[name].any() and back[name].shape == want.shape, name
+        else:
+            assert back[name].dtype == want.dtype and _bits(back[name]) == _bits(want), name

@@ -145,3 +145,28 @@ def test_stored_dtype_is_kept_bit_for_bit(tmp_path, dtype):
 def test_aliases_are_documented():
     # every alias row names the variant and its normal form; docs are generated from them (test_docs.py)
     assert all(a.variant and a.canonical and a.where for a in ALIASES)
+
+
+def test_layouts_and_refusals_say_who_and_where():
+    """Every layout names who writes it, and every layout verified against a writer's code cites repo, path and a
+    full commit; names are unique. (That each layout's rules are right is proved in tests/test_layouts.py.)"""
+    from fla.rwkv7_convert.table import LAYOUTS, REFUSALS
+    assert len({x.name for x in LAYOUTS}) == len(LAYOUTS)
+    unverified = {'Hugging Face `rwkv7.` prefix', 'fla bare RWKV7Model'}
+    for x in LAYOUTS:
+        assert x.who and x.signature and x.kind in ('names', 'prefix', 'orientation', 'directory'), x.name
+        assert x.evidence or x.name in unverified, x.name
+        assert all(len(e.commit) == 40 and e.repo.count('/') == 1 and e.path for e in x.evidence), x.name
+    assert all(f.variant and f.reason for f in REFUSALS)
+    assert len({f.variant for f in REFUSALS}) == len(REFUSALS)
+
+
+@pytest.mark.parametrize('name, expected', [
+    pytest.param('model.blocks.0.att.r_k', 'blocks.0.att.r_k', id='lightning-model'),
+    pytest.param('module.model.emb.weight', 'emb.weight', id='ddp-then-lightning'),
+    pytest.param('rwkv7.head.weight', 'head.weight', id='hf-rwkv7'),
+    pytest.param('model.layers.0.attn.r_k', 'model.layers.0.attn.r_k', id='fla-name-kept'),
+    pytest.param('model.embeddings.weight', 'model.embeddings.weight', id='guarded'),
+])
+def test_guarded_layout_prefixes(name, expected):
+    assert strip_prefixes(name) == expected

@@ -183,6 +183,8 @@ def build_to_fla_parser() -> argparse.ArgumentParser:
                    help='auto (default): RWKV World tokenizer when the vocabulary has 65536 rows; or a tokenizer '
                         'file/folder to copy')
     p.add_argument('--allow-nonfinite', action='store_true', help='convert tensors holding NaN/Inf instead of refusing')
+    p.add_argument('--drop-state', action='store_true',
+                   help='convert a state-tuned merge without its tuned initial states (att.time_state; fla has none)')
     p.add_argument('--dry-run', action='store_true', help='print the detected variant, config and mapping; write nothing')
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
@@ -223,7 +225,7 @@ def _convert_body(args: argparse.Namespace) -> int:
         result = convert_to_fla(
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
-            dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor)
+            drop_state=args.drop_state, dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor)
     finally:
         close()
     plan = result.plan

@@ -83,15 +83,17 @@ def convert_to_fla(
     head_size: int | None = None,
     tokenizer: str = 'auto',
     allow_nonfinite: bool = False,
+    drop_state: bool = False,
     dry_run: bool = False,
     on_start: Callable[[Plan, int], None] | None = None,
     on_tensor: Callable[[str, int], None] | None = None,
 ) -> Result:
-    """Convert `source` (.pth or .safetensors, RWKV-LM names) into the Hugging Face directory `output`.
+    """Convert `source` (.pth or .safetensors, or a Hugging Face directory, in any layout of table.LAYOUTS) into the
+    Hugging Face directory `output`.
 
     `precision` is a safetensors dtype name ('BF16', 'F16', 'F32') or None to keep each tensor's stored dtype.
     With `dry_run` nothing is written and the plan is returned. `on_start(plan, total_bytes)` and
-    `on_tensor(name, nbytes)` report progress.
+    `on_tensor(name, nbytes)` report progress. `drop_state` converts a state-tuned merge without its tuned states.
     """
     start = time.perf_counter()
     shown = str(source)
@@ -100,8 +102,11 @@ def convert_to_fla(
         clean_stale(Path(output).absolute())  # what killed runs left, also when this run stops at the next line
         check_target(Path(output).absolute(), force, protect=(source,))  # fail before reading anything
     with open_checkpoint(source) as ckpt:
-        plan = make_plan(ckpt.tree, shown, head_size=head_size)
+        plan = make_plan(ckpt.tree, shown, head_size=head_size, drop_state=drop_state)
         check_tokenizer_choice(tokenizer, plan.dims.V, shown)  # before anything is written
+        if ckpt.kind == 'hf-directory':  # told apart by its weight names (the plan), not by model_type
+            arch = ', '.join(map(str, ckpt.config.get('architectures') or [])) or 'no architectures in config.json'
+            plan.notes.append(f'Hugging Face directory ({arch}): weights from {", ".join(ckpt.files)}')
         kept = sorted(plan.kept, key=_fla_order)
         emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
         model_dtype = precision or emb_dtype
@@ -113,7 +118,7 @@ def convert_to_fla(
         if on_start:
             on_start(plan, total)
         metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': Path(source).name}
-        digest = FileDigest(source)  # on a thread, while the tensors are copied
+        digest = FileDigest(source, ckpt.files)  # on a thread, while the tensors are copied
         with atomic_directory(output, force=force, protect=(source,)) as scratch:
             files = write_sharded(scratch, tensors, limit, metadata,
                                   on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
@@ -125,8 +130,8 @@ def convert_to_fla(
             # names, sizes and digests only: the folder may be published, local paths must not be
             write_json(scratch / PROVENANCE_FILE, {
                 'converter': f'rwkv7_convert {__version__}',
-                'source': {'name': Path(source).name, 'bytes': os.path.getsize(source), 'sha256': digest.result(),
-                           'format': ckpt.kind},
+                'source': {'name': Path(source).name, 'bytes': digest.size, 'sha256': digest.result(),
+                           'format': ckpt.kind, **({'files': ckpt.files} if ckpt.kind == 'hf-directory' else {})},
                 'stored_dtypes': plan.stored_dtypes,
                 'precision': model_dtype if precision else 'kept as stored',
                 'parameters': plan.num_parameters,

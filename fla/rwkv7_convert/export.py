@@ -39,16 +39,12 @@ from fla.rwkv7_convert.errors import (
     NotACheckpointError,
     UnsupportedVariantError,
 )
-from fla.rwkv7_convert.plan import unwrap_state_dict
+from fla.rwkv7_convert.plan import apply_layouts
 from fla.rwkv7_convert.pth_writer import atomic_file, check_target_file, write_pth
-from fla.rwkv7_convert.readers import TensorRef, open_checkpoint
-from fla.rwkv7_convert.table import Rule, expected_blinkdl, lookup_fla
+from fla.rwkv7_convert.readers import CONFIG_FILE, TensorRef, open_hf_directory
+from fla.rwkv7_convert.table import FLA_SIDE, SIZES, Rule, bind_sizes, expected_blinkdl, lookup_fla
 from fla.rwkv7_convert.writer import OutTensor, write_safetensors
 
-CONFIG_FILE = 'config.json'
-# weight files of a Hugging Face directory, in the order transformers prefers them
-WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
-WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 FORMATS = ('pth', 'safetensors')
 
 
@@ -125,43 +121,8 @@ def read_config(model_dir: Path) -> dict:
 
 def open_weights(model_dir: Path, stack: ExitStack) -> tuple[dict[str, TensorRef], list[str]]:
     """Every tensor of the directory's weight files (one file, or shards named by an index), read lazily."""
-    shown = str(model_dir)
-    for index_name in WEIGHT_INDEXES:
-        index_path = model_dir / index_name
-        if not index_path.is_file():
-            continue
-        try:
-            weight_map = json.loads(index_path.read_text())['weight_map']
-            if not isinstance(weight_map, dict):
-                raise TypeError('weight_map is not an object')
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise NotACheckpointError(f'cannot read {index_name} ({e})', shown) from e
-        shards = sorted(set(weight_map.values()))
-        tensors: dict[str, TensorRef] = {}
-        problems = []
-        for shard in shards:
-            if Path(shard).name != shard:
-                raise NotACheckpointError(f'{index_name} names a shard outside the directory: {shard!r}', shown)
-            found = _open_file(model_dir / shard, stack)
-            for name, ref in found.items():
-                if name in tensors:
-                    problems.append(f'tensor {name} is stored in more than one shard')
-                tensors[name] = ref
-            problems += [f'{index_name} puts {n} in {shard}, which does not hold it'
-                         for n, s in weight_map.items() if s == shard and n not in found]
-        if problems:
-            raise KeyMismatchError(problems, shown)
-        return tensors, shards
-    for name in WEIGHT_FILES:
-        if (model_dir / name).is_file():
-            return _open_file(model_dir / name, stack), [name]
-    raise NotACheckpointError(f'no weights: expected {" or ".join(WEIGHT_FILES + WEIGHT_INDEXES[:1])}', shown)
-
-
-def _open_file(path: Path, stack: ExitStack) -> dict[str, TensorRef]:
-    ckpt = stack.enter_context(open_checkpoint(path))
-    tensors, _ = unwrap_state_dict(ckpt.tree, str(path))
-    return tensors
+    ckpt = stack.enter_context(open_hf_directory(model_dir))
+    return ckpt.tree, ckpt.files
 
 
 # ----------------------------------------------------------------------------------------------------------- config
@@ -223,49 +184,9 @@ def check_config(cfg: dict, shown: str) -> tuple[list[str], list[str]]:
 
 # ------------------------------------------------------------------------------------------------------------- plan
 
-_FLA_V1_MIX = re.compile(r'^model\.layers\.(\d+)\.attn\.x_x$')
-_BASE_MODEL = re.compile(r'^(embeddings|layers|norm)\.')
-
-
-def normalize_fla_names(tensors: dict[str, TensorRef]) -> tuple[dict[str, TensorRef], list[str]]:
-    """fla-side aliases: a bare RWKV7Model's names get `model.`; fla v1's stacked `attn.x_x` [6, C] is split into
-    x_r, x_w, x_k, x_v, x_a, x_g (as RWKV7Model.load_state_dict migrates it)."""
-    notes = []
-    if not any(n.startswith('model.') for n in tensors) and any(_BASE_MODEL.match(n) for n in tensors):
-        tensors = {(f'model.{n}' if _BASE_MODEL.match(n) else n): t for n, t in tensors.items()}
-        notes.append('names of a bare RWKV7Model (no lm_head): prefixed with "model."')
-    out: dict[str, TensorRef] = {}
-    for name, ref in tensors.items():
-        m = _FLA_V1_MIX.match(name)
-        if m and ref.shape and ref.shape[0] == 6 and ref.numel % 6 == 0:
-            C = ref.numel // 6
-            for j, part in enumerate('rwkvag'):
-                new = f'model.layers.{m.group(1)}.attn.x_{part}'
-                out[new] = TensorRef(new, (1, 1, C), ref.dtype, _row(ref, j, C))
-            if not notes or 'x_x' not in notes[-1]:
-                notes.append('fla v1 attn.x_x [6, C] split into x_r, x_w, x_k, x_v, x_a, x_g')
-            continue
-        out[name] = ref
-    return out, notes
-
-
-def _row(ref: TensorRef, j: int, C: int) -> Callable[[], np.ndarray]:
-    return lambda: np.ascontiguousarray(ref.load().reshape(6, C)[j].reshape(1, 1, C))
-
-
 def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims | None:
-    """Sizes from the tensors' shapes, cross-checked with config.json."""
-    def shape(name: str) -> tuple[int, ...] | None:
-        ref = tensors.get(name)
-        return ref.shape if ref is not None else None
-
-    def two_d(name: str, what: str) -> tuple[int, int]:
-        s = shape(name)
-        if s is None or len(s) != 2:
-            problems.append(f'cannot read {what} from {name} (shape {list(s) if s else "missing"}, expected 2-D)')
-            return 0, 0
-        return s
-
+    """Sizes from the tensors' shapes, bound as the forward direction binds them (table.bind_sizes, on the tensors'
+    RWKV-LM names and shapes), then cross-checked with config.json."""
     layer_ids = {int(m.group(1)) for n in tensors if (m := re.match(r'^model\.layers\.(\d+)\.', n))}
     L = cfg.get('num_hidden_layers')
     if not isinstance(L, int) or L <= 0:
@@ -273,17 +194,24 @@ def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims
         return None
     if layer_ids and max(layer_ids) + 1 != L:
         problems.append(f'config.json num_hidden_layers is {L} but the tensors have layers 0..{max(layer_ids)}')
-    p = 'model.layers.0.'
-    V, C = two_d('model.embeddings.weight', 'vocab and hidden size')
-    H, N = two_d(p + 'attn.r_k', 'the head count and size')
-    F, _ = two_d(p + 'ffn.key.weight', 'the FFN width')
-    Dw, _ = two_d(p + 'attn.w_lora.lora.0.weight', 'the decay LoRA rank')
-    Da, _ = two_d(p + 'attn.a_lora.lora.0.weight', 'the a LoRA rank')
-    Dg, _ = two_d(p + 'attn.g_lora.lora.0.weight', 'the gate LoRA rank')
-    v_shape = next((shape(f'model.layers.{i}.attn.v_lora.lora.0.weight') for i in range(1, L)
-                    if shape(f'model.layers.{i}.attn.v_lora.lora.0.weight')), None)
-    if v_shape is not None and len(v_shape) == 2:
-        Dv = v_shape[0]
+    as_blinkdl = {}
+    for name, ref in tensors.items():
+        found = lookup_fla(name)
+        if found is not None:
+            rule, layer = found
+            as_blinkdl[rule.names(layer)[0]] = rule.op.reverse.shape(ref.shape)
+    sizes = bind_sizes(as_blinkdl)
+    first = {'V': 'model.embeddings.weight', 'C': 'model.embeddings.weight', 'H': 'model.layers.0.attn.r_k',
+             'N': 'model.layers.0.attn.r_k', 'F': 'model.layers.0.ffn.key.weight',
+             'Dw': 'model.layers.0.attn.w_lora.lora.0.weight', 'Da': 'model.layers.0.attn.a_lora.lora.0.weight',
+             'Dg': 'model.layers.0.attn.g_lora.lora.0.weight'}
+    for symbol, name in first.items():
+        if symbol not in sizes:
+            found = list(tensors[name].shape) if name in tensors else 'missing'
+            problems.append(f'cannot read {SIZES[symbol]} from {name} (shape {found}) or any tensor of that size')
+    V, C, H, N, F, Dw, Da, Dg = (sizes.get(s, 0) for s in first)
+    if 'Dv' in sizes:
+        Dv = sizes['Dv']
     elif L > 1:
         problems.append('cannot read the value LoRA rank from model.layers.1.attn.v_lora.lora.0.weight')
         Dv = 0
@@ -291,7 +219,7 @@ def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims
         Dv = cfg.get('v_low_rank_dim') or 32
     checks = [('hidden_size', C), ('vocab_size', V), ('head_dim', N), ('num_heads', H), ('intermediate_size', F),
               ('decay_low_rank_dim', Dw), ('a_low_rank_dim', Da), ('gate_low_rank_dim', Dg)]
-    if v_shape is not None:
+    if 'Dv' in sizes:
         checks.append(('v_low_rank_dim', Dv))
     for key, value in checks:
         if value and cfg.get(key) is not None and cfg[key] != value:
@@ -313,9 +241,8 @@ def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, pr
     notes, warnings = check_config(cfg, shown)
     if any(n.startswith('blocks.') for n in tensors) and not any(n.startswith(('model.', 'layers.')) for n in tensors):
         raise UnsupportedVariantError('the weights already have RWKV-LM names (blocks.*); nothing to convert', shown)
-    tensors, alias_notes = normalize_fla_names(tensors)
+    tensors, alias_notes, problems = apply_layouts(tensors, FLA_SIDE, shown)  # fla-side layouts: table.LAYOUTS
     notes += alias_notes
-    problems: list[str] = []
     dims = _dims(cfg, tensors, problems)
     if dims is None:
         raise KeyMismatchError(problems, shown)

@@ -22,22 +22,29 @@ PROVENANCE_FILE = 'rwkv7_convert.json'
 
 
 class FileDigest:
-    """sha256 of a file, computed on a thread while the conversion reads the same file (hashlib releases the GIL,
-    so on two cores it costs little wall time)."""
+    """sha256 of a file (or of a directory's weight files, read one after another in `files` order), computed on a
+    thread while the conversion reads the same bytes (hashlib releases the GIL, so on two cores it costs little wall
+    time)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, files: list[str] | None = None):
+        path = Path(path)
+        self.paths = [path / f for f in files] if path.is_dir() and files else [path]
         self._digest: str | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name='sha256', daemon=True)
         self._thread.start()
 
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
     def _run(self) -> None:
         try:
             h = hashlib.sha256()
-            with open(self.path, 'rb') as f:
-                while chunk := f.read(8 << 20):
-                    h.update(chunk)
+            for path in self.paths:
+                with open(path, 'rb') as f:
+                    while chunk := f.read(8 << 20):
+                        h.update(chunk)
             self._digest = h.hexdigest()
         except BaseException as e:  # re-raised in the converting thread by result()
             self._error = e
@@ -111,7 +118,8 @@ def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None
         '|---|---|',
         f'| file | `{src["name"]}` ({src["format"]}) |',
         f'| size | {src["bytes"]:,} bytes |',
-        f'| sha256 | `{src["sha256"]}` |',
+        *([f'| weight files | {", ".join(f"`{f}`" for f in src["files"])} |'] if src.get('files') else []),
+        f'| sha256 | `{src["sha256"]}`' + (' (of the weight files, one after another)' if src.get('files') else '') + ' |',
         f'| stored dtypes | {", ".join(meta["stored_dtypes"])} |',
         f'| written as | {config["dtype"]} ({meta["precision"]}) |',
         '',

@@ -18,12 +18,23 @@ from fla.rwkv7_convert.dtypes import FLOATING
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsupportedVariantError
 from fla.rwkv7_convert.readers import TensorRef
 from fla.rwkv7_convert.table import (
+    BLINKDL_SIDE,
+    IDENTITY,
+    LAYOUTS,
+    ORIENT,
     REFUSALS,
+    SIZES,
+    STATE_TENSOR,
     WRAPPER_KEYS,
+    Layout,
+    Op,
     Rule,
+    bind_sizes,
     canonical_shape,
     expected_blinkdl,
+    layout_hits,
     lookup_blinkdl,
+    prefix_layout,
     strip_prefixes,
 )
 
@@ -124,12 +135,98 @@ def normalize_names(tensors: dict[str, TensorRef]) -> tuple[dict[str, TensorRef]
     return out, sorted(prefixes), problems
 
 
-def detect_refusal(names: list[str], shown: str) -> None:
+def _with_op(ref: TensorRef, name: str, op: Op) -> TensorRef:
+    """`ref` under its canonical name, its data passed through `op` when read (no data is read now)."""
+    if op is IDENTITY:
+        return ref.renamed(name)
+    return TensorRef(name, op.shape(ref.shape), ref.dtype, lambda: op.apply(ref.load().reshape(ref.shape)))
+
+
+_FACTOR = re.compile(r'^blocks\.\d+\.att\.[wavg]([12])$')
+
+
+def _orient(layout: Layout, tensors: dict[str, TensorRef], shown: str) -> tuple[dict[str, TensorRef], int]:
+    """LoRA factors stored `[D,C]` (web-rwkv / ai00 `.st`) turned back to RWKV-LM's orientation, read from shapes.
+
+    Only in a file that is a `.st`: named so, or with every factor whose shape can tell stored `[D,C]`. One factor
+    transposed in an otherwise canonical file is a broken file, left for the shape check to report."""
+    emb = tensors.get('emb.weight')
+    if emb is None or len(emb.shape) != 2:
+        return tensors, 0
+    C = emb.shape[1]
+    ops: dict[str, Op | None] = {}
+    for name, ref in tensors.items():
+        m = _FACTOR.match(name)
+        if m:
+            ops[name] = ORIENT.for_shape(ref.shape, int(m.group(1)), C)
+    flips = [n for n, op in ops.items() if op is not None and op is not IDENTITY]
+    readable = [n for n, op in ops.items() if op is not None]
+    if not (shown.endswith('.st') or (flips and len(flips) == len(readable))):
+        return tensors, 0
+    unclear = [n for n, op in ops.items() if op is None]
+    if unclear:
+        raise UnsupportedVariantError(
+            f'this is a {layout.name} file whose LoRA rank equals the hidden size C = {C} ({unclear[0]} is [{C},{C}]), '
+            'so the orientation of that factor cannot be read from its shape; convert the original RWKV-LM .pth', shown)
+    out = {name: _with_op(ref, name, ops.get(name) or IDENTITY) for name, ref in tensors.items()}
+    return out, len(flips)
+
+
+def apply_layouts(tensors: dict[str, TensorRef], side: str, shown: str) -> tuple[dict[str, TensorRef], list[str], list[str]]:
+    """Bring a file in any known layout of `side` to canonical names and shapes by the layouts' rules (table.py).
+
+    Prefix layouts go first, then at most one naming layout (two in one file is refused), then orientation.
+    Returns (tensors, notes, problems); problems are duplicates the renames produced."""
+    notes: list[str] = []
+    problems: list[str] = []
+    for kind in ('prefix', 'names', 'orientation'):
+        layouts = [x for x in LAYOUTS if x.side == side and x.kind == kind]
+        if kind == 'orientation':
+            for layout in layouts:
+                tensors, flipped = _orient(layout, tensors, shown)
+                if flipped:
+                    notes.append(f'layout {layout.name}: {flipped} LoRA factor(s) stored [D,C], transposed back; '
+                                 'such files keep fp16, so this converts the fp16 model, not the original weights')
+            continue
+        shapes = {n: r.shape for n, r in tensors.items()}
+        found = [(x, hits) for x in layouts if (hits := layout_hits(x, shapes))]
+        if kind == 'names' and len(found) > 1:
+            (a, ha), (b, hb) = found[:2]
+            raise UnsupportedVariantError(f'mixes two layouts, {a.name} ({ha[0]}) and {b.name} ({hb[0]}); a file holds '
+                                          'one: re-save it from one training run', shown)
+        for layout, _ in found:
+            out: dict[str, TensorRef] = {}
+            origin: dict[str, str] = {}
+            renamed = dropped = 0
+            for name, ref in tensors.items():
+                targets = next((t for r in layout.renames if (t := r.targets(name)) is not None), None)
+                if targets and len(targets) > 1 and (not ref.shape or ref.shape[0] != len(targets)):
+                    targets = None  # a stacked tensor of the wrong height: left for the key report
+                if targets is None:
+                    targets = [(name, IDENTITY)]
+                elif targets[0][0] is None:
+                    dropped += 1
+                    continue
+                else:
+                    renamed += 1
+                for new, op in targets:
+                    if new in out:
+                        problems.append(f'duplicate tensor {new} (stored as both {origin[new]!r} and {name!r})')
+                        continue
+                    out[new], origin[new] = _with_op(ref, new, op), name
+            tensors = out
+            what = f'{renamed} tensor(s) renamed' + (f', {dropped} dropped (unused)' if dropped else '')
+            notes.append(f'layout {layout.name}: {what}')
+    return tensors, notes, problems
+
+
+def detect_refusal(tensors: dict[str, TensorRef] | list[str], shown: str) -> None:
     """Refuse checkpoints of architectures fla's RWKV7ForCausalLM cannot run, naming the keys that show it."""
+    shapes = {n: (1,) for n in tensors} if isinstance(tensors, list) else {n: r.shape for n, r in tensors.items()}
+    names = list(shapes)
     for refusal in REFUSALS:
-        pattern = re.compile(refusal.pattern)
-        hits = [n for n in names if pattern.search(n)]
-        if hits and (not refusal.only or len(hits) == len(names)):
+        hits = refusal.hits(shapes)
+        if hits:
             example = ', '.join(hits[:2])
             raise UnsupportedVariantError(f'this is a {refusal.variant} checkpoint ({example}): {refusal.reason}', shown)
     if not any(n.endswith('.att.r_k') or n.endswith('.att.k_k') for n in names):
@@ -165,26 +262,17 @@ def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str)
         raise KeyMismatchError([f'block indices are not contiguous: blocks {_ranges(sorted(layers))} have tensors, '
                                 f'{_ranges(_gaps(sorted(layers)), limit=3)} have none'], shown)
 
-    def two_d(names: list[str], what: str) -> tuple[int, int]:
-        shape = _common_shape(tensors, names, 2)
-        if shape is None:
-            found = list(tensors[names[0]].shape) if names[0] in tensors else 'missing'
-            problems.append(f'cannot read {what} from {names[0]} (shape {found}, expected 2-D)')
-            return 0, 0
-        return shape
-
-    V, C = two_d(['emb.weight', 'head.weight'], 'vocab and hidden size')
-    F, _ = two_d([f'blocks.{i}.ffn.key.weight' for i in range(L)] or ['blocks.0.ffn.key.weight'], 'the FFN width')
-    _, Dw = two_d([f'blocks.{i}.att.w1' for i in range(L)] or ['blocks.0.att.w1'], 'the decay LoRA rank')
-    _, Da = two_d([f'blocks.{i}.att.a1' for i in range(L)] or ['blocks.0.att.a1'], 'the a LoRA rank')
-    _, Dg = two_d([f'blocks.{i}.att.g1' for i in range(L)] or ['blocks.0.att.g1'], 'the gate LoRA rank')
+    sizes = bind_sizes({n: r.shape for n, r in tensors.items()})
+    first = {'V': 'emb.weight', 'C': 'emb.weight', 'F': 'blocks.0.ffn.key.weight', 'Dw': 'blocks.0.att.w1',
+             'Da': 'blocks.0.att.a1', 'Dg': 'blocks.0.att.g1'}
+    for symbol, name in first.items():
+        if symbol not in sizes:
+            found = list(tensors[name].shape) if name in tensors else 'missing'
+            problems.append(f'cannot read {SIZES[symbol]} from {name} (shape {found}) or any tensor of that size')
+    V, C, F, Dw, Da, Dg = (sizes.get(s, 0) for s in first)
     # v1 is read from block 1 on; block 0's copy is unused and may be absent (then any rank works for L = 1)
-    # (from v2 when v1 is absent: a 1-layer file may keep only some of block 0's unused v0/v1/v2)
-    v_blocks = list(range(1, L)) or [0]
-    v1 = _common_shape(tensors, [f'blocks.{i}.att.v1' for i in v_blocks], 2)
-    v2 = _common_shape(tensors, [f'blocks.{i}.att.v2' for i in v_blocks], 2)
-    Dv = v1[1] if v1 else v2[0] if v2 else 32
-    if L > 1 and not v1 and not v2:
+    Dv = sizes.get('Dv', 32)
+    if L > 1 and 'Dv' not in sizes:
         problems.append('cannot read the value LoRA rank from blocks.1.att.v1 or v2')
 
     r_k_names = [f'blocks.{i}.att.r_k' for i in range(L)]
@@ -242,11 +330,18 @@ def _ranges(items: list, limit: int = 6) -> str:
     return ', '.join(text) + (f', ... ({len(spans) - limit} more ranges)' if len(spans) > limit else '')
 
 
-def make_plan(tree: object, shown: str, *, head_size: int | None = None) -> Plan:
+def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_state: bool = False) -> Plan:
+    """The checked plan for the state dict in `tree`. `drop_state` drops tuned initial states (`att.time_state`,
+    which fla cannot hold) instead of refusing the file."""
     tensors, unwrapped = unwrap_state_dict(tree, shown)
     tensors, prefixes, problems = normalize_names(tensors)
-    names = list(tensors)
-    detect_refusal(names, shown)
+    tensors, layout_notes, more = apply_layouts(tensors, BLINKDL_SIDE, shown)
+    problems += more
+    states = [n for n in tensors if STATE_TENSOR.match(n)]
+    if drop_state and states and len(states) < len(tensors):
+        tensors = {n: r for n, r in tensors.items() if n not in states}
+        layout_notes.append(f'--drop-state: {len(states)} tuned initial state(s) att.time_state dropped')
+    detect_refusal(tensors, shown)
     dims = infer_dims(tensors, head_size, shown)
 
     expected = expected_blinkdl(dims.L)
@@ -290,6 +385,9 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None) -> Plan
         notes.append('unwrapped nested state dict: ' + ' -> '.join(repr(k) for k in unwrapped))
     if prefixes:
         notes.append('stripped wrapper prefixes: ' + ', '.join(repr(p) for p in prefixes))
+    for layout in {x.name: x for p in prefixes for part in p.split('.') if (x := prefix_layout(part + '.'))}.values():
+        notes.append(f'layout {layout.name}: {layout.who}')
+    notes += layout_notes
     squeezed = sum(1 for e in entries if e.source.shape != e.canonical_shape)
     if squeezed:
         notes.append(f'{squeezed} tensor(s) stored in a squeezed/flat shape, normalized to RWKV-LM shapes')

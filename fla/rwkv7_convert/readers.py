@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from fla.rwkv7_convert.dtypes import CARRIER, FLOATING, TORCH_DTYPE, TORCH_STORAGE, itemsize
-from fla.rwkv7_convert.errors import NotACheckpointError, UnsafeCheckpointError
+from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsafeCheckpointError, UnsupportedVariantError
+from fla.rwkv7_convert.table import MAGICS
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,14 @@ class RawSpan:
 
 
 class Checkpoint:
-    """An open checkpoint: `tree` is what the file holds, with `TensorRef` leaves (usually a flat dict)."""
+    """An open checkpoint: `tree` is what the file holds, with `TensorRef` leaves (usually a flat dict).
 
-    def __init__(self, path: Path, kind: str, tree: object, handle):
+    For a Hugging Face directory, `kind` is 'hf-directory', `files` its weight files and `config` its config.json."""
+
+    def __init__(self, path: Path, kind: str, tree: object, handle, files: list[str] | None = None,
+                 config: dict | None = None):
         self.path, self.kind, self.tree, self._handle = path, kind, tree, handle
+        self.files, self.config = files or [path.name], config or {}
 
     def close(self) -> None:
         if self._handle is not None:
@@ -102,9 +107,10 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except OSError as e:
         raise NotACheckpointError(f'cannot open: {e.strerror or e}', shown) from e
     if stat.S_ISDIR(mode):
-        hf = (path / 'config.json').exists()
-        hint = ' (a Hugging Face model directory? convert_from_fla_rwkv7.py reads those)' if hf else ''
-        raise NotACheckpointError(f'is a directory, expected a .pth or .safetensors file{hint}', shown)
+        if (path / CONFIG_FILE).is_file():
+            return open_hf_directory(path)
+        raise NotACheckpointError('is a directory, expected a .pth or .safetensors file (or a Hugging Face model '
+                                  'directory with config.json)', shown)
     if not stat.S_ISREG(mode):  # a FIFO would block forever, a device never ends
         raise NotACheckpointError('is not a regular file (a pipe, socket or device?); expected a .pth or .safetensors file',
                                   shown)
@@ -123,12 +129,92 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if len(head) >= 9 and head[8:9] == b'{':
             tree = _read_safetensors_index(handle, size, shown)
             return Checkpoint(path, 'safetensors', tree, handle)
+        for magic, what, instead in MAGICS:
+            if head.startswith(magic):
+                raise UnsupportedVariantError(f'this is {what}, not a PyTorch zip or safetensors file: {instead}', shown)
+        if path.suffix == '.prefab':
+            raise UnsupportedVariantError('this is an ai00 / web-rwkv prefab (a serialized, usually quantized runtime '
+                                          'model), not a checkpoint: convert the original RWKV-LM .pth instead', shown)
         if head[:1] == b'\x80':
             raise NotACheckpointError('legacy (pre-1.6) torch.save format is not supported; re-save it with a current torch',
                                       shown)
         raise NotACheckpointError('not a PyTorch zip (.pth) or safetensors file', shown)
     except BaseException:
         handle.close()
+        raise
+
+
+CONFIG_FILE = 'config.json'
+# weight files of a Hugging Face directory, in the order transformers prefers them
+WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
+WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+class _Handles:
+    """Closes the files of a multi-file checkpoint together."""
+
+    def __init__(self, checkpoints: list[Checkpoint]):
+        self.checkpoints = checkpoints
+
+    def close(self) -> None:
+        for c in self.checkpoints:
+            c.close()
+
+
+def _flat(ckpt: Checkpoint, shown: str) -> dict[str, TensorRef]:
+    tree = ckpt.tree
+    if isinstance(tree, dict) and set(tree) == {'state_dict'}:
+        tree = tree['state_dict']
+    if not isinstance(tree, dict) or not all(isinstance(v, TensorRef) for v in tree.values()):
+        raise NotACheckpointError(f'{ckpt.path.name} is not a flat mapping of names to tensors', shown)
+    return tree
+
+
+def open_hf_directory(path: Path) -> Checkpoint:
+    """A Hugging Face model directory: config.json plus `model.safetensors`, `pytorch_model.bin` or shards named by an
+    index, read as one flat mapping of tensors (lazily, as single files are)."""
+    shown = str(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotACheckpointError(f'cannot read {CONFIG_FILE} ({e})', shown) from e
+    if not isinstance(config, dict):
+        raise NotACheckpointError(f'{CONFIG_FILE} is not a JSON object', shown)
+    opened: list[Checkpoint] = []
+    try:
+        for index_name in WEIGHT_INDEXES:
+            if not (path / index_name).is_file():
+                continue
+            try:
+                weight_map = json.loads((path / index_name).read_text())['weight_map']
+                if not isinstance(weight_map, dict):
+                    raise TypeError('weight_map is not an object')
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise NotACheckpointError(f'cannot read {index_name} ({e})', shown) from e
+            shards = sorted(set(weight_map.values()))
+            tensors: dict[str, TensorRef] = {}
+            problems = []
+            for shard in shards:
+                if not isinstance(shard, str) or Path(shard).name != shard:
+                    raise NotACheckpointError(f'{index_name} names a shard outside the directory: {shard!r}', shown)
+                opened.append(open_checkpoint(path / shard))
+                found = _flat(opened[-1], shown)
+                for name, ref in found.items():
+                    if name in tensors:
+                        problems.append(f'tensor {name} is stored in more than one shard')
+                    tensors[name] = ref
+                problems += [f'{index_name} puts {n} in {shard}, which does not hold it'
+                             for n, s in weight_map.items() if s == shard and n not in found]
+            if problems:
+                raise KeyMismatchError(problems, shown)
+            return Checkpoint(path, 'hf-directory', tensors, _Handles(opened), shards, config)
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                opened.append(open_checkpoint(path / name))
+                return Checkpoint(path, 'hf-directory', _flat(opened[-1], shown), _Handles(opened), [name], config)
+        raise NotACheckpointError(f'no weights: expected {" or ".join(WEIGHT_FILES + WEIGHT_INDEXES[:1])}', shown)
+    except BaseException:
+        _Handles(opened).close()
         raise
 
 
