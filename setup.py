@@ -5,7 +5,7 @@ setup(
     version='0.1.0',
     description='Convert RWKV-7 checkpoints between BlinkDL RWKV-LM and flash-linear-attention, verified by logits',
     # A portion of fla's namespace: installed fla's __init__ calls pkgutil.extend_path, so there is no fla/__init__.py here.
-    packages=['fla.rwkv7_convert'],
+    packages=['fla.rwkv7_convert', 'fla.rwkv7_convert.proof'],
     package_data={'fla.rwkv7_convert': ['data/*']},
     python_requires='>=3.10',
     install_requires=[

@@ -11,7 +11,7 @@ RWKV7ForCausalLM (bf16) and measures, median of --repeats after warm-up, CUDA-sy
 
 for fla's two kernels, for BlinkDL's own `rwkv` package on the same GPU and file (RWKV_V7_ON=1, its CUDA wkv
 kernel with RWKV_CUDA_ON=1 where it builds, else its torch ops; batch 1 only, as that package runs), and for
-`fla.rwkv7_convert.reference.RWKV7Reference` (one token at a time, --ref-dtype).
+`fla.rwkv7_convert.proof.reference.RWKV7Reference` (one token at a time, --ref-dtype).
 
 Warm-up discipline (the same as benchmarks/gpu_parity.py, but with real autotuning, since these are speed
 numbers): every call shape that is timed runs --warmup times first, outside the timed region, so Triton compiles
@@ -262,7 +262,7 @@ def bench_size(size: str, args, device, say) -> list[dict]:
     import torch
     from fla.models import RWKV7ForCausalLM
 
-    from fla.rwkv7_convert.reference import RWKV7Reference
+    from fla.rwkv7_convert.proof.reference import RWKV7Reference
 
     src, model_dir = prepare(size, args.workdir, sys.executable, say)
     timer = Timer(device)

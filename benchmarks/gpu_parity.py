@@ -2,7 +2,7 @@
 """GPU parity matrix: converted RWKV-7 checkpoints in fla's Triton kernels against the float64 reference, in one go.
 
 Every model here is written in RWKV-LM's format, converted with this project's converter, and loaded from the
-converted directory (fla) and from the original file (reference, `fla.rwkv7_convert.reference`). For each cell:
+converted directory (fla) and from the original file (reference, `fla.rwkv7_convert.proof.reference`). For each cell:
 
   truth      the reference in float64 on the GPU, computed ONCE per (model, token layout) and reused by every
              precision and both kernels
@@ -10,7 +10,7 @@ converted directory (fla) and from the original file (reference, `fla.rwkv7_conv
              (model, layout, precision), shared by both kernels): float32 with IEEE matmuls; 'tf32' = float32
              inside verdict.matmul_precision('tf32'); bf16/fp16 with the wkv state in float32 as BlinkDL runs them
   fla_error  rel. RMS of fla's logits against the truth
-  verdict    fla.rwkv7_convert.verdict.judge(fla_error, ref_error, precision); float32 (IEEE dots) cells must
+  verdict    fla.rwkv7_convert.proof.verdict.judge(fla_error, ref_error, precision); float32 (IEEE dots) cells must
              also reach rel. RMS <= 1e-4 (conversion exactness)
 
 Cells: kernel (chunk, fused_recurrent) x precision (float32 with IEEE dots, float32 as users run it = TF32 dots,
@@ -337,17 +337,17 @@ def worker(args) -> int:
     from _bootstrap import light_fla
     light_fla()  # fla.rwkv7_convert without fla's __init__, which imports triton before the interpreter is chosen
     if args.cpu:
-        from fla.rwkv7_convert.runtime import use_interpreter
+        from fla.rwkv7_convert.proof.runtime import use_interpreter
         use_interpreter()  # before anything imports triton; its autotuner keeps the first config untimed
     else:
         os.environ['FLA_CACHE_RESULTS'] = '0'  # never store the untimed "timings" where a benchmark finds them
         keep_first_fitting_config()
     import torch
 
-    from fla.rwkv7_convert.loading import load_fla_model
-    from fla.rwkv7_convert.reference import RWKV7Reference
-    from fla.rwkv7_convert.verdict import matmul_precision, rel_rms, storage_dtype
-    from fla.rwkv7_convert.verify import load_blinkdl_weights
+    from fla.rwkv7_convert.proof.loading import load_fla_model
+    from fla.rwkv7_convert.proof.reference import RWKV7Reference
+    from fla.rwkv7_convert.proof.verdict import matmul_precision, rel_rms, storage_dtype
+    from fla.rwkv7_convert.proof.verify import load_blinkdl_weights
 
     cases, _ = make_plan(args.cpu, args.quick, args.only)
     device = torch.device('cpu' if args.cpu else 'cuda')
@@ -465,7 +465,7 @@ def device_name(cpu: bool) -> str:
 
 
 def judge_cells(cases, precisions, workdir: Path) -> list[dict]:
-    from fla.rwkv7_convert.verdict import judge
+    from fla.rwkv7_convert.proof.verdict import judge
 
     found = {}
     for f in sorted(workdir.glob('results-*.jsonl')):

@@ -53,7 +53,7 @@ def test_tokenizer_choices(tmp_path, world_checkpoint):
 
 
 def test_verify_on_text_through_the_written_tokenizer(tmp_path, world_checkpoint):
-    from fla.rwkv7_convert.verify import verify
+    from fla.rwkv7_convert.proof.verify import verify
     convert_to_fla(world_checkpoint, tmp_path / 'out', precision='F32')
     text = tmp_path / 'prompt.txt'
     text.write_text('The Eiffel tower is in the city of Paris. 巴黎有埃菲尔铁塔。', encoding='utf-8')

@@ -162,7 +162,7 @@ def test_layouts_reach_the_kernel_they_name(kind, lengths, batch, kernel):
         vocab = 8
 
         def zero_state(self, batch):
-            from fla.rwkv7_convert.reference import RWKV7State
+            from fla.rwkv7_convert.proof.reference import RWKV7State
             return RWKV7State([], [], [])
 
         def __call__(self, ids, state):

@@ -240,7 +240,7 @@ def _convert_body(args: argparse.Namespace) -> int:
               f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
               f'{shards} shard(s), {_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     if args.verify:
-        from fla.rwkv7_convert.verify import verify_cli_after_convert
+        from fla.rwkv7_convert.proof.verify import verify_cli_after_convert
         return verify_cli_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens,
                                         head_size=args.head_size)
     return 0

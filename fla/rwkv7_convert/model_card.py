@@ -225,7 +225,7 @@ def card_records_verify(source: str | os.PathLike, model_dir: str | os.PathLike)
     """While the converter's --verify runs, keep the Report that `verify.verify` returns; then rewrite the card of
     `model_dir` with its verdict (`passed`) and text (`render()`). Without a report (verify failed to run, or never
     ran because the conversion failed) the card stays as it is."""
-    from fla.rwkv7_convert import verify as verify_module
+    from fla.rwkv7_convert.proof import verify as verify_module
 
     original = verify_module.verify
     reports = []

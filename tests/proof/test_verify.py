@@ -13,9 +13,9 @@ from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
 from fla.rwkv7_convert.convert import convert_to_fla
-from fla.rwkv7_convert.verify import verify
+from fla.rwkv7_convert.proof.verify import verify
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # w_rank == hidden, so a transposed decay LoRA factor still has the right shape and loads
 SHAPE = Goose(vocab=128, hidden=128, layers=3, head_size=64, w_rank=128)
 
@@ -98,8 +98,8 @@ def test_cli_exit_status_and_table(converted, tmp_path):
 
 def test_reference_state_gives_prefill_then_decode(converted):
     """The reference the verifier trusts: one pass equals prefill then token-by-token decode."""
-    from fla.rwkv7_convert.reference import RWKV7Reference
-    from fla.rwkv7_convert.verify import load_blinkdl_weights
+    from fla.rwkv7_convert.proof.reference import RWKV7Reference
+    from fla.rwkv7_convert.proof.verify import load_blinkdl_weights
     source, _ = converted
     ref = RWKV7Reference(load_blinkdl_weights(source))
     tokens = torch.randint(0, SHAPE.vocab, (2, 12), generator=torch.Generator().manual_seed(0))

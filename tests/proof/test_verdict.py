@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fla.rwkv7_convert.verdict import CALIBRATION, PRECISIONS, judge, matmul_precision, rel_rms, storage_dtype
+from fla.rwkv7_convert.proof.verdict import CALIBRATION, PRECISIONS, judge, matmul_precision, rel_rms, storage_dtype
 
 
 @pytest.mark.parametrize('precision', [pytest.param(p, id=p) for p in PRECISIONS])

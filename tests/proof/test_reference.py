@@ -8,7 +8,7 @@ import torch
 from fla_cpu import fla_logits, fla_model
 from rwkv7_factory import Goose, flatten_r_k, make_state_dict, save, squeeze_vectors
 
-from fla.rwkv7_convert.reference import RWKV7Reference
+from fla.rwkv7_convert.proof.reference import RWKV7Reference
 
 
 def rwkv_package_model(sd: dict[str, torch.Tensor], tmp_path):

@@ -132,7 +132,7 @@ def _trace_fla(model, tokens, piece):
     """fla's logits and its residual stream after each sub-step, under the reference's trace keys."""
     import torch
 
-    from fla.rwkv7_convert.runtime import fla_logits
+    from fla.rwkv7_convert.proof.runtime import fla_logits
     captured: dict[str, list] = {}
     hooks = []
 
@@ -159,13 +159,13 @@ def _trace_fla(model, tokens, piece):
 
 def load_pair(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', head_size: int | None = None):
     """(reference in float64 on the source file, fla model from the directory in `dtype` on `device`)."""
-    from fla.rwkv7_convert.runtime import use_interpreter
+    from fla.rwkv7_convert.proof.runtime import use_interpreter
     if device == 'cpu':
         use_interpreter()
     import torch
 
-    from fla.rwkv7_convert.loading import load_fla_model
-    from fla.rwkv7_convert.reference import RWKV7Reference
+    from fla.rwkv7_convert.proof.loading import load_fla_model
+    from fla.rwkv7_convert.proof.reference import RWKV7Reference
     if dtype not in TOLERANCES:
         raise ConversionError(f'--dtype: {dtype!r} is not one of {", ".join(TOLERANCES)}')
     if device == 'cuda' and not torch.cuda.is_available():
@@ -187,7 +187,7 @@ def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', to
     if per_layer:
         got, fla_steps = _trace_fla(model, ids, piece)
     else:
-        from fla.rwkv7_convert.runtime import fla_logits
+        from fla.rwkv7_convert.proof.runtime import fla_logits
         got, fla_steps = fla_logits(model, ids, piece=piece), {}
     tolerance = TOLERANCES[dtype]
     report = Report(str(source), str(model_dir), device, dtype, ids.shape[0], ids.shape[1], compare(got.cpu(), want),

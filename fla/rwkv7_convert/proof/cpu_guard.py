@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from fla.rwkv7_convert.runtime import RECURRENT_MAX_TOKENS
+from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
 
 HOW = 'see "Running a converted model" in the rwkv7-convert README'
 
@@ -27,7 +27,7 @@ def cpu_problem(*, dtype, tokens: int, interpreted: bool, training: bool, grad: 
 
     if not interpreted:
         return ("fla's Triton kernels need CUDA, or Triton's CPU interpreter: set TRITON_INTERPRET=1 and "
-                'FLA_CACHE_RESULTS=0 before starting Python and call fla.rwkv7_convert.runtime.use_interpreter() '
+                'FLA_CACHE_RESULTS=0 before starting Python and call fla.rwkv7_convert.proof.runtime.use_interpreter() '
                 f'first ({HOW})')
     if dtype == torch.bfloat16:
         return ("bfloat16 on the CPU: Triton's interpreter gives NaN logits in bfloat16; load with "
@@ -36,7 +36,7 @@ def cpu_problem(*, dtype, tokens: int, interpreted: bool, training: bool, grad: 
         return (f'on the CPU fla runs only its recurrent kernel: eval mode, under torch.no_grad(), at most '
                 f'{RECURRENT_MAX_TOKENS} tokens per call (this call: {tokens} tokens'
                 f'{", training mode" if training else ""}{", gradients on" if grad else ""}); feed longer inputs '
-                f'in pieces through the cache, as fla.rwkv7_convert.runtime.fla_logits does ({HOW})')
+                f'in pieces through the cache, as fla.rwkv7_convert.proof.runtime.fla_logits does ({HOW})')
     return None
 
 
