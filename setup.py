@@ -5,8 +5,8 @@ setup(
     version='0.1.0',
     description='Convert RWKV-7 checkpoints between BlinkDL RWKV-LM and flash-linear-attention, verified by logits',
     # A portion of fla's namespace: installed fla's __init__ calls pkgutil.extend_path, so there is no fla/__init__.py here.
-    packages=['fla.rwkv7_convert', 'fla.rwkv7_convert.proof'],
-    package_data={'fla.rwkv7_convert': ['data/*']},
+    packages=['fla.rwkv7_convert'] + [f'fla.rwkv7_convert.{p}' for p in ('formats', 'mapping', 'convert', 'hub', 'proof')],
+    package_data={'fla.rwkv7_convert.hub': ['data/*']},
     python_requires='>=3.10',
     install_requires=[
         'numpy',

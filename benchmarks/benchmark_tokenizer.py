@@ -33,8 +33,8 @@ sys.path[:0] = [str(REPO), str(REPO / 'tests')]
 
 import tokenizer_corpus as corpus  # noqa: E402
 
-from fla.rwkv7_convert import tokenizer as world  # noqa: E402
-from fla.rwkv7_convert.trie_regex import greedy_longest_match_regex  # noqa: E402
+from fla.rwkv7_convert.hub import tokenizer as world  # noqa: E402
+from fla.rwkv7_convert.hub.trie_regex import greedy_longest_match_regex  # noqa: E402
 
 
 def cpu_best(fn, text: str, repeats: int) -> tuple[float, list[int]]:

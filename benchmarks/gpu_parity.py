@@ -155,7 +155,7 @@ def prepare_case(case: Case, workdir: Path, corrupt: str | None) -> Path:
     """Write the RWKV-LM checkpoint, convert it with the project's converter, mark it READY."""
     import torch
 
-    from fla.rwkv7_convert.convert import convert_to_fla
+    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 
     d = workdir / case.name
     d.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.tokenizer import WORLD_VOCAB_SIZE
+from fla.rwkv7_convert.hub.tokenizer import WORLD_VOCAB_SIZE
 
 WORLD_FILES = {'tokenizer.json', 'tokenizer_config.json', 'rwkv_vocab_v20230424.txt'}
 
@@ -26,7 +26,7 @@ def test_world_vocab_gets_the_world_tokenizer(tmp_path, world_checkpoint):
     assert tok.eos_token_id == tok.pad_token_id == 0 and tok.bos_token_id is None
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 
-    from fla.rwkv7_convert.tokenizer import VOCAB_PATH
+    from fla.rwkv7_convert.hub.tokenizer import VOCAB_PATH
     text = 'Hello, Goose! 你好 🙂\n\n  def f(x): return x'
     assert tok(text)['input_ids'] == TRIE_TOKENIZER(str(VOCAB_PATH)).encode(text)
 

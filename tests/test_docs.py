@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from fla.rwkv7_convert.docs import render
+from fla.rwkv7_convert.mapping.docs import render
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mapping_doc_is_generated_from_the_table():
     current = (REPO / 'docs' / 'mapping.md').read_text()
-    assert current == render(), 'docs/mapping.md is stale: run python -m fla.rwkv7_convert.docs > docs/mapping.md'
+    assert current == render(), 'docs/mapping.md is stale: run python -m fla.rwkv7_convert.mapping.docs > docs/mapping.md'
 
 
 def test_mapping_doc_names_every_rule_and_refusal():
-    from fla.rwkv7_convert.table import REFUSALS, RULES
+    from fla.rwkv7_convert.mapping.table import REFUSALS, RULES
     text = render()
     assert all(f'`{r.blinkdl}`' in text for r in RULES)
     assert all(f.variant in text for f in REFUSALS)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fla.rwkv7_convert.dtypes import cast, is_finite, parse_precision
+from fla.rwkv7_convert.formats.dtypes import cast, is_finite, parse_precision
 
 TORCH = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16}
 

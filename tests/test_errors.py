@@ -9,7 +9,7 @@ import pytest
 import torch
 from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save, to_rc4a_demo, to_rc4a_train, to_st
 
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import (
     KeyMismatchError,
     NonFiniteError,

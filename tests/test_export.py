@@ -20,9 +20,9 @@ from blinkdl_rwkv import rwkv_package_model
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
-from fla.rwkv7_convert import pth_writer
 from fla.rwkv7_convert.cli_export import main_from_fla
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_blinkdl import ConfigError, convert_from_fla, plan_export
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import (
     KeyMismatchError,
     NonFiniteError,
@@ -30,10 +30,10 @@ from fla.rwkv7_convert.errors import (
     OutputExistsError,
     UnsupportedVariantError,
 )
-from fla.rwkv7_convert.export import ConfigError, convert_from_fla, plan_export
-from fla.rwkv7_convert.pth_writer import atomic_file, write_pth
-from fla.rwkv7_convert.readers import open_checkpoint
-from fla.rwkv7_convert.writer import OutTensor
+from fla.rwkv7_convert.formats import pth_writer
+from fla.rwkv7_convert.formats.pth_writer import atomic_file, write_pth
+from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.formats.safetensors_writer import OutTensor
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = Goose(vocab=64, hidden=64, layers=2, head_size=32, w_rank=16, a_rank=8, v_rank=24, g_rank=32, ffn=96)

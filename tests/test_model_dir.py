@@ -15,9 +15,9 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS
-from fla.rwkv7_convert.convert import convert_to_fla
-from fla.rwkv7_convert.model_card import CARD_FILE, write_model_card
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.hub.model_card import CARD_FILE, write_model_card
+from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMACPP_KEYS = ('head_size', 'layer_norm_epsilon')
@@ -106,7 +106,7 @@ def test_fla_and_transformers_source_never_read_the_llamacpp_keys():
 
 
 def test_export_reads_the_folder_as_before(converted, tmp_path):
-    from fla.rwkv7_convert.export import convert_from_fla
+    from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 
     plain = tmp_path / 'plain'
     shutil.copytree(converted[128], plain)
@@ -177,7 +177,7 @@ def test_verify_result_lands_in_the_card(tmp_path, small):
 
 
 def test_world_model_card_gives_the_tokenizer_provenance_and_licence(tmp_path):
-    from fla.rwkv7_convert.chat import TURN_END_TOKENS
+    from fla.rwkv7_convert.hub.chat import TURN_END_TOKENS
     src = save(make_state_dict(Goose(vocab=65536, hidden=64, layers=2, head_size=32), dtype=torch.bfloat16),
                tmp_path / 'world.pth')
     out = convert_to_fla(src, tmp_path / 'out').output

@@ -15,8 +15,8 @@ from blinkdl_rwkv import rwkv_package_model
 from fla_cpu import fla_logits
 from rwkv7_factory import Goose, add_prefix, make_state_dict, save, squeeze_vectors
 
-from fla.rwkv7_convert.config import norm_eps_for
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.mapping.config import norm_eps_for
 from fla.rwkv7_convert.proof.loading import load_fla_model
 from fla.rwkv7_convert.proof.reference import RWKV7Reference
 from fla.rwkv7_convert.proof.verify import compare

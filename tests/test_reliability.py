@@ -35,11 +35,11 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert import writer
 from fla.rwkv7_convert.cli import main_to_fla
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
-from fla.rwkv7_convert.table import PREFIXES, WRAPPER_KEYS, expected_blinkdl, lookup_blinkdl, strip_prefixes
+from fla.rwkv7_convert.formats import safetensors_writer as writer
+from fla.rwkv7_convert.mapping.table import PREFIXES, WRAPPER_KEYS, expected_blinkdl, lookup_blinkdl, strip_prefixes
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
@@ -1026,7 +1026,7 @@ import sys, time
 sys.path.insert(0, {utils!r})
 from _bootstrap import light_fla
 light_fla()
-from fla.rwkv7_convert import writer
+from fla.rwkv7_convert.formats import safetensors_writer as writer
 real_exchange, real_rename = writer.exchange, writer.os.rename
 def pause(what):
     print(what, flush=True)
@@ -1243,7 +1243,7 @@ def test_ctrl_c_while_a_tensor_is_checked_in_place_is_a_clean_interrupt(tmp_path
     the mapping cannot be closed then, and that must not replace the interrupt with a BufferError traceback."""
     import numpy as np
 
-    from fla.rwkv7_convert import convert
+    from fla.rwkv7_convert.convert.to_fla import to_fla as convert
 
     def interrupted_check(span, view):
         data = np.frombuffer(view, np.uint8)  # alive in this frame, which the traceback keeps  # noqa: F841

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from rwkv7_factory import LAYOUT_WRITERS, Goose, make_state_dict, save, write_layout
 
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.readers import open_checkpoint
+from fla.rwkv7_convert.formats.readers import open_checkpoint
 
 SHAPE = Goose(vocab=96, hidden=64, layers=2, head_size=32, w_rank=16, a_rank=8, v_rank=24, g_rank=32)
 RANK_IS_C = SHAPE.but(w_rank=64)  # for the .st case whose orientation cannot be read

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from rwkv7_factory import LAYOUT_WRITERS, Goose, add_prefix, flatten_r_k, make_state_dict, save, squeeze_vectors, write_layout
 from safetensors.torch import load_file
 
-from fla.rwkv7_convert.convert import convert_to_fla
-from fla.rwkv7_convert.export import convert_from_fla
-from fla.rwkv7_convert.table import lookup_blinkdl, strip_prefixes
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.mapping.table import lookup_blinkdl, strip_prefixes
 
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 LAYER0_V = re.compile(r'^blocks\.0\.att\.v[012]$')

@@ -7,10 +7,10 @@ import pytest
 import torch
 from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save, squeeze_vectors
 
-from fla.rwkv7_convert.config import fla_config
-from fla.rwkv7_convert.plan import make_plan
-from fla.rwkv7_convert.readers import open_checkpoint
-from fla.rwkv7_convert.table import (
+from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.mapping.config import fla_config
+from fla.rwkv7_convert.mapping.plan import make_plan
+from fla.rwkv7_convert.mapping.table import (
     ALIASES,
     PREFIXES,
     RULES,
@@ -92,7 +92,7 @@ def test_strip_prefixes(name, expected):
 
 def _converted(path, head_size=None) -> dict[str, tuple]:
     """fla name -> (shape, dtype, bytes) of the converted safetensors, converted by the real pipeline."""
-    from fla.rwkv7_convert.convert import convert_to_fla
+    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
     out = Path(path).with_suffix('.out')
     convert_to_fla(path, out, head_size=head_size, tokenizer='none')
     with open_checkpoint(out / 'model.safetensors') as ckpt:
@@ -150,7 +150,7 @@ def test_aliases_are_documented():
 def test_layouts_and_refusals_say_who_and_where():
     """Every layout names who writes it, and every layout verified against a writer's code cites repo, path and a
     full commit; names are unique. (That each layout's rules are right is proved in tests/test_layouts.py.)"""
-    from fla.rwkv7_convert.table import LAYOUTS, REFUSALS
+    from fla.rwkv7_convert.mapping.table import LAYOUTS, REFUSALS
     assert len({x.name for x in LAYOUTS}) == len(LAYOUTS)
     unverified = {'Hugging Face `rwkv7.` prefix', 'fla bare RWKV7Model'}
     for x in LAYOUTS:

@@ -13,8 +13,8 @@ import tokenizer_corpus as corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fla.rwkv7_convert import tokenizer as world
-from fla.rwkv7_convert.trie_regex import greedy_longest_match_regex
+from fla.rwkv7_convert.hub import tokenizer as world
+from fla.rwkv7_convert.hub.trie_regex import greedy_longest_match_regex
 
 tokenizers = pytest.importorskip('tokenizers')
 rwkv_tokenizer = pytest.importorskip('rwkv.rwkv_tokenizer')
@@ -185,7 +185,7 @@ def test_save_pretrained_round_trip(hf, texts, reference, tmp_path):
 
 def test_shipped_tokenizer_json_is_fresh():
     assert world.PREBUILT_PATH.read_text(encoding='utf-8') == world.build_tokenizer_json(), (
-        'data/world_tokenizer.json is stale: run python -m fla.rwkv7_convert.tokenizer')
+        'data/world_tokenizer.json is stale: run python -m fla.rwkv7_convert.hub.tokenizer')
 
 
 def test_shipped_vocab_is_rwkv_package_file():

@@ -12,8 +12,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from fla.rwkv7_convert.dtypes import TORCH_NAME, parse_precision
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, parse_precision
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -145,7 +145,7 @@ def _progress(quiet: bool):
 
 
 def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
-    from fla.rwkv7_convert.config import fla_config
+    from fla.rwkv7_convert.mapping.config import fla_config
     print('detected:', file=out)
     for note in plan.notes:
         print(f'  {note}', file=out)
@@ -213,8 +213,8 @@ def progress_callbacks(args: argparse.Namespace):
 
 
 def _convert_body(args: argparse.Namespace) -> int:
-    from fla.rwkv7_convert.convert import convert_to_fla
-    from fla.rwkv7_convert.writer import parse_size
+    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+    from fla.rwkv7_convert.formats.safetensors_writer import parse_size
     precision = precision_arg(args)
     try:
         max_shard_size = parse_size(args.max_shard_size)
@@ -249,7 +249,7 @@ def _convert_body(args: argparse.Namespace) -> int:
 def _convert_and_card_body(args: argparse.Namespace) -> int:
     if not args.verify or args.dry_run:
         return _convert_body(args)
-    from fla.rwkv7_convert.model_card import card_records_verify
+    from fla.rwkv7_convert.hub.model_card import card_records_verify
     with card_records_verify(args.rwkv7, args.output):  # the card of the finished directory gets the verdict
         return _convert_body(args)
 

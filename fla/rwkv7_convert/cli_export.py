@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fla.rwkv7_convert.cli import Once, Parser, _human_bytes, _human_count, precision_arg, progress_callbacks, run_cli
-from fla.rwkv7_convert.dtypes import TORCH_NAME
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def _print_plan(plan, out=None) -> None:
 
 
 def _export_body(args: argparse.Namespace) -> int:
-    from fla.rwkv7_convert.export import convert_from_fla
+    from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
     precision = precision_arg(args)
     on_start, report, close = progress_callbacks(args)
     try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.proof.cpu_guard import CpuRunError, cpu_problem
 
 OK = dict(dtype=torch.float32, tokens=63, interpreted=True, training=False, grad=False)

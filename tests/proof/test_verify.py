@@ -12,7 +12,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
-from fla.rwkv7_convert.convert import convert_to_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.proof.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]

@@ -115,9 +115,9 @@ def load_blinkdl_weights(source: str | os.PathLike, head_size: int | None = None
     reader and aliases (prefixes stripped, vectors in RWKV-LM shapes)."""
     import torch
 
-    from fla.rwkv7_convert.dtypes import to_float32
-    from fla.rwkv7_convert.plan import make_plan
-    from fla.rwkv7_convert.readers import open_checkpoint
+    from fla.rwkv7_convert.formats.dtypes import to_float32
+    from fla.rwkv7_convert.formats.readers import open_checkpoint
+    from fla.rwkv7_convert.mapping.plan import make_plan
     weights = {}
     with open_checkpoint(source) as ckpt:
         plan = make_plan(ckpt.tree, str(source), head_size=head_size)

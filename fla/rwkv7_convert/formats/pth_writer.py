@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.dtypes import TORCH_STORAGE, itemsize
 from fla.rwkv7_convert.errors import ConversionError, OutputExistsError
-from fla.rwkv7_convert.readers import contiguous_strides
-from fla.rwkv7_convert.writer import OutTensor, fsync_dir, pid_alive
+from fla.rwkv7_convert.formats.dtypes import TORCH_STORAGE, itemsize
+from fla.rwkv7_convert.formats.readers import contiguous_strides
+from fla.rwkv7_convert.formats.safetensors_writer import OutTensor, fsync_dir, pid_alive
 
 ALIGNMENT = 64  # torch's default `storage_alignment`
 ARCHIVE = 'archive'  # the root folder torch uses inside the zip for file objects

@@ -28,9 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.dtypes import CARRIER, FLOATING, TORCH_DTYPE, TORCH_STORAGE, itemsize
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsafeCheckpointError, UnsupportedVariantError
-from fla.rwkv7_convert.table import MAGICS
+from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, TORCH_DTYPE, TORCH_STORAGE, itemsize
+
+# Files that are no PyTorch zip or safetensors at all, told apart by their first bytes.
+MAGICS: tuple[tuple[bytes, str, str], ...] = (
+    (b'GGUF', 'a GGUF file (llama.cpp)',
+     'its tensors are renamed and usually quantized; convert the original RWKV-LM .pth or .safetensors instead'),
+    (b'fmgg', 'an rwkv.cpp ggml file (magic "ggmf")',
+     'its tensors are converted and usually quantized; convert the original RWKV-LM .pth instead'),
+    (b'lmgg', 'a legacy ggml file', 'convert the original RWKV-LM .pth instead'),
+)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fla.rwkv7_convert.config import Dims
-from fla.rwkv7_convert.dtypes import FLOATING
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsupportedVariantError
-from fla.rwkv7_convert.readers import TensorRef
-from fla.rwkv7_convert.table import (
+from fla.rwkv7_convert.formats.dtypes import FLOATING
+from fla.rwkv7_convert.formats.readers import TensorRef
+from fla.rwkv7_convert.mapping.config import Dims
+from fla.rwkv7_convert.mapping.table import (
     BLINKDL_SIDE,
     IDENTITY,
     LAYOUTS,

@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.config import fla_config, generation_config
-from fla.rwkv7_convert.dtypes import CARRIER, cast, is_finite
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
-from fla.rwkv7_convert.model_card import PROVENANCE_FILE, FileDigest, write_model_card
-from fla.rwkv7_convert.plan import Entry, Plan, make_plan
-from fla.rwkv7_convert.readers import RawSpan, check_span, open_checkpoint
-from fla.rwkv7_convert.table import GLOBAL, RULES, Transpose
-from fla.rwkv7_convert.writer import (
+from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite
+from fla.rwkv7_convert.formats.readers import RawSpan, check_span, open_checkpoint
+from fla.rwkv7_convert.formats.safetensors_writer import (
     OutTensor,
     atomic_directory,
     check_target,
@@ -27,6 +23,10 @@ from fla.rwkv7_convert.writer import (
     write_json,
     write_sharded,
 )
+from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, FileDigest, write_model_card
+from fla.rwkv7_convert.mapping.config import fla_config, generation_config
+from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan
+from fla.rwkv7_convert.mapping.table import GLOBAL, RULES, Transpose
 
 DEFAULT_MAX_SHARD_SIZE = '5GB'
 
@@ -151,7 +151,7 @@ def convert_to_fla(
 
 def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
     """--tokenizer world on a model whose embedding is not the World vocabulary would pair ids with the wrong text."""
-    from fla.rwkv7_convert.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab
+    from fla.rwkv7_convert.hub.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab
     if choice == 'world' and not is_world_vocab(vocab_size):
         raise ConversionError(f'--tokenizer world: the model has {vocab_size} embedding rows, the RWKV World tokenizer '
                               f'needs {WORLD_VOCAB_SIZE}; use --tokenizer none or a tokenizer PATH', shown)
@@ -159,7 +159,7 @@ def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
 
 def tokenizer_kind(choice: str, vocab_size: int) -> str:
     """What write_tokenizer writes for this choice: 'world', 'none' or 'copied'."""
-    from fla.rwkv7_convert.tokenizer import is_world_vocab
+    from fla.rwkv7_convert.hub.tokenizer import is_world_vocab
     if choice == 'auto':
         return 'world' if is_world_vocab(vocab_size) else 'none'
     return choice if choice in ('world', 'none') else 'copied'
@@ -169,7 +169,7 @@ def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
     """'auto' writes the RWKV World tokenizer when the vocabulary is World-sized; 'world', 'none' or a path."""
     if choice == 'none':
         return []
-    from fla.rwkv7_convert import tokenizer as world
+    from fla.rwkv7_convert.hub import tokenizer as world
     if choice == 'auto':
         return world.write_world_tokenizer(outdir) if world.is_world_vocab(vocab_size) else []
     if choice == 'world':

@@ -16,7 +16,7 @@ is a real token and must stay one). There is no bos.
 
 Building the pattern takes a second or two, so data/ ships the built tokenizer.json and writing it is a file
 copy; tests/test_tokenizer.py checks the shipped file equals a fresh build. Rebuild it with
-`python -m fla.rwkv7_convert.tokenizer`. Nothing heavy is imported: this module needs only the standard library.
+`python -m fla.rwkv7_convert.hub.tokenizer`. Nothing heavy is imported: this module needs only the standard library.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import shutil
 from functools import cache
 from pathlib import Path
 
-from fla.rwkv7_convert.chat import CHAT_TEMPLATE
-from fla.rwkv7_convert.trie_regex import greedy_longest_match_regex
+from fla.rwkv7_convert.hub.chat import CHAT_TEMPLATE
+from fla.rwkv7_convert.hub.trie_regex import greedy_longest_match_regex
 
 __all__ = [
     'END_OF_TEXT',

@@ -6,7 +6,7 @@ extra rows: they are `ALIASES`, normalizations applied before lookup (training-w
 vectors, a flat `r_k`). Checkpoints of other architectures are recognised by `REFUSALS` and refused with a reason.
 
 To support a new naming variant, add one row to `ALIASES` (or `PREFIXES`) or `RULES`, and one test in
-tests/test_table.py; `docs/mapping.md` is generated from this module (`python -m fla.rwkv7_convert.docs`).
+tests/test_table.py; `docs/mapping.md` is generated from this module (`python -m fla.rwkv7_convert.mapping.docs`).
 
 Symbols: V vocab, C hidden size, H heads, N head size (C = H*N), F FFN width, Dw/Da/Dv/Dg the LoRA ranks.
 """
@@ -653,13 +653,4 @@ REFUSALS: tuple[Refusal, ...] = (
                       Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT, 'time_state [H,N,N]'))),
     Refusal('fla / Hugging Face RWKV-7 state dict', r'^(model\.(layers|embeddings)\.|lm_head\.)',
             'it is already in fla\'s naming; use utils/convert_from_fla_rwkv7.py to go back to RWKV-LM format'),
-)
-
-# Files that are no PyTorch zip or safetensors at all, told apart by their first bytes.
-MAGICS: tuple[tuple[bytes, str, str], ...] = (
-    (b'GGUF', 'a GGUF file (llama.cpp)',
-     'its tensors are renamed and usually quantized; convert the original RWKV-LM .pth or .safetensors instead'),
-    (b'fmgg', 'an rwkv.cpp ggml file (magic "ggmf")',
-     'its tensors are converted and usually quantized; convert the original RWKV-LM .pth instead'),
-    (b'lmgg', 'a legacy ggml file', 'convert the original RWKV-LM .pth instead'),
 )

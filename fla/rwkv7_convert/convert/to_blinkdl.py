@@ -30,8 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS, Dims
-from fla.rwkv7_convert.dtypes import CARRIER, FLOATING, cast, is_finite, parse_precision
 from fla.rwkv7_convert.errors import (
     ConversionError,
     KeyMismatchError,
@@ -39,11 +37,13 @@ from fla.rwkv7_convert.errors import (
     NotACheckpointError,
     UnsupportedVariantError,
 )
-from fla.rwkv7_convert.plan import apply_layouts
-from fla.rwkv7_convert.pth_writer import atomic_file, check_target_file, write_pth
-from fla.rwkv7_convert.readers import CONFIG_FILE, TensorRef, open_hf_directory
-from fla.rwkv7_convert.table import FLA_SIDE, SIZES, Rule, bind_sizes, expected_blinkdl, lookup_fla
-from fla.rwkv7_convert.writer import OutTensor, write_safetensors
+from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, cast, is_finite, parse_precision
+from fla.rwkv7_convert.formats.pth_writer import atomic_file, check_target_file, write_pth
+from fla.rwkv7_convert.formats.readers import CONFIG_FILE, TensorRef, open_hf_directory
+from fla.rwkv7_convert.formats.safetensors_writer import OutTensor, write_safetensors
+from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS, Dims
+from fla.rwkv7_convert.mapping.plan import apply_layouts
+from fla.rwkv7_convert.mapping.table import FLA_SIDE, SIZES, Rule, bind_sizes, expected_blinkdl, lookup_fla
 
 FORMATS = ('pth', 'safetensors')
 

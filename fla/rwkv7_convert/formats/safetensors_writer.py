@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.dtypes import itemsize
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError, OutputExistsError
-from fla.rwkv7_convert.readers import RawSpan
+from fla.rwkv7_convert.formats.dtypes import itemsize
+from fla.rwkv7_convert.formats.readers import RawSpan
 
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
