@@ -11,9 +11,12 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, parse_precision
+from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, write_model_card
+from fla.rwkv7_convert.proof.verify import TOLERANCES, greedy_tokens, load_pair, verify
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -240,8 +243,7 @@ def _convert_body(args: argparse.Namespace) -> int:
               f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
               f'{shards} shard(s), {_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     if args.verify:
-        from fla.rwkv7_convert.proof.verify import verify_cli_after_convert
-        return verify_cli_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens,
+            return verify_cli_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens,
                                         head_size=args.head_size)
     return 0
 
@@ -249,7 +251,6 @@ def _convert_body(args: argparse.Namespace) -> int:
 def _convert_and_card_body(args: argparse.Namespace) -> int:
     if not args.verify or args.dry_run:
         return _convert_body(args)
-    from fla.rwkv7_convert.hub.model_card import card_records_verify
     with card_records_verify(args.rwkv7, args.output):  # the card of the finished directory gets the verdict
         return _convert_body(args)
 
@@ -257,3 +258,94 @@ def _convert_and_card_body(args: argparse.Namespace) -> int:
 def main_to_fla(argv: list[str] | None = None) -> int:
     args = build_to_fla_parser().parse_args(argv)
     return run_cli(_convert_and_card_body, args)
+
+
+def _without_paths(text: str, paths: dict[str, str]) -> str:
+    """The report names the files as the user typed them; the card shows names only (no local paths published)."""
+    for path, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        if os.sep in path:  # a bare name ('out') could also be part of a word
+            text = text.replace(path, name)
+    return text
+
+
+@contextmanager
+def card_records_verify(source: str | os.PathLike, model_dir: str | os.PathLike) -> Iterator[None]:
+    """While the converter's --verify runs, keep the Report that `verify.verify` returns; then rewrite the card of
+    `model_dir` with its verdict (`passed`) and text (`render()`). Without a report (verify failed to run, or never
+    ran because the conversion failed) the card stays as it is."""
+    verify_module = sys.modules[__name__]  # the verify commands of this module look `verify` up here
+
+    original = verify_module.verify
+    reports = []
+
+    def recording(*args, **kwargs):
+        report = original(*args, **kwargs)
+        reports.append(report)
+        return report
+
+    verify_module.verify = recording
+    try:
+        yield
+    finally:
+        verify_module.verify = original
+    model_dir = Path(model_dir)
+    if reports and (model_dir / PROVENANCE_FILE).is_file():
+        report = reports[-1]
+        paths = {str(source): Path(source).name, os.path.abspath(source): Path(source).name,
+                 str(model_dir): '.', os.path.abspath(model_dir): '.'}
+        write_model_card(model_dir, (bool(report.passed), _without_paths(report.render(), paths)))
+
+
+def verify_cli_after_convert(source, model_dir, *, tokens: int = 48, head_size: int | None = None) -> int:
+    """The converter's --verify: parity table, then a few greedy tokens from the converted model."""
+    pair = load_pair(source, model_dir, head_size=head_size)
+    report = verify(source, model_dir, tokens=tokens, head_size=head_size, pair=pair)
+    print(report.render())
+    ref_ids, fla_ids = greedy_tokens(*pair, [0], steps=8)
+    text = _decode(model_dir, fla_ids)
+    same = 'same as the reference' if ref_ids == fla_ids else f'reference: {ref_ids}'
+    print(f'greedy tokens from fla after token 0: {fla_ids} ({same}){text}')
+    return 0 if report.passed else 1
+
+
+def _decode(model_dir, ids: list[int]) -> str:
+    if not os.path.exists(os.path.join(model_dir, 'tokenizer.json')):
+        return ''
+    from transformers import AutoTokenizer
+    return f' = {AutoTokenizer.from_pretrained(str(model_dir)).decode(ids)!r}'
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='verify_rwkv7.py', description=(
+        'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint. '
+        'Exit status 0 only on PASS.'))
+    p.add_argument('--rwkv7', required=True, metavar='IN', help='the BlinkDL checkpoint that was converted')
+    p.add_argument('--model', required=True, metavar='OUTDIR', help='the converted Hugging Face directory')
+    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    p.add_argument('--dtype', default='float32', choices=sorted(TOLERANCES), help='dtype fla runs in (default float32)')
+    what = p.add_mutually_exclusive_group()
+    what.add_argument('--tokens', type=int, default=64, metavar='N', help='N random tokens (default 64)')
+    what.add_argument('--text', metavar='FILE', help='tokens of this text file (needs a tokenizer in OUTDIR)')
+    p.add_argument('--max-tokens', type=int, default=256, help='with --text, use at most this many tokens')
+    p.add_argument('--batch', type=int, default=1, metavar='B', help='sequences per batch (default 1)')
+    p.add_argument('--per-layer', action='store_true', help='compare after every sub-step; name the first divergence')
+    p.add_argument('--piece', type=int, default=None,
+                   help='feed tokens in pieces of this size through the cache (default: 48 on the CPU, which '
+                        'fla needs; whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
+    p.add_argument('--head-size', type=int, default=None, help='only for a flat att.r_k')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--verbose', '-v', action='store_true')
+    return p
+
+
+def _verify_body(args) -> int:
+    report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
+                    tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
+                    per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size)
+    print(report.render())
+    return 0 if report.passed else 1
+
+
+def main_verify(argv: list[str] | None = None) -> int:
+    args = build_verify_parser().parse_args(argv)
+    return run_cli(_verify_body, args)

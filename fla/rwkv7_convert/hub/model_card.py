@@ -13,8 +13,6 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 CARD_FILE = 'README.md'
@@ -210,39 +208,3 @@ def write_model_card(model_dir: str | os.PathLike, verify: tuple[bool, str] | No
         tmp.unlink(missing_ok=True)
         raise
     return target
-
-
-def _without_paths(text: str, paths: dict[str, str]) -> str:
-    """The report names the files as the user typed them; the card shows names only (no local paths published)."""
-    for path, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-        if os.sep in path:  # a bare name ('out') could also be part of a word
-            text = text.replace(path, name)
-    return text
-
-
-@contextmanager
-def card_records_verify(source: str | os.PathLike, model_dir: str | os.PathLike) -> Iterator[None]:
-    """While the converter's --verify runs, keep the Report that `verify.verify` returns; then rewrite the card of
-    `model_dir` with its verdict (`passed`) and text (`render()`). Without a report (verify failed to run, or never
-    ran because the conversion failed) the card stays as it is."""
-    from fla.rwkv7_convert.proof import verify as verify_module
-
-    original = verify_module.verify
-    reports = []
-
-    def recording(*args, **kwargs):
-        report = original(*args, **kwargs)
-        reports.append(report)
-        return report
-
-    verify_module.verify = recording
-    try:
-        yield
-    finally:
-        verify_module.verify = original
-    model_dir = Path(model_dir)
-    if reports and (model_dir / PROVENANCE_FILE).is_file():
-        report = reports[-1]
-        paths = {str(source): Path(source).name, os.path.abspath(source): Path(source).name,
-                 str(model_dir): '.', os.path.abspath(model_dir): '.'}
-        write_model_card(model_dir, (bool(report.passed), _without_paths(report.render(), paths)))

@@ -9,12 +9,9 @@ part is named: a swapped, mis-transposed or misplaced tensor shows up at its lay
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 
-from fla.rwkv7_convert.cli import run_cli
 from fla.rwkv7_convert.errors import ConversionError
 
 
@@ -233,62 +230,3 @@ def greedy_tokens(reference, model, prompt_ids: list[int], steps: int = 8):
             fla_ids.append(int(logits[0, -1].argmax()))
             ids = torch.tensor([fla_ids[-1:]])
     return ref_ids, fla_ids
-
-
-def verify_cli_after_convert(source, model_dir, *, tokens: int = 48, head_size: int | None = None) -> int:
-    """The converter's --verify: parity table, then a few greedy tokens from the converted model."""
-    pair = load_pair(source, model_dir, head_size=head_size)
-    report = verify(source, model_dir, tokens=tokens, head_size=head_size, pair=pair)
-    print(report.render())
-    ref_ids, fla_ids = greedy_tokens(*pair, [0], steps=8)
-    text = _decode(model_dir, fla_ids)
-    same = 'same as the reference' if ref_ids == fla_ids else f'reference: {ref_ids}'
-    print(f'greedy tokens from fla after token 0: {fla_ids} ({same}){text}')
-    return 0 if report.passed else 1
-
-
-def _decode(model_dir, ids: list[int]) -> str:
-    if not os.path.exists(os.path.join(model_dir, 'tokenizer.json')):
-        return ''
-    from transformers import AutoTokenizer
-    return f' = {AutoTokenizer.from_pretrained(str(model_dir)).decode(ids)!r}'
-
-
-def build_verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='verify_rwkv7.py', description=(
-        'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint. '
-        'Exit status 0 only on PASS.'))
-    p.add_argument('--rwkv7', required=True, metavar='IN', help='the BlinkDL checkpoint that was converted')
-    p.add_argument('--model', required=True, metavar='OUTDIR', help='the converted Hugging Face directory')
-    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--dtype', default='float32', choices=sorted(TOLERANCES), help='dtype fla runs in (default float32)')
-    what = p.add_mutually_exclusive_group()
-    what.add_argument('--tokens', type=int, default=64, metavar='N', help='N random tokens (default 64)')
-    what.add_argument('--text', metavar='FILE', help='tokens of this text file (needs a tokenizer in OUTDIR)')
-    p.add_argument('--max-tokens', type=int, default=256, help='with --text, use at most this many tokens')
-    p.add_argument('--batch', type=int, default=1, metavar='B', help='sequences per batch (default 1)')
-    p.add_argument('--per-layer', action='store_true', help='compare after every sub-step; name the first divergence')
-    p.add_argument('--piece', type=int, default=None,
-                   help='feed tokens in pieces of this size through the cache (default: 48 on the CPU, which '
-                        'fla needs; whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
-    p.add_argument('--head-size', type=int, default=None, help='only for a flat att.r_k')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--verbose', '-v', action='store_true')
-    return p
-
-
-def _verify_body(args) -> int:
-    report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
-                    tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
-                    per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size)
-    print(report.render())
-    return 0 if report.passed else 1
-
-
-def main_verify(argv: list[str] | None = None) -> int:
-    args = build_verify_parser().parse_args(argv)
-    return run_cli(_verify_body, args)
-
-
-if __name__ == '__main__':
-    sys.exit(main_verify())
