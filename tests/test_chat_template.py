@@ -21,8 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fla.rwkv7_convert.hub import tokenizer as world
-from fla.rwkv7_convert.hub.chat import TURN_END_TOKEN, TURN_END_TOKENS
-from fla.rwkv7_convert.mapping.config import generation_config
+from fla.rwkv7_convert.hub.chat import TURN_END_TOKEN, TURN_END_TOKENS, generation_config
 
 rwkv_tokenizer = pytest.importorskip('rwkv.rwkv_tokenizer')
 

@@ -1,4 +1,8 @@
-"""Command lines over the library: every failure is one line on stderr and a non-zero exit."""
+"""The one command-line module: convert (BlinkDL -> fla), export (fla -> BlinkDL) and verify.
+
+Every failure is one line on stderr and a non-zero exit. The flags the commands share are declared once, as argparse
+parents; the utils/*.py scripts call main_to_fla, main_from_fla and main_verify. Nothing in the library imports this
+module (tests/test_architecture.py checks it)."""
 
 from __future__ import annotations
 
@@ -13,9 +17,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, parse_precision
+from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, write_model_card
+from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.proof.verify import TOLERANCES, greedy_tokens, load_pair, verify
 
 EXIT_INTERRUPTED = 130
@@ -148,7 +156,6 @@ def _progress(quiet: bool):
 
 
 def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
-    from fla.rwkv7_convert.mapping.config import fla_config
     print('detected:', file=out)
     for note in plan.notes:
         print(f'  {note}', file=out)
@@ -166,36 +173,56 @@ def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
                   f'{op}{reshape}', file=out)
 
 
+
+# The flags the three commands share, declared once and given to each parser as an argparse parent.
+def _loudness_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument('--quiet', '-q', action='store_true', help='print errors only')
+    loud.add_argument('--verbose', '-v', action='store_true', help='print each tensor; tracebacks on errors')
+    return p
+
+
+def _writing_flags(what: str) -> argparse.ArgumentParser:
+    """Both converters: how the output is written. `what` names the output in the help ('OUTDIR', 'OUT')."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument('--precision', default=None, action=Once, metavar='P',
+                   help='float32/fp32, bfloat16/bf16 or float16/fp16; default: keep each tensor\'s stored dtype')
+    p.add_argument('--force', action='store_true', help=f'replace an existing {what} (only once the new one is complete)')
+    p.add_argument('--allow-nonfinite', action='store_true', help='convert tensors holding NaN/Inf instead of refusing')
+    p.add_argument('--dry-run', action='store_true', help='print the detected model and the mapping; write nothing')
+    return p
+
+
+def _head_size_flag() -> argparse.ArgumentParser:
+    """Reading a BlinkDL file (convert, verify): N is needed only when att.r_k is stored flat."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument('--head-size', type=int, default=None, action=Once,
+                   help='head size N, needed only when att.r_k is stored flat (otherwise read from r_k)')
+    return p
+
+
 def build_to_fla_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog='convert_to_rwkv7.py',
         description='Convert a BlinkDL RWKV-7 checkpoint (.pth or .safetensors, RWKV-LM names) into a Hugging Face '
-                    'directory that fla.models.RWKV7ForCausalLM loads.')
+                    'directory that fla.models.RWKV7ForCausalLM loads.',
+        parents=[_writing_flags('OUTDIR'), _head_size_flag(), _loudness_flags()])
     p.add_argument('--rwkv7', required=True, action=Once, metavar='IN',
                    help='BlinkDL RWKV-7 state dict (.pth or .safetensors)')
     p.add_argument('--output', required=True, action=Once, metavar='OUTDIR',
                    help='output directory (created atomically)')
-    p.add_argument('--precision', default=None, action=Once, metavar='P',
-                   help='float32/fp32, bfloat16/bf16 or float16/fp16; default: keep each tensor\'s stored dtype')
-    p.add_argument('--force', action='store_true', help='replace a non-empty OUTDIR (only once the new model is complete)')
     p.add_argument('--max-shard-size', default='5GB', action=Once,
                    help='largest safetensors shard with its unit, e.g. 5GB, 500MB or 2GiB (default 5GB)')
-    p.add_argument('--head-size', type=int, default=None, action=Once,
-                   help='head size N, needed only when att.r_k is stored flat (otherwise read from r_k)')
     p.add_argument('--tokenizer', default='auto', action=Once, metavar='world|none|auto|PATH',
                    help='auto (default): RWKV World tokenizer when the vocabulary has 65536 rows; or a tokenizer '
                         'file/folder to copy')
-    p.add_argument('--allow-nonfinite', action='store_true', help='convert tensors holding NaN/Inf instead of refusing')
     p.add_argument('--drop-state', action='store_true',
                    help='convert a state-tuned merge without its tuned initial states (att.time_state; fla has none)')
-    p.add_argument('--dry-run', action='store_true', help='print the detected variant, config and mapping; write nothing')
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
     p.add_argument('--verify-tokens', type=int, default=48, action=Once, metavar='N',
                    help='tokens for --verify (default 48)')
-    loud = p.add_mutually_exclusive_group()
-    loud.add_argument('--quiet', '-q', action='store_true', help='print errors only')
-    loud.add_argument('--verbose', '-v', action='store_true', help='print each tensor; tracebacks on errors')
     return p
 
 
@@ -216,8 +243,6 @@ def progress_callbacks(args: argparse.Namespace):
 
 
 def _convert_body(args: argparse.Namespace) -> int:
-    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-    from fla.rwkv7_convert.formats.safetensors_writer import parse_size
     precision = precision_arg(args)
     try:
         max_shard_size = parse_size(args.max_shard_size)
@@ -316,9 +341,9 @@ def _decode(model_dir, ids: list[int]) -> str:
 
 
 def build_verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='verify_rwkv7.py', description=(
+    p = Parser(prog='verify_rwkv7.py', description=(
         'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint. '
-        'Exit status 0 only on PASS.'))
+        'Exit status 0 only on PASS.'), parents=[_head_size_flag(), _loudness_flags()])
     p.add_argument('--rwkv7', required=True, metavar='IN', help='the BlinkDL checkpoint that was converted')
     p.add_argument('--model', required=True, metavar='OUTDIR', help='the converted Hugging Face directory')
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
@@ -332,9 +357,7 @@ def build_verify_parser() -> argparse.ArgumentParser:
     p.add_argument('--piece', type=int, default=None,
                    help='feed tokens in pieces of this size through the cache (default: 48 on the CPU, which '
                         'fla needs; whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
-    p.add_argument('--head-size', type=int, default=None, help='only for a flat att.r_k')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--verbose', '-v', action='store_true')
     return p
 
 
@@ -342,10 +365,77 @@ def _verify_body(args) -> int:
     report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
                     tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
                     per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size)
-    print(report.render())
+    if not args.quiet:  # -q: the exit status alone gives the verdict
+        print(report.render())
     return 0 if report.passed else 1
 
 
 def main_verify(argv: list[str] | None = None) -> int:
     args = build_verify_parser().parse_args(argv)
     return run_cli(_verify_body, args)
+
+
+# fla / Hugging Face directory -> BlinkDL RWKV-LM checkpoint (the reverse direction)
+
+def build_from_fla_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog='convert_from_fla_rwkv7.py',
+        description='Convert an fla / Hugging Face RWKV-7 model directory (config.json + model.safetensors or shards) '
+                    "into a BlinkDL RWKV-LM checkpoint that RWKV-LM and BlinkDL's rwkv package load.",
+        parents=[_writing_flags('OUT'), _loudness_flags()])
+    p.add_argument('--model', required=True, action=Once, metavar='HF_DIR',
+                   help='Hugging Face directory of an RWKV7ForCausalLM')
+    p.add_argument('--output', required=True, action=Once, metavar='OUT.pth', help='output file (written atomically)')
+    p.add_argument('--format', default=None, action=Once, choices=('pth', 'safetensors'), dest='fmt',
+                   help='pth (torch.save, default) or safetensors; default: by the suffix of OUT')
+    p.add_argument('--no-layer0-v', dest='layer0_v', action='store_false',
+                   help='omit the layer-0 att.v0/v1/v2 placeholders (zeros; RWKV-LM training creates them, no model '
+                        'uses them)')
+    return p
+
+
+def _print_export_plan(plan, out=None) -> None:
+    out = out or sys.stdout
+    print('detected:', file=out)
+    for note in plan.notes:
+        print(f'  {note}', file=out)
+    print('mapping (fla name [shape] dtype -> RWKV-LM name [shape] dtype):', file=out)
+    for e in plan.entries:
+        if e.source is None:
+            print(f'  (placeholder) -> {e.blinkdl} {list(e.shape)} {e.dtype}: {e.note}', file=out)
+            continue
+        op = e.rule.op.reverse.name
+        how = ', '.join(x for x in (e.note, '' if op == 'identity' else op) if x)
+        print(f'  {e.fla} {list(e.source.shape)} {e.source.dtype} -> {e.blinkdl} {list(e.shape)} {e.dtype}'
+              + (f' ({how})' if how else ''), file=out)
+
+
+def _export_body(args: argparse.Namespace) -> int:
+    precision = precision_arg(args)
+    on_start, report, close = progress_callbacks(args)
+    try:
+        result = convert_from_fla(args.model, args.output, precision=precision, fmt=args.fmt, force=args.force,
+                                  layer0_v=args.layer0_v, allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run,
+                                  on_start=on_start, on_tensor=report)
+    finally:
+        close()
+    plan = result.plan
+    if not args.quiet:
+        for warning in plan.warnings:
+            print(f'warning: {warning}', file=sys.stderr)
+    if args.dry_run:
+        _print_export_plan(plan)
+        print(f'dry run: would write {_human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; '
+              'nothing written')
+        return 0
+    if not args.quiet:
+        d = plan.dims
+        print(f'exported {args.model} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
+              f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, {result.fmt}, '
+              f'{_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+    return 0
+
+
+def main_from_fla(argv: list[str] | None = None) -> int:
+    args = build_from_fla_parser().parse_args(argv)
+    return run_cli(_export_body, args)

@@ -23,8 +23,9 @@ from fla.rwkv7_convert.formats.safetensors_writer import (
     write_json,
     write_sharded,
 )
+from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, FileDigest, write_model_card
-from fla.rwkv7_convert.mapping.config import fla_config, generation_config
+from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan
 from fla.rwkv7_convert.mapping.table import GLOBAL, RULES, Transpose
 

@@ -45,3 +45,10 @@ CHAT_TEMPLATE = (
     "{{- 'Assistant: <think' if enable_thinking is defined and enable_thinking else 'Assistant:' -}}"
     "{%- endif -%}"
 )
+
+
+def generation_config(chat: bool = False) -> dict:
+    """generation_config.json. With the World tokenizer a reply also ends at a token holding "\n\n", where BlinkDL's
+    chat demo stops a turn (see above); without it the only end is token 0."""
+    eos = [0, *TURN_END_TOKENS] if chat else 0
+    return {'bos_token_id': None, 'eos_token_id': eos, 'pad_token_id': 0, '_from_model_config': False}

@@ -86,11 +86,3 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
         'use_l2warp': True,
         'dtype': TORCH_NAME.get(dtype, 'float32'),
     }
-
-
-def generation_config(chat: bool = False) -> dict:
-    """generation_config.json. With the World tokenizer a reply also ends at a token holding "\n\n", where BlinkDL's
-    chat demo stops a turn (see chat.py); without it the only end is token 0."""
-    from fla.rwkv7_convert.hub.chat import TURN_END_TOKENS
-    eos = [0, *TURN_END_TOKENS] if chat else 0
-    return {'bos_token_id': None, 'eos_token_id': eos, 'pad_token_id': 0, '_from_model_config': False}
