@@ -37,8 +37,9 @@ from fla.rwkv7_convert.errors import (
     NotACheckpointError,
     UnsupportedVariantError,
 )
+from fla.rwkv7_convert.formats.atomic import atomic_file, check_target_file
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, cast, is_finite, parse_precision
-from fla.rwkv7_convert.formats.pth_writer import atomic_file, check_target_file, write_pth
+from fla.rwkv7_convert.formats.pth_writer import write_pth
 from fla.rwkv7_convert.formats.readers import CONFIG_FILE, TensorRef, open_hf_directory
 from fla.rwkv7_convert.formats.safetensors_writer import OutTensor, write_safetensors
 from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS, Dims

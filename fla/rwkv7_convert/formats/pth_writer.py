@@ -1,4 +1,4 @@
-"""Write `torch.save`-compatible `.pth` files without torch, one tensor at a time, and single files atomically.
+"""Write `torch.save`-compatible `.pth` files without torch, one tensor at a time (atomic.py puts them in place).
 
 A `torch.save` file is a zip archive whose members are stored uncompressed: `archive/data.pkl` (a pickle of the
 state dict in which every tensor is a call to `torch._utils._rebuild_tensor_v2` on a storage named by a
@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.errors import ConversionError, OutputExistsError
+from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.dtypes import TORCH_STORAGE, itemsize
 from fla.rwkv7_convert.formats.readers import contiguous_strides
-from fla.rwkv7_convert.formats.safetensors_writer import OutTensor, fsync_dir, pid_alive
+from fla.rwkv7_convert.formats.safetensors_writer import OutTensor
 
 ALIGNMENT = 64  # torch's default `storage_alignment`
 ARCHIVE = 'archive'  # the root folder torch uses inside the zip for file objects
@@ -219,76 +216,3 @@ def _write_pth(f, tensors: list[OutTensor], on_tensor: Callable[[OutTensor], Non
     digest = int.from_bytes(hashlib.sha256(pickle_bytes).digest(), 'big') % 10**40
     z.record('.data/serialization_id', f'{digest:040d}'.encode())
     z.finish()
-
-
-# ------------------------------------------------------------------------------------------------ atomic single file
-
-def clean_stale_files(target: Path) -> list[Path]:
-    """Remove temporary files our earlier runs left beside `target` (their process is gone: killed or crashed)."""
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    for p in target.parent.glob(f'.{target.name}.tmp-*-*'):
-        pid = p.name[len(target.name) + len('..tmp-'):].split('-')[0]
-        if p.is_file() and pid.isdigit() and not pid_alive(int(pid)):
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
-    return removed
-
-
-def check_target_file(target: Path, force: bool) -> None:
-    """Refuse an existing output file unless --force, and a directory (or other non-file) always."""
-    if os.path.lexists(target) and (target.is_dir() or not target.is_file()):
-        raise OutputExistsError('exists and is not a regular file; remove it or choose another --output', str(target))
-    if target.exists() and not force:
-        raise OutputExistsError('exists; pass --force to replace it', str(target))
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh scratch path beside `target` to write; on success it is synced and moved onto `target`.
-
-    On any failure (an exception, Ctrl-C) the scratch file is removed and `target` is untouched: at every instant
-    `target` is absent, the old complete file or the new complete file. Without `force` the last step is a hard
-    link, which fails if `target` appeared meanwhile, so an existing file is never replaced; with `force` it is an
-    atomic rename over the old file. Scratch files left by killed runs are removed on the next run.
-    """
-    target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_files(target)
-    check_target_file(target, force)
-    scratch = target.parent / f'.{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}'
-    open(scratch, 'xb').close()  # claim the name
-    try:
-        yield scratch
-        _fsync_file(scratch)
-        check_target_file(target, force)  # another process may have written it meanwhile
-        if force:
-            os.replace(scratch, target)
-        else:
-            try:
-                os.link(scratch, target)
-            except FileExistsError:
-                raise OutputExistsError('appeared while converting; pass --force to replace it', str(target)) from None
-            except OSError:  # no hard links on this file system: rename, having checked just above
-                os.rename(scratch, target)
-            else:
-                os.unlink(scratch)
-        fsync_dir(target.parent)
-    except BaseException:
-        try:
-            scratch.unlink()
-        except OSError:
-            pass
-        raise

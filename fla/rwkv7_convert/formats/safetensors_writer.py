@@ -1,4 +1,4 @@
-"""Streaming safetensors shards and an all-or-nothing output directory.
+"""Streaming safetensors shards (the all-or-nothing output directory they go into is atomic.py).
 
 A safetensors file is an 8-byte header length, a JSON header with every tensor's dtype, shape and byte range,
 then the raw bytes. Since plans know every shape and dtype before any data is read, each shard's header is
@@ -9,22 +9,17 @@ shard. The index follows Hugging Face's `model.safetensors.index.json` format.
 from __future__ import annotations
 
 import errno
-import glob
 import json
 import mmap
 import os
-import secrets
-import shutil
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError, OutputExistsError
+from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
+from fla.rwkv7_convert.formats.atomic import write_json
 from fla.rwkv7_convert.formats.dtypes import itemsize
 from fla.rwkv7_convert.formats.readers import RawSpan
 
@@ -183,188 +178,3 @@ def write_sharded(outdir: Path, tensors: list[OutTensor], max_shard_size: int, m
     index = {'metadata': {'total_size': sum(t.nbytes for t in tensors)}, 'weight_map': weight_map}
     write_json(outdir / INDEX_FILE, index)
     return names + [INDEX_FILE]
-
-
-def write_json(path: Path, obj: object) -> None:
-    with open(path, 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write('\n')
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ------------------------------------------------------------------------------------------- atomic output folder
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _scratch_name(target: Path, kind: str) -> Path:
-    return target.parent / f'.{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}'
-
-
-def clean_stale(target: Path) -> list[Path]:
-    """Tidy what earlier runs, now dead (killed or crashed), left beside `target`.
-
-    Their scratch folders are removed. A folder holding the previous model (`.old-`) is removed once `target`
-    exists; if `target` is missing, the run died between moving the old model aside and putting the new one in
-    place, so the old model is moved back instead: it is never deleted without a model at `target`.
-    """
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    for p in sorted(target.parent.glob(glob.escape(f'.{target.name}.') + '*-*-*')):
-        kind, _, rest = p.name[len(target.name) + 2:].partition('-')
-        pid = rest.split('-')[0]
-        if kind in ('tmp', 'old') and pid.isdigit() and not pid_alive(int(pid)):
-            if kind == 'old' and not os.path.lexists(target):
-                try:
-                    os.rename(p, target)
-                    continue
-                except OSError:
-                    pass  # another run put something there meanwhile: then this copy is stale
-            _remove(p)
-            removed.append(p)
-    return removed
-
-
-def _remove(path: Path) -> None:
-    """Delete a folder we moved aside; a symlink (OUTDIR may be one) is unlinked, its target left alone."""
-    if path.is_symlink():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def check_target(target: Path, force: bool, protect: tuple[str | os.PathLike, ...] = ()) -> None:
-    """Refuse a non-empty output unless --force, before any work is done.
-
-    Even with --force, a folder that holds one of `protect` (the source checkpoint) or the current directory is
-    never replaced: `--output . --force` would otherwise delete the folder the user works in.
-    """
-    if target.exists() and not target.is_dir():
-        raise OutputExistsError('exists and is not a directory; remove it or choose another --output', str(target))
-    if target.is_dir() and any(target.iterdir()):
-        if not force:
-            raise OutputExistsError('exists and is not empty; pass --force to replace it', str(target))
-        real = os.path.realpath(target)
-        for what, path in [('the current directory', os.getcwd())] + [('the input file', p) for p in protect]:
-            inside = os.path.realpath(path)
-            if os.path.commonpath([real, inside]) == real:
-                raise OutputExistsError(f'holds {what} ({path}); --force will not replace it, choose another --output',
-                                        str(target))
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-_renameat2 = None
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    global _renameat2
-    if _renameat2 is None:
-        _renameat2 = False
-        if os.name == 'posix':
-            try:
-                import ctypes
-                _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-            except (OSError, AttributeError):
-                pass
-    if not _renameat2:
-        return False
-    import ctypes
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # old kernel or file system
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C/SIGTERM/SIGHUP until the block is done (they are then delivered), so no exception lands
-    between two renames that must happen together."""
-    sigs = {signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', signal.SIGTERM)}
-    if not hasattr(signal, 'pthread_sigmask') or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _commit(scratch: Path, target: Path, force: bool, protect: tuple) -> None:
-    """Put the complete `scratch` at `target`; an existing model there is swapped out and deleted afterwards."""
-    for _attempt in range(3):
-        check_target(target, force, protect)  # another process may have written it meanwhile
-        if target.is_dir():
-            if exchange(scratch, target):  # one step: `target` is the old model, then the new one
-                fsync_dir(target.parent)
-                _remove(scratch)  # now holds the old model (or the symlink OUTDIR was)
-                return
-            old = _scratch_name(target, 'old')
-            with _signals_deferred():  # two steps; a SIGKILL in between is undone by clean_stale
-                os.rename(target, old)
-                try:
-                    os.rename(scratch, target)
-                except BaseException:
-                    os.rename(old, target)  # put the old model back
-                    raise
-            fsync_dir(target.parent)
-            _remove(old)
-            return
-        try:
-            os.rename(scratch, target)
-            fsync_dir(target.parent)
-            return
-        except OSError as e:  # a racing run put a model there since the check: check again
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-    raise OutputExistsError('keeps being replaced by other runs converting into it at the same time', str(target))
-
-
-@contextmanager
-def atomic_directory(target: str | os.PathLike, force: bool = False,
-                     protect: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
-    """Yield a scratch folder beside `target`; on success it becomes `target`, on any failure it vanishes.
-
-    With --force an existing target is swapped with the complete new folder in one atomic step (renameat2
-    RENAME_EXCHANGE; elsewhere two renames with signals held, repaired by `clean_stale` if the process is killed
-    between them) and deleted after, so at every instant either the old complete model or the new complete
-    model sits at `target`, also when runs race for the same `target`. `protect`: see `check_target`.
-    """
-    target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(target)
-    check_target(target, force, protect)
-    scratch = _scratch_name(target, 'tmp')
-    scratch.mkdir()
-    try:
-        yield scratch
-        fsync_dir(scratch)
-        _commit(scratch, target, force, protect)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise

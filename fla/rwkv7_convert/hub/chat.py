@@ -22,7 +22,7 @@ Chinese full stop): for BlinkDL's rule in full pass `stop_strings=['\\n\\n'], to
 
 from __future__ import annotations
 
-# World-vocabulary ids whose text contains "\n\n" (tests/test_chat_template.py derives them from the vocabulary)
+# World-vocabulary ids whose text contains "\n\n" (tests/hub/test_chat_template.py derives them from the vocabulary)
 TURN_END_TOKENS = (261, 3327, 3328, 3329, 3336, 19238, 19239, 19240, 19241, 28348, 28349, 28350, 36205, 36206, 36207,
                    36208, 43907, 43908, 49921, 49922, 54805, 58650, 58651, 61269, 63121, 64157, 64781, 65083, 65248,
                    65309, 65395, 65432, 65446, 65464)

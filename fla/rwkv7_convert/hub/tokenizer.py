@@ -15,7 +15,7 @@ Id 0 (end of text) is the only special token, both eos and pad, under a name tha
 is a real token and must stay one). There is no bos.
 
 Building the pattern takes a second or two, so data/ ships the built tokenizer.json and writing it is a file
-copy; tests/test_tokenizer.py checks the shipped file equals a fresh build. Rebuild it with
+copy; tests/hub/test_tokenizer.py checks the shipped file equals a fresh build. Rebuild it with
 `python -m fla.rwkv7_convert.hub.tokenizer`. Nothing heavy is imported: this module needs only the standard library.
 """
 

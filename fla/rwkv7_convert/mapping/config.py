@@ -37,7 +37,7 @@ def norm_eps_for(head_size: int) -> float:
 
     fla uses `norm_eps` for every LayerNorm and `head_dim * norm_eps` for `ln_x`; BlinkDL uses 1e-5 and 64e-5, so
     both match only for N = 64. For other N we keep `ln_x` exact (norm_eps = 64e-5 / N) and let the LayerNorm eps
-    move: measured on 3-layer models (tests/test_reference.py), that is 20-200x closer in max |logit difference|
+    move: measured on 3-layer models (tests/proof/test_reference.py), that is 20-200x closer in max |logit difference|
     than keeping the LayerNorms exact (N=32: 4.0e-4 vs 8.5e-2; N=128: 1.8e-4 vs 9.0e-3), because the per-head
     GroupNorm sees far smaller variances than the LayerNorms over the full residual stream.
     """
@@ -67,7 +67,7 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
         'norm_eps': norm_eps_for(dims.N),
         # Read by llama.cpp's convert_hf_to_gguf.py (Rwkv7Model) before fla's head_dim/norm_eps, and only as a pair:
         # it takes layer_norm_epsilon for its LayerNorms and keeps ln_x at 64e-5 itself, so it is exact for every N.
-        # fla and transformers ignore both keys (tests/test_model_dir.py).
+        # fla and transformers ignore both keys (tests/convert/test_model_dir.py).
         'head_size': dims.N,
         'layer_norm_epsilon': BLINKDL_NORM_EPS,
         'attn': None,

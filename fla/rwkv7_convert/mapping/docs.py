@@ -1,6 +1,6 @@
 """Generates docs/mapping.md from the table itself, so the documentation cannot drift from the code.
 
-    python -m fla.rwkv7_convert.mapping.docs > docs/mapping.md      (tests/test_docs.py fails when the file is stale)
+    python -m fla.rwkv7_convert.mapping.docs > docs/mapping.md      (tests/mapping/test_docs.py fails when the file is stale)
 """
 
 from __future__ import annotations
@@ -146,10 +146,10 @@ def render() -> str:
         'canonical one), who writes it and the `Source` (repo, path, commit) you verified. Both directions and the '
         'size binding then work on canonical names and shapes; nothing else changes. A new wrapper prefix of every '
         'name goes into `PREFIXES`; a new family to refuse is one `Refusal` row.',
-        '2. Add one writer of that layout to `LAYOUT_WRITERS` in `tests/rwkv7_factory.py`: `tests/test_layouts.py` '
+        '2. Add one writer of that layout to `LAYOUT_WRITERS` in `tests/rwkv7_factory.py`: `tests/convert/test_layouts.py` '
         'is parameterized over it (the converted tensors must equal the canonical file\'s bit for bit, the logits '
-        'must match the reference) and so is the mutation campaign of `tests/test_reliability_layouts.py`. A refusal '
-        'gets one row in `REFUSED` of `tests/test_errors.py`.',
+        'must match the reference) and so is the mutation campaign of '
+        '`tests/reliability/test_reliability_layouts.py`. A refusal gets one row in `REFUSED` of `tests/test_errors.py`.',
         '3. Regenerate this page: `python -m fla.rwkv7_convert.mapping.docs > docs/mapping.md`.',
         '',
     ]

@@ -6,7 +6,7 @@ extra rows: they are `ALIASES`, normalizations applied before lookup (training-w
 vectors, a flat `r_k`). Checkpoints of other architectures are recognised by `REFUSALS` and refused with a reason.
 
 To support a new naming variant, add one row to `ALIASES` (or `PREFIXES`) or `RULES`, and one test in
-tests/test_table.py; `docs/mapping.md` is generated from this module (`python -m fla.rwkv7_convert.mapping.docs`).
+tests/mapping/test_table.py; `docs/mapping.md` is generated from this module (`python -m fla.rwkv7_convert.mapping.docs`).
 
 Symbols: V vocab, C hidden size, H heads, N head size (C = H*N), F FFN width, Dw/Da/Dv/Dg the LoRA ranks.
 """

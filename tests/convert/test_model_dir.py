@@ -19,7 +19,7 @@ from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.hub.model_card import CARD_FILE, write_model_card
 from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LLAMACPP_KEYS = ('head_size', 'layer_norm_epsilon')
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / 'examples' / 'rwkv7-goose-mini.pth'
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from fla.rwkv7_convert.mapping.docs import render
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mapping_doc_is_generated_from_the_table():

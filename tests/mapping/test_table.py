@@ -149,7 +149,7 @@ def test_aliases_are_documented():
 
 def test_layouts_and_refusals_say_who_and_where():
     """Every layout names who writes it, and every layout verified against a writer's code cites repo, path and a
-    full commit; names are unique. (That each layout's rules are right is proved in tests/test_layouts.py.)"""
+    full commit; names are unique. (That each layout's rules are right is proved in tests/convert/test_layouts.py.)"""
     from fla.rwkv7_convert.mapping.table import LAYOUTS, REFUSALS
     assert len({x.name for x in LAYOUTS}) == len(LAYOUTS)
     unverified = {'Hugging Face `rwkv7.` prefix', 'fla bare RWKV7Model'}

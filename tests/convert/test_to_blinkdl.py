@@ -1,4 +1,6 @@
-"""fla / Hugging Face RWKV-7 -> BlinkDL export: the torch-zip writer, refusals, atomic output, the CLI, and logits.
+"""fla / Hugging Face RWKV-7 -> BlinkDL export (convert/to_blinkdl.py): layouts, refusals, output, and its command line.
+
+The .pth writer and the atomic file are tested in tests/formats/, the exported logits in tests/proof/test_export_logits.py.
 
 Round trips in both directions, over random shapes, are in test_roundtrip.py.
 """
@@ -6,17 +8,13 @@ Round trips in both directions, over random shapes, are in test_roundtrip.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from blinkdl_rwkv import rwkv_package_model
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
@@ -27,15 +25,10 @@ from fla.rwkv7_convert.errors import (
     KeyMismatchError,
     NonFiniteError,
     NotACheckpointError,
-    OutputExistsError,
     UnsupportedVariantError,
 )
-from fla.rwkv7_convert.formats import pth_writer
-from fla.rwkv7_convert.formats.pth_writer import atomic_file, write_pth
-from fla.rwkv7_convert.formats.readers import open_checkpoint
-from fla.rwkv7_convert.formats.safetensors_writer import OutTensor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = Goose(vocab=64, hidden=64, layers=2, head_size=32, w_rank=16, a_rank=8, v_rank=24, g_rank=32, ffn=96)
 
 
@@ -69,100 +62,6 @@ def _cli(*args: str, capsys) -> tuple[int, str, str]:
     code = main_from_fla(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-# -------------------------------------------------------------------------------------------------- torch-zip writer
-
-ARRAYS = {
-    'f32': (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5, 'F32'),
-    'bf16': (np.array([0x3F80, 0xBF80, 0x7F80, 0x0001, 0x4049], dtype=np.uint16), 'BF16'),
-    'f16': (np.linspace(-2, 2, 7, dtype=np.float16).reshape(1, 1, 7), 'F16'),
-    'f64': (np.array(3.25), 'F64'),
-    'big': (np.random.default_rng(0).standard_normal((33, 1000)).astype(np.float32), 'F32'),
-}
-
-
-def _write_arrays(path: Path) -> Path:
-    write_pth(path, [OutTensor(k, a.shape, d, (lambda a=a: a)) for k, (a, d) in ARRAYS.items()])
-    return path
-
-
-def _check_arrays(path: Path) -> None:
-    assert zipfile.ZipFile(path).testzip() is None  # every CRC right
-    for mmap in (False, True):
-        sd = torch.load(path, weights_only=True, mmap=mmap)
-        assert list(sd) == list(ARRAYS)
-        for k, (a, _) in ARRAYS.items():
-            assert tuple(sd[k].shape) == a.shape and _bits(sd[k]) == a.tobytes(), k
-    assert sd['bf16'].dtype == torch.bfloat16 and sd['f16'].dtype == torch.float16 and sd['f64'].dtype == torch.float64
-    with open_checkpoint(path) as ckpt:
-        assert {k: (r.shape, r.dtype) for k, r in ckpt.tree.items()} == {k: (a.shape, d) for k, (a, d) in ARRAYS.items()}
-        assert all(ckpt.tree[k].load().tobytes() == a.tobytes() for k, (a, _) in ARRAYS.items())
-
-
-def test_pth_writer_loads_everywhere(tmp_path):
-    path = _write_arrays(tmp_path / 'x.pth')
-    _check_arrays(path)
-    names = zipfile.ZipFile(path).namelist()
-    assert names[:4] == ['archive/data.pkl', 'archive/.format_version', 'archive/.storage_alignment', 'archive/byteorder']
-    assert names[-2:] == ['archive/version', 'archive/.data/serialization_id']
-    # every record is stored uncompressed and starts on a 64-byte boundary, as torch writes them
-    with open(path, 'rb') as f:
-        for info in zipfile.ZipFile(path).infolist():
-            assert info.compress_type == zipfile.ZIP_STORED
-            f.seek(info.header_offset + 26)
-            n, m = (int(x) for x in np.frombuffer(f.read(4), '<u2'))
-            assert (info.header_offset + 30 + n + m) % 64 == 0, info.filename
-    # reproducible: same tensors, same bytes
-    assert _write_arrays(tmp_path / 'y.pth').read_bytes() == path.read_bytes()
-
-
-def test_pth_writer_matches_torch_predicted_offsets(tmp_path, monkeypatch):
-    """torch's opt-in `calculate_storage_offsets` predicts each record's offset from miniz's layout; ours must match."""
-    from torch.utils.serialization import config
-    path = _write_arrays(tmp_path / 'x.pth')
-    monkeypatch.setenv('TORCH_SERIALIZATION_DEBUG', '1')  # torch then asserts predicted == actual offsets
-    # torch's own patch(): monkeypatch.setattr on the config proxy breaks torch's config module when undone
-    with config.patch({'load.calculate_storage_offsets': True}):
-        sd = torch.load(path, weights_only=True, mmap=True)
-        assert _bits(sd['big']) == ARRAYS['big'][0].tobytes()
-        meta = torch.load(path, weights_only=True, map_location='meta')
-    assert config.load.calculate_storage_offsets is False
-    assert meta['big'].shape == (33, 1000)
-
-
-def test_pth_writer_zip64(tmp_path, monkeypatch):
-    """ZIP64 fields (needed past 4 GiB) written for every member: torch, zipfile and our reader still agree."""
-    monkeypatch.setattr(pth_writer, 'ZIP64_LIMIT', 1)
-    _check_arrays(_write_arrays(tmp_path / 'x.pth'))
-    monkeypatch.setattr(pth_writer, 'ZIP64_LIMIT', 500)  # some members, by offset and by size
-    _check_arrays(_write_arrays(tmp_path / 'y.pth'))
-
-
-def test_atomic_file_never_damages(tmp_path):
-    target = tmp_path / 'out.pth'
-    target.write_bytes(b'old')
-    with pytest.raises(OutputExistsError):
-        with atomic_file(target) as scratch:
-            scratch.write_bytes(b'new')
-    assert target.read_bytes() == b'old'
-    with pytest.raises(RuntimeError):
-        with atomic_file(target, force=True) as scratch:
-            scratch.write_bytes(b'half')
-            raise RuntimeError('killed mid-write')
-    assert target.read_bytes() == b'old'
-    with atomic_file(target, force=True) as scratch:
-        scratch.write_bytes(b'new')
-    assert target.read_bytes() == b'new'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.pth']
-    # a scratch file of a dead run is removed by the next one; a live run's is left alone
-    dead = tmp_path / '.out.pth.tmp-999999999-abcd1234'
-    live = tmp_path / f'.out.pth.tmp-{os.getpid()}-abcd1234'
-    dead.write_bytes(b'x')
-    live.write_bytes(b'x')
-    with atomic_file(tmp_path / 'out.pth', force=True) as scratch:
-        scratch.write_bytes(b'newer')
-    assert not dead.exists() and live.exists()
 
 
 # ------------------------------------------------------------------------------------------------------- exporting
@@ -378,24 +277,3 @@ def test_script_is_torch_free(hf_dir, tmp_path):
     run = subprocess.run([sys.executable, 'utils/convert_from_fla_rwkv7.py', '--model', str(hf_dir), '--output',
                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr == f'error: {out}: exists; pass --force to replace it\n'
-
-
-# --------------------------------------------------------------------------------------------------------- logits
-
-def test_logits_rwkv_package_equals_fla(tmp_path):
-    """The exported .pth, run by BlinkDL's rwkv package, gives the logits fla gives on the source directory."""
-    import fla_cpu
-    from fla.models import RWKV7ForCausalLM
-
-    shape = Goose(vocab=96, hidden=128, layers=2, head_size=64)  # N = 64: fla's and BlinkDL's eps agree
-    fla_cpu.fla_model(make_state_dict(shape, seed=7)).save_pretrained(tmp_path / 'src')
-    assert convert_from_fla(tmp_path / 'src', tmp_path / 'model.pth').plan.warnings == []  # eps agree at N = 64
-    tokens = torch.randint(0, shape.vocab, (40,), generator=torch.Generator().manual_seed(0))
-
-    blinkdl = rwkv_package_model(tmp_path / 'model')
-    expected, _ = blinkdl.forward(tokens.tolist(), None, full_output=True)
-    model = RWKV7ForCausalLM.from_pretrained(tmp_path / 'src').float().eval()
-    got = fla_cpu.fla_logits(model, tokens[None])[0]
-    diff = (got - expected).abs().max().item()
-    ratio = ((got - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt()).item()
-    assert diff < 1e-4 and ratio < 1e-5, (diff, ratio)

@@ -1,0 +1,143 @@
+"""The package's layering (docs/architecture.md), read from the source: every import of every module, including
+the ones inside functions, parsed with ast. Each folder may import only the folders below it, nothing imports the
+CLI, and the module graph has no cycle."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / 'fla' / 'rwkv7_convert'
+ROOT = 'fla.rwkv7_convert'
+
+# part -> the parts it may import (besides itself). '' is the package root (__version__) and errors.py.
+ALLOWED = {
+    '': set(),
+    'formats': {''},
+    'mapping': {'', 'formats'},
+    'hub': {'', 'formats'},
+    'convert': {'', 'formats', 'mapping', 'hub'},
+    'proof': {'', 'formats', 'mapping'},
+    'cli': {'', 'formats', 'mapping', 'hub', 'convert', 'proof'},
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix('')
+    parts = [p for p in rel.parts if p != '__init__']
+    return '.'.join([ROOT, *parts])
+
+
+def part_of(module: str) -> str:
+    """'fla.rwkv7_convert.formats.dtypes' -> 'formats'; the root, errors.py -> ''; cli.py -> 'cli'."""
+    rest = module[len(ROOT) + 1:].split('.') if module != ROOT else []
+    if not rest or rest[0] == 'errors':
+        return ''
+    return rest[0]
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob('*.py'))}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Our modules that `path` imports anywhere (top level or inside a function)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import mod` imports pkg.mod when that is a module of ours, else a name of pkg
+            names = [f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in known else node.module for a in node.names]
+        else:
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f'{path}: relative import; use {ROOT}.…'
+            continue
+        found |= {n for n in names if n == ROOT or n.startswith(ROOT + '.')}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    g = {}
+    for name, path in mods.items():
+        deps = imports_of(path, known)
+        unknown = deps - known
+        assert not unknown, f'{name} imports {sorted(unknown)}, which do not exist'
+        g[name] = deps - {name}
+    return g
+
+
+def test_every_folder_is_a_known_part():
+    parts = {part_of(m) for m in modules()}
+    assert parts <= set(ALLOWED), f'parts without a rule in ALLOWED: {sorted(parts - set(ALLOWED))}'
+    for folder in (p for p in PACKAGE.iterdir() if p.is_dir() and p.name != '__pycache__' and p.name != 'data'):
+        assert (folder / '__init__.py').is_file(), f'{folder.name}/ has no __init__.py'
+
+
+def test_each_part_imports_only_the_parts_below_it():
+    bad = []
+    for name, deps in graph().items():
+        for dep in deps:
+            mine, theirs = part_of(name), part_of(dep)
+            if theirs != mine and theirs not in ALLOWED[mine]:
+                bad.append(f'{name} -> {dep} ({mine or "root"} may not import {theirs or "root"})')
+    assert not bad, 'imports against the layering (docs/architecture.md):\n  ' + '\n  '.join(sorted(bad))
+
+
+def test_nothing_imports_the_cli():
+    assert not [n for n, deps in graph().items() if f'{ROOT}.cli' in deps]
+
+
+def test_no_import_cycle():
+    g = graph()
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(n: str):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(g[n]):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d):] + [d]
+                pytest.fail('import cycle: ' + ' -> '.join(cycle))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n)
+
+
+def test_setup_lists_every_package():
+    setup = (REPO / 'setup.py').read_text(encoding='utf-8')
+    packages = {module_name(p) for p in PACKAGE.rglob('__init__.py')}
+    listed = {ROOT} | {f'{ROOT}.{p}' for p in re.findall(r"'(\w+)'", setup.split('for p in', 1)[1].split(')', 1)[0])}
+    assert packages == listed, f'setup.py: missing {sorted(packages - listed)}, extra {sorted(listed - packages)}'
+
+
+def test_architecture_doc_shows_the_graph():
+    """docs/architecture.md's import graph names every part's allowed imports as this test enforces them."""
+    doc = (REPO / 'docs' / 'architecture.md').read_text(encoding='utf-8')
+    for part, allowed in ALLOWED.items():
+        if not part:
+            continue
+        line = f'{part} -> ' + (', '.join(sorted(a or 'errors' for a in allowed)) or '(nothing)')
+        assert line in doc, f'docs/architecture.md lacks the line {line!r}'
+
+
+def test_the_checker_sees_every_kind_of_import(tmp_path):
+    """An import inside a function, `from pkg import module` and a plain `import` all count."""
+    src = tmp_path / 'm.py'
+    src.write_text('import fla.rwkv7_convert.cli\n'
+                   'def f():\n'
+                   '    from fla.rwkv7_convert.formats import atomic\n'
+                   '    from fla.rwkv7_convert.mapping.table import RULES\n')
+    known = set(modules())
+    assert imports_of(src, known) == {f'{ROOT}.cli', f'{ROOT}.formats.atomic', f'{ROOT}.mapping.table'}
