@@ -111,10 +111,10 @@ def test_state_tuned_merge_converts_without_its_state_when_asked(tmp_path):
     assert any('--drop-state: 2 tuned initial state(s)' in n for n in dropped.plan.notes)
 
 
-def test_rwkv_package_dump_is_refused(tmp_path, monkeypatch):
+def test_rwkv_package_dump_is_refused(tmp_path):
     """`torch.save(model.z)` of BlinkDL's package: head [C,V], transposed matrices, empty layer-0 v0/v1/v2."""
-    monkeypatch.setenv('RWKV_V7_ON', '1')
-    from rwkv.model import RWKV
+    from blinkdl_rwkv import rwkv_model_module  # imports rwkv.model without leaving its env/TF32 switches behind
+    RWKV = rwkv_model_module().RWKV
     save(base(), tmp_path / 'm.pth')
     torch.save(RWKV(model=str(tmp_path / 'm'), strategy='cpu fp32').z, tmp_path / 'dump.pth')
     with pytest.raises(UnsupportedVariantError, match="in-memory dump of BlinkDL's `rwkv` package") as info:

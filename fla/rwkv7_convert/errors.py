@@ -48,3 +48,7 @@ class OutputExistsError(ConversionError):
 
 class NonFiniteError(ConversionError):
     """A tensor holds NaN or Inf; refused unless --allow-nonfinite."""
+
+
+class ConfigError(ConversionError):
+    """config.json is missing, unreadable, or contradicts the tensors."""

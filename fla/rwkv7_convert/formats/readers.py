@@ -28,7 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsafeCheckpointError, UnsupportedVariantError
+from fla.rwkv7_convert.errors import (
+    ConfigError,
+    KeyMismatchError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedVariantError,
+)
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, TORCH_DTYPE, TORCH_STORAGE, itemsize
 
 # Files that are no PyTorch zip or safetensors at all, told apart by their first bytes.
@@ -612,3 +618,23 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(acc)
         acc *= max(d, 1)
     return tuple(reversed(strides))
+
+
+def read_config(model_dir: Path) -> dict:
+    """config.json of a Hugging Face directory, as a dict; a one-line error when there is none or it is no JSON object."""
+    shown = str(model_dir)
+    if not model_dir.exists():
+        raise NotACheckpointError('no such directory', shown)
+    if not model_dir.is_dir():
+        raise NotACheckpointError('is a file; expected a Hugging Face model directory (config.json + model.safetensors); '
+                                  'for a BlinkDL .pth use convert_to_rwkv7.py', shown)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f'no {CONFIG_FILE}: not a Hugging Face model directory', shown)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f'cannot read {CONFIG_FILE} ({e})', shown) from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f'{CONFIG_FILE} is not a JSON object', shown)
+    return cfg

@@ -7,7 +7,6 @@ Every problem found on the way is collected and raised together in one KeyMismat
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, Unsu
 from fla.rwkv7_convert.formats.dtypes import FLOATING
 from fla.rwkv7_convert.formats.readers import TensorRef
 from fla.rwkv7_convert.mapping.config import Dims
+from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.table import (
     BLINKDL_SIDE,
     IDENTITY,
@@ -367,15 +367,10 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
         fla_shape = rule.op.shape(canon) if fla_name else None
         entries.append(Entry(ref, name, rule, layer, canon, fla_name, fla_shape))
 
-    known = [n for n, _, _ in expected]
-    for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f' (closest known name: {close[0]})' if close else ''
-        shown_name = name if name.isprintable() and not any(c.isspace() for c in name) else repr(name)
-        problems.append(f'unexpected tensor {shown_name}{hint}')
+    problems += unexpected_tensors(unknown, [n for n, _, _ in expected])
     for name, rule, _layer in expected:
         if name not in seen and not rule.optional and name not in tensors:
-            problems.append(f'missing tensor {name} [{",".join(map(str, dims.resolve(rule.shape)))}]')
+            problems.append(missing_tensor(name, dims.resolve(rule.shape)))
     if problems:
         raise KeyMismatchError(problems, shown)
 
