@@ -34,8 +34,9 @@ from fla.rwkv7_convert.errors import (
 )
 from fla.rwkv7_convert.formats.atomic import atomic_file, check_target_file
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, cast, is_finite, parse_precision
+from fla.rwkv7_convert.formats.hf_directory import read_config
 from fla.rwkv7_convert.formats.pth_writer import write_pth
-from fla.rwkv7_convert.formats.readers import open_hf_directory, read_config
+from fla.rwkv7_convert.formats.readers import open_hf_directory
 from fla.rwkv7_convert.formats.safetensors_writer import OutTensor, write_safetensors
 from fla.rwkv7_convert.mapping.export_plan import ExportEntry, ExportPlan, make_export_plan
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.formats.checkpoint import contiguous_strides
 from fla.rwkv7_convert.formats.dtypes import TORCH_STORAGE, itemsize
-from fla.rwkv7_convert.formats.readers import contiguous_strides
 from fla.rwkv7_convert.formats.safetensors_writer import OutTensor
 
 ALIGNMENT = 64  # torch's default `storage_alignment`

@@ -20,8 +20,8 @@ import numpy as np
 
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
 from fla.rwkv7_convert.formats.atomic import write_json
+from fla.rwkv7_convert.formats.checkpoint import RawSpan
 from fla.rwkv7_convert.formats.dtypes import itemsize
-from fla.rwkv7_convert.formats.readers import RawSpan
 
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fla.rwkv7_convert.errors import KeyMismatchError, UnsupportedVariantError
+from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
-from fla.rwkv7_convert.formats.readers import TensorRef
 from fla.rwkv7_convert.mapping.config import Dims, check_config
 from fla.rwkv7_convert.mapping.plan import apply_layouts
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors

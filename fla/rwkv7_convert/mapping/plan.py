@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsupportedVariantError
+from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import FLOATING
-from fla.rwkv7_convert.formats.readers import TensorRef
 from fla.rwkv7_convert.mapping.config import Dims
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.table import (

@@ -512,7 +512,7 @@ LAYOUTS: tuple[Layout, ...] = (
          Source('RWKV/RWKV-block', 'rwkv_block/v7_goose/model/rwkv7_goose_model.py',
                 '060d03ac87762620eeaa568a5438952e7a309d33', 'emb, blocks, ln_out, head; init_state ParameterList')),
         r'^emb\.weight$', (),
-        'read as any Hugging Face directory (readers.open_hf_directory); told from fla\'s by its weight names, not '
+        'read as any Hugging Face directory (formats.readers.open_hf_directory); told from fla\'s by its weight names, not '
         'model_type; init_state.N.wkv is a tuned state (refused, or dropped with --drop-state)'),
     Layout(
         'web-rwkv / ai00 `.st`', BLINKDL_SIDE, 'orientation',

@@ -1,0 +1,109 @@
+"""A Hugging Face model directory as one checkpoint: config.json, and the weight files (one file, or shards named by
+an index), each opened lazily by readers.open_checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from fla.rwkv7_convert.errors import (
+    ConfigError,
+    KeyMismatchError,
+    NotACheckpointError,
+)
+from fla.rwkv7_convert.formats.checkpoint import Checkpoint, TensorRef
+
+CONFIG_FILE = 'config.json'
+# weight files of a Hugging Face directory, in the order transformers prefers them
+WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
+WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+class _Handles:
+    """Closes the files of a multi-file checkpoint together."""
+
+    def __init__(self, checkpoints: list[Checkpoint]):
+        self.checkpoints = checkpoints
+
+    def close(self) -> None:
+        for c in self.checkpoints:
+            c.close()
+
+
+def _flat(ckpt: Checkpoint, shown: str) -> dict[str, TensorRef]:
+    tree = ckpt.tree
+    if isinstance(tree, dict) and set(tree) == {'state_dict'}:
+        tree = tree['state_dict']
+    if not isinstance(tree, dict) or not all(isinstance(v, TensorRef) for v in tree.values()):
+        raise NotACheckpointError(f'{ckpt.path.name} is not a flat mapping of names to tensors', shown)
+    return tree
+
+
+def open_directory(path: Path, open_file: Callable[[Path], Checkpoint]) -> Checkpoint:
+    """A Hugging Face model directory: config.json plus `model.safetensors`, `pytorch_model.bin` or shards named by an
+    index, read as one flat mapping of tensors (lazily, as single files are). Each weight file is opened with
+    `open_file` (readers.open_checkpoint, passed in so that this module does not import its own caller)."""
+    shown = str(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotACheckpointError(f'cannot read {CONFIG_FILE} ({e})', shown) from e
+    if not isinstance(config, dict):
+        raise NotACheckpointError(f'{CONFIG_FILE} is not a JSON object', shown)
+    opened: list[Checkpoint] = []
+    try:
+        for index_name in WEIGHT_INDEXES:
+            if not (path / index_name).is_file():
+                continue
+            try:
+                weight_map = json.loads((path / index_name).read_text())['weight_map']
+                if not isinstance(weight_map, dict):
+                    raise TypeError('weight_map is not an object')
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise NotACheckpointError(f'cannot read {index_name} ({e})', shown) from e
+            shards = sorted(set(weight_map.values()))
+            tensors: dict[str, TensorRef] = {}
+            problems = []
+            for shard in shards:
+                if not isinstance(shard, str) or Path(shard).name != shard:
+                    raise NotACheckpointError(f'{index_name} names a shard outside the directory: {shard!r}', shown)
+                opened.append(open_file(path / shard))
+                found = _flat(opened[-1], shown)
+                for name, ref in found.items():
+                    if name in tensors:
+                        problems.append(f'tensor {name} is stored in more than one shard')
+                    tensors[name] = ref
+                problems += [f'{index_name} puts {n} in {shard}, which does not hold it'
+                             for n, s in weight_map.items() if s == shard and n not in found]
+            if problems:
+                raise KeyMismatchError(problems, shown)
+            return Checkpoint(path, 'hf-directory', tensors, _Handles(opened), shards, config)
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                opened.append(open_file(path / name))
+                return Checkpoint(path, 'hf-directory', _flat(opened[-1], shown), _Handles(opened), [name], config)
+        raise NotACheckpointError(f'no weights: expected {" or ".join(WEIGHT_FILES + WEIGHT_INDEXES[:1])}', shown)
+    except BaseException:
+        _Handles(opened).close()
+        raise
+
+
+def read_config(model_dir: Path) -> dict:
+    """config.json of a Hugging Face directory, as a dict; a one-line error when there is none or it is no JSON object."""
+    shown = str(model_dir)
+    if not model_dir.exists():
+        raise NotACheckpointError('no such directory', shown)
+    if not model_dir.is_dir():
+        raise NotACheckpointError('is a file; expected a Hugging Face model directory (config.json + model.safetensors); '
+                                  'for a BlinkDL .pth use convert_to_rwkv7.py', shown)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f'no {CONFIG_FILE}: not a Hugging Face model directory', shown)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f'cannot read {CONFIG_FILE} ({e})', shown) from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f'{CONFIG_FILE} is not a JSON object', shown)
+    return cfg
