@@ -208,3 +208,69 @@ def test_conversion_does_not_import_fla_models_or_torch(tmp_path, checkpoint):
             'assert not heavy, heavy')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------------------ the export command (fla -> BlinkDL)
+
+EXPORT_SHAPE = Goose(vocab=64, hidden=64, layers=2, head_size=32, w_rank=16, a_rank=8, v_rank=24, g_rank=32, ffn=96)
+
+
+@pytest.fixture(scope='module')
+def hf_dir(tmp_path_factory) -> Path:
+    """A small fla directory made by the forward converter, for the export command to read."""
+    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+    root = tmp_path_factory.mktemp('hf')
+    src = save(make_state_dict(EXPORT_SHAPE, torch.bfloat16, seed=3), root / 'src.pth')
+    convert_to_fla(src, root / 'model', tokenizer='none')
+    return root / 'model'
+
+
+def _cli(*args: str, capsys) -> tuple[int, str, str]:
+    from fla.rwkv7_convert.cli import main_from_fla
+    code = main_from_fla(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dry_run_writes_nothing(hf_dir, tmp_path, capsys):
+    code, out, _ = _cli('--model', str(hf_dir), '--output', str(tmp_path / 'o.pth'), '--dry-run', capsys=capsys)
+    assert code == 0 and 'model.layers.1.attn.w_lora.lora.0.weight [16, 64] BF16 -> blocks.1.att.w1 [64, 16] BF16' in out
+    assert '(placeholder) -> blocks.0.att.v1 [64, 24] BF16' in out and not any(tmp_path.iterdir())
+
+
+def test_script_is_torch_free(hf_dir, tmp_path):
+    """The script converts without importing torch or fla's own package, and reports failures in one line."""
+    probe = ('import runpy, sys\n'
+             'sys.argv = ["convert_from_fla_rwkv7.py", *sys.argv[1:]]\n'
+             'try:\n'
+             '    runpy.run_path("utils/convert_from_fla_rwkv7.py", run_name="__main__")\n'
+             'except SystemExit as e:\n'
+             '    print("heavy:", sorted(m for m in ("torch", "fla.models", "transformers") if m in sys.modules))\n'
+             '    sys.exit(e.code)\n')
+    out = tmp_path / 'o.pth'
+    run = subprocess.run([sys.executable, '-c', probe, '--model', str(hf_dir), '--output', str(out), '--quiet'],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == 'heavy: []' and out.is_file()
+    run = subprocess.run([sys.executable, 'utils/convert_from_fla_rwkv7.py', '--model', str(hf_dir), '--output',
+                          str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr == f'error: {out}: exists; pass --force to replace it\n'
+
+
+def test_shared_flags_are_declared_once_for_the_three_commands():
+    """-q/-v, --precision, --force, --allow-nonfinite, --dry-run and --head-size: one declaration each (argparse
+    parents), present on every command that takes them."""
+    from fla.rwkv7_convert import cli
+
+    def flags(parser) -> set[str]:
+        return {s for action in parser._actions for s in action.option_strings}
+    to_fla, from_fla, verify = cli.build_to_fla_parser(), cli.build_from_fla_parser(), cli.build_verify_parser()
+    for parser in (to_fla, from_fla, verify):
+        assert {'-q', '--quiet', '-v', '--verbose'} <= flags(parser)
+    for parser in (to_fla, from_fla):
+        assert {'--precision', '--force', '--allow-nonfinite', '--dry-run'} <= flags(parser)
+    assert '--head-size' in flags(to_fla) and '--head-size' in flags(verify)
+    source = Path(cli.__file__).read_text(encoding='utf-8')
+    for flag in ('--quiet', '--verbose', '--precision', '--force', '--allow-nonfinite', '--dry-run', '--head-size'):
+        assert source.count(f"add_argument('{flag}'") == 1, flag
+
