@@ -115,7 +115,7 @@ class RWKV7Reference:
     @classmethod
     def empty(cls, *, vocab: int, hidden: int, layers: int, head_size: int, dtype: torch.dtype = torch.float64,
               ln_x_eps: float = 64e-5, norm_eps: float = 1e-5) -> RWKV7Reference:
-        """The reference's arithmetic without weights, for running one layer at a time (`embed`, `block`, `logits`):
+        """The reference's arithmetic without weights, for running one layer at a time (`embed`, `block`, `final`):
         a caller that streams a checkpoint holds one layer's tensors, never the whole model."""
         self = cls.__new__(cls)
         self.dtype, self.state_dtype = dtype, torch.promote_types(dtype, torch.float32)
@@ -190,7 +190,7 @@ class RWKV7Reference:
 
     def embed(self, rows: torch.Tensor, ln0: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The residual stream entering block 0: LayerNorm ln0 of the embedding rows [B, T, C]."""
-        return self._layer_norm(rows.to(self.dtype), ln0)
+        return self._layer_norm(rows.to(self.dtype), tuple(t.to(self.dtype) for t in ln0))
 
     def block(self, i: int, p: dict[str, torch.Tensor], x: torch.Tensor, v_first: torch.Tensor | None,
               layer_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
@@ -207,7 +207,8 @@ class RWKV7Reference:
         return x_att, x_att + out, v_first, (att_last, wkv, ffn_last)
 
     def final(self, x: torch.Tensor, ln_out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return self._layer_norm(x, ln_out)
+        """LayerNorm ln_out of the residual stream; the head is applied by the caller (in slices, when streaming)."""
+        return self._layer_norm(x, tuple(t.to(self.dtype) for t in ln_out))
 
     __call__ = forward
 
