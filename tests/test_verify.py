@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -239,3 +240,22 @@ def test_precision_under_test(monkeypatch, device, dtype, piece, ieee, want):
     else:
         monkeypatch.delenv('TRITON_F32_DEFAULT', raising=False)
     assert precision_for(device, dtype, piece) == want
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize('quiet', [pytest.param(False, id='terminal'), pytest.param(True, id='quiet')])
+def test_progress_on_a_terminal_only(converted, monkeypatch, quiet):
+    source, out = converted
+    err = _Terminal()
+    monkeypatch.setattr(sys, 'stderr', err)
+    assert verify(source, out, tokens=3, piece=2, quiet=quiet).passed
+    shown = err.getvalue()
+    if quiet:
+        assert shown == ''
+    else:  # loading, each layer, each piece
+        assert 'verify: embedding' in shown and 'verify: layer 3/3' in shown and 'verify: head' in shown
+        assert 'piece 2/2' in shown
