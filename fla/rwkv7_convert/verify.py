@@ -343,9 +343,10 @@ class StreamingPair:
     def zero_state(self, batch: int):
         return {'ref': [r.zero_state(batch) for r in self.refs], 'fla': [None] * self.dims.L}
 
-    def run(self, ids, state=None, steps: list | None = None):
+    def run(self, ids, state=None, on_step=None):
         """Logits [B, T, V] of each reference lane and of fla for `ids` [B, T] after `state`; returns
-        (ref logits list, fla logits, new state). With `steps`, appends (key, [ref values...], fla value)."""
+        (ref logits list, fla logits, new state). `on_step(key, [reference values...], fla value)` sees the residual
+        stream after every sub-step as soon as both sides have it (compared there, not kept)."""
         import torch
         from fla.models.cache_utils import Cache
 
@@ -385,11 +386,11 @@ class StreamingPair:
             x_att, x, v_first, cache = self._fla_block(block, x, v_first, state['fla'][i], Cache)
             new['fla'].append(cache)
             self.blocks[i] = block.to('meta')
-            if steps is not None:
+            if on_step is not None:
                 if i == 0:
-                    steps.append(('ln0', ln0_ref, self._ln0_fla))
-                steps.append((f'blocks.{i}.att', outs, x_att))
-                steps.append((f'blocks.{i}.ffn', list(xs), x))
+                    on_step('ln0', ln0_ref, self._ln0_fla)
+                on_step(f'blocks.{i}.att', outs, x_att)
+                on_step(f'blocks.{i}.ffn', xs, x)
             p.advance()
 
         p.stage('head')
@@ -400,8 +401,8 @@ class StreamingPair:
         with torch.no_grad():
             fla_final = self.norm(x)
         self.norm.to('meta')
-        if steps is not None:
-            steps.append(('ln_out', finals, fla_final))
+        if on_step is not None:
+            on_step('ln_out', finals, fla_final)
         ref_chunks = [[] for _ in self.refs]
         for w in self._head_chunks(self.src.raw('head.weight')):
             for k, r in enumerate(self.refs):
@@ -520,6 +521,7 @@ def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', to
     With `greedy` > 0 the report's notes also hold that many greedy tokens from both models after token 0."""
     piece = check_run(device, dtype, piece, tokens, batch)
     prepare(device)
+    from fla.rwkv7_convert.verdict import judge
     with SourceFile(source, head_size) as src, ConvertedDir(model_dir) as out:
         check_pair(src, out)
         ids = _tokens(model_dir, src.plan.dims.V, tokens, text, batch, seed)
@@ -528,9 +530,14 @@ def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', to
         try:
             pair = StreamingPair(src, out, device=device, dtype=dtype, precision=precision, piece=piece,
                                  progress=progress)
-            raw_steps: list = []
-            (want, ref_p), got, _ = pair.run(ids, steps=raw_steps)
-            report = _report(src, out, device, dtype, precision, ids, want, ref_p, got, raw_steps, per_layer)
+            steps: list[Step] = []
+
+            def on_step(key, refs, fla_value):
+                f, r = compare(fla_value, refs[0]), compare(refs[1], refs[0])
+                steps.append(Step(key, f, r, judge(f.rel_rms, r.rel_rms, precision)))
+
+            (want, ref_p), got, _ = pair.run(ids, on_step=on_step)
+            report = _report(src, out, device, dtype, precision, ids, want, ref_p, got, steps, per_layer)
             if greedy:
                 report.notes.append(_greedy_note(pair, out, greedy))
         finally:
@@ -538,17 +545,12 @@ def verify(source, model_dir, *, device: str = 'cpu', dtype: str = 'float32', to
     return report
 
 
-def _report(src, out, device, dtype, precision, ids, want, ref_p, got, raw_steps, per_layer) -> Report:
+def _report(src, out, device, dtype, precision, ids, want, ref_p, got, steps, per_layer) -> Report:
     from fla.rwkv7_convert.verdict import judge
     fla_c, ref_c = compare(got, want), compare(ref_p, want)
     report = Report(src.path, str(out.path), device, dtype, precision, ids.shape[0], ids.shape[1], fla_c, ref_c,
-                    judge(fla_c.rel_rms, ref_c.rel_rms, precision), per_layer=per_layer)
-    for key, refs, fla_value in raw_steps:
-        f, r = compare(fla_value, refs[0]), compare(refs[1], refs[0])
-        step = Step(key, f, r, judge(f.rel_rms, r.rel_rms, precision))
-        report.steps.append(step)
-        if report.first_divergence is None and not step.judgement.passed:
-            report.first_divergence = key
+                    judge(fla_c.rel_rms, ref_c.rel_rms, precision), steps=steps, per_layer=per_layer)
+    report.first_divergence = next((s.key for s in steps if not s.judgement.passed), None)
     if src.plan.dims.N != 64:
         from fla.rwkv7_convert.config import norm_eps_for
         report.notes.append(f'head size {src.plan.dims.N}: judged with the eps the converter wrote (LayerNorm '
