@@ -640,6 +640,13 @@ def build_verify_parser() -> argparse.ArgumentParser:
 
 
 def _verify_body(args) -> int:
+    try:
+        return _verify_and_print(args)
+    except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
+        raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
+
+
+def _verify_and_print(args) -> int:
     report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
                     tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
                     per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size,
