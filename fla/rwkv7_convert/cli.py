@@ -242,7 +242,7 @@ def _convert_body(args: argparse.Namespace) -> int:
     if args.verify:
         from fla.rwkv7_convert.verify import verify_cli_after_convert
         return verify_cli_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens,
-                                        head_size=args.head_size)
+                                        head_size=args.head_size, quiet=args.quiet)
     return 0
 
 
