@@ -830,7 +830,7 @@ def _scratch(parent: Path) -> list[Path]:
     return [p for p in parent.iterdir() if '.tmp-' in p.name]
 
 
-KILLS = [(sig, anchor) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL) for anchor in ('run', 'write')]
+KILLS = [(sig, anchor) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL) for anchor in ('run', 'write', 'late')]
 
 
 def test_interrupted_export_leaves_the_old_or_the_complete_new_file(tmp_path, big):
@@ -846,8 +846,11 @@ def test_interrupted_export_leaves_the_old_or_the_complete_new_file(tmp_path, bi
             while time.perf_counter() < end and proc.poll() is None and not _scratch(tmp_path):
                 time.sleep(0.002)
             time.sleep(rng.uniform(0, 0.5 * big['seconds']))
+        elif anchor == 'late':  # around the end: the fsync and the rename over the old file
+            time.sleep(rng.uniform(0.8, 1.3) * big['seconds'])
         else:  # any moment, startup included
             time.sleep(rng.uniform(0, 1.2 * big['seconds']))
+        writing = bool(_scratch(tmp_path))
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         now = sha(out)
@@ -862,7 +865,8 @@ def test_interrupted_export_leaves_the_old_or_the_complete_new_file(tmp_path, bi
         else:  # killed outright (SIGKILL, or a signal before the handler was installed)
             assert proc.returncode == -sig, (proc.returncode, stderr)
         tally('interruptions of a 90 MB export', f'{signal.Signals(sig).name}: {state}',
-              f'{signal.Signals(sig).name} exit {proc.returncode}')
+              [f'{signal.Signals(sig).name} exit {proc.returncode}',
+               'signalled while the scratch file existed' if writing else 'signalled before or after the scratch file'])
         # the next run (a small export onto the same output) removes whatever a killed one left
         r = run_script('--model', _small_dir(big['root']), '--output', out, '--force', '-q')
         assert r.returncode == 0, r.stderr
