@@ -233,6 +233,34 @@ def test_hostile_config_is_refused(tmp_path, hf, edit):
     tally('hostile config.json', outcome, next(iter(edit)))
 
 
+# odd values that do not change the weights: exporting exactly (with the eps warning where it applies) or refusing
+# are both right; only the property is checked
+ODD_CONFIGS = [
+    *[pytest.param({'norm_eps': v}, id=f'norm_eps={v!r}') for v in (float('nan'), float('inf'), -1, True, 0)],
+    pytest.param({'norm_eps': 10 ** 400}, id='norm_eps=10**400', marks=pytest.mark.xfail(
+        strict=True, raises=OverflowError, reason=(
+            'export.check_config accepts any int as norm_eps, then math.isclose(eps, ...) converts it to float: an '
+            'int beyond float range (JSON allows 10**400) raises OverflowError instead of ConfigError; fix: require '
+            'a finite float (math.isfinite after float() in a try) or catch OverflowError as ConfigError'))),
+    pytest.param({'num_heads': 2.0}, id='num_heads=2.0'),
+    pytest.param({'head_dim': 32.0}, id='head_dim=32.0'),
+    pytest.param({'value_dim': [C] * 5}, id='value_dim-5-entries'),
+    pytest.param({'value_dim': None}, id='value_dim-null'),
+    pytest.param({'attn': {}}, id='attn-empty-object'),
+    pytest.param({'attn': {'layers': []}}, id='attn-no-layers'),
+    pytest.param({'architectures': ['LlamaForCausalLM']}, id='architectures-llama'),
+    pytest.param({'head_size': 16}, id='head_size-16-unused-key'),
+    pytest.param({'tie_word_embeddings': None}, id='tie_word_embeddings-null'),
+]
+
+
+@pytest.mark.parametrize('edit', ODD_CONFIGS)
+def test_odd_config_exports_exactly_or_is_refused(tmp_path, hf, edit):
+    model = write_dir(tmp_path / 'm', {**hf['config'], **edit}, hf['tensors'])
+    outcome = check_property(model, tmp_path, hf['canonical'])
+    tally('odd config.json values (either is right)', outcome, next(iter(edit)))
+
+
 RAW_CONFIGS = {
     'missing': None,
     'empty file': b'',
@@ -455,6 +483,17 @@ def test_mutated_directories_export_exactly_or_are_refused(tmp_path, hf, seed):
     else:
         assert outcome == 'exported', (c, outcome)
     tally('mutated directories (seeded)', outcome, names)
+    # the same directory through the command line: exit 1 and one `error: ` line, or exit 0 and the same file
+    out = tmp_path / 'cli.pth'
+    out.write_bytes(OLD)
+    code, err = cli('--model', model, '--output', out, '--force', '-q',
+                    *(['--precision', c.precision] if c.precision else []))
+    if outcome == 'exported':
+        assert code == 0 and err == '' and read_pth(out) == hf['canonical'], (code, err)
+    else:
+        assert_one_line_error(code, err)
+        assert out.read_bytes() == OLD
+    assert leftovers(tmp_path, 'm', 'cli.pth') == []
 
 
 # ------------------------------------------------------------------------- 3. broken weight files and indexes
