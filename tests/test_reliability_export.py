@@ -979,3 +979,47 @@ def test_racing_exports_leave_one_complete_file(tmp_path, rivals, force):
         assert leftovers(tmp_path, 'out.pth') == []
         tally('racing exports into one file', f'{"--force" if force else "no --force"}: one complete file')
         out.unlink()
+
+
+# ------------------------------------------------------------------------------------ 6. outputs that must not be written
+
+def _digest_dir(folder: Path) -> dict[str, str]:
+    return {p.name: sha(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+INPUT_AS_OUTPUT = ['model.safetensors', 'config.json', 'model-00001-of-00002.safetensors']
+INPUT_BUG = ('export.convert_from_fla checks the output only with check_target_file (exists / --force), not against '
+             'the input: `--output HF_DIR/<one of its own files> --force` replaces that file of the source model with '
+             'the export (RWKV-LM names; .pth bytes under a .json name), destroying the model being exported, exit 0; '
+             'fix: refuse an output that resolves (os.path.samefile / realpath) to any file of the input directory '
+             "(config.json, the weight files, the index), as the forward converter refuses writing into its input")
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, id=n, marks=pytest.mark.xfail(strict=True, reason=INPUT_BUG))
+                                  for n in INPUT_AS_OUTPUT])
+def test_output_onto_a_file_of_the_input_directory_is_refused(tmp_path, hf, name):
+    how = 'shards' if name.startswith('model-') else 'single'
+    model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'], how, [len(hf['tensors']) // 2 + 1])
+    before = _digest_dir(model)
+    code, err = cli('--model', model, '--output', model / name, '--force', '-q')
+    tally('outputs that must not be written (command line)', 'refused (exit 1, one line)' if code == 1 else
+          f'exit {code}', f'--output HF_DIR/{name} --force')
+    assert _digest_dir(model) == before, 'the input model was overwritten'
+    assert_one_line_error(code, err)
+
+
+def test_outputs_that_are_not_files_are_refused(tmp_path, hf):
+    (tmp_path / 'a-file').write_bytes(b'x')
+    (tmp_path / 'a-dir.pth').mkdir()
+    (tmp_path / 'dangling.pth').symlink_to(tmp_path / 'nowhere')
+    keep = {p.name for p in tmp_path.iterdir()}
+    cases = {'a directory, with --force': ['--output', tmp_path / 'a-dir.pth', '--force'],
+             'the input directory, with --force': ['--output', hf['dir'], '--force'],
+             'a path under a file': ['--output', tmp_path / 'a-file' / 'out.pth'],
+             'a dangling symlink, with --force': ['--output', tmp_path / 'dangling.pth', '--force'],
+             'an existing file, without --force': ['--output', tmp_path / 'a-file']}
+    for what, args in cases.items():
+        code, err = cli('--model', hf['dir'], *args, '-q')
+        assert_one_line_error(code, err)
+        assert {p.name for p in tmp_path.iterdir()} == keep and (tmp_path / 'a-file').read_bytes() == b'x', what
+        tally('outputs that must not be written (command line)', 'refused (exit 1, one line)', what)
