@@ -1023,3 +1023,47 @@ def test_outputs_that_are_not_files_are_refused(tmp_path, hf):
         assert_one_line_error(code, err)
         assert {p.name for p in tmp_path.iterdir()} == keep and (tmp_path / 'a-file').read_bytes() == b'x', what
         tally('outputs that must not be written (command line)', 'refused (exit 1, one line)', what)
+
+
+# ------------------------------------------------------------------------------------ 7. hostile pytorch_model.bin
+
+class _Boom:
+    """Pickles as a call of os.system: a loader that runs pickled code would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _rewrite_pickle(path: Path, obj) -> None:
+    import pickle
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        records = {i.filename: z.read(i) for i in z.infolist()}
+    name = next(n for n in records if n.endswith('/data.pkl'))
+    records[name] = pickle.dumps(obj, protocol=2)
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
+        for n, data in records.items():
+            z.writestr(n, data)
+
+
+BIN_ATTACKS = {
+    'a pickle that calls os.system': lambda path, marker: _rewrite_pickle(path, {'model.norm.weight': _Boom(marker)}),
+    'a pickle of a list, not a dict': lambda path, marker: _rewrite_pickle(path, [1, 2, 3]),
+    'a dict of strings': lambda path, marker: _rewrite_pickle(path, {'model.norm.weight': 'x'}),
+    'truncated in half': lambda path, marker: path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2]),
+    'not a zip or a pickle': lambda path, marker: path.write_bytes(b'\x00' * 4096),
+}
+
+
+@pytest.mark.parametrize('attack', BIN_ATTACKS)
+def test_hostile_pytorch_model_bin_is_refused(tmp_path, hf, attack):
+    model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'], 'bin')
+    marker = tmp_path / 'pwned'
+    BIN_ATTACKS[attack](model / 'pytorch_model.bin', marker)
+    outcome = check_property(model, tmp_path, hf['canonical'])
+    assert outcome != 'exported' and not marker.exists(), outcome
+    assert outcome == 'UnsafeCheckpointError' if 'os.system' in attack else outcome == 'NotACheckpointError', outcome
+    tally('hostile pytorch_model.bin', outcome, attack)
