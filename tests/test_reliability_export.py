@@ -578,6 +578,12 @@ def _other_shard(index: dict) -> str:
     return next(s for s in sorted(set(index['weight_map'].values())) if s != index['weight_map'][_first_tensor(index)])
 
 
+def _store_twice(model: Path, index: dict, name: str) -> None:
+    """A second copy of `name` (other values) in the shard that the index does not name for it."""
+    other = model / next(s for s in sorted(set(index['weight_map'].values())) if s != index['weight_map'][name])
+    save_file({**load_file(other), name: torch.zeros(C, dtype=torch.bfloat16)}, other, metadata={'format': 'pt'})
+
+
 # JSON keeps the last of two equal keys (as transformers reads the index too): the earlier entry is then overridden,
 # and the directory may export exactly; every other attack must be refused
 EITHER = {'a tensor listed twice, the earlier entry naming the wrong shard'}
@@ -591,12 +597,7 @@ INDEX_ATTACKS = {
     'a tensor listed twice, the earlier entry naming the wrong shard': lambda m, ix: _index(m, (
         '{"weight_map": {"' + _first_tensor(ix) + '": "' + _other_shard(ix) + '", '
         + json.dumps(ix['weight_map'])[1:] + '}').encode()),
-    'a tensor stored in two shards': lambda m, ix: save_file(
-        {**load_file(m / 'model-00002-of-00002.safetensors'), 'model.norm.weight': torch.zeros(C, dtype=torch.bfloat16)}
-        if 'model.norm.weight' not in load_file(m / 'model-00002-of-00002.safetensors') else
-        {**load_file(m / 'model-00001-of-00002.safetensors'), 'model.norm.weight': torch.zeros(C, dtype=torch.bfloat16)},
-        m / ('model-00002-of-00002.safetensors' if 'model.norm.weight' not in load_file(
-            m / 'model-00002-of-00002.safetensors') else 'model-00001-of-00002.safetensors')),
+    'a tensor stored in two shards': lambda m, ix: _store_twice(m, ix, 'model.norm.weight'),
     'not JSON': lambda m, ix: _index(m, b'{"weight_map": {'),
     'no weight_map': lambda m, ix: _index(m, {'metadata': {}}),
     'weight_map a list': lambda m, ix: _index(m, {'weight_map': [1, 2]}),
