@@ -22,9 +22,9 @@ from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, parse_precision
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
-from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, write_model_card
+from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
-from fla.rwkv7_convert.proof.verify import TOLERANCES, greedy_tokens, load_pair, verify
+from fla.rwkv7_convert.proof.verify import CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -221,8 +221,8 @@ def build_to_fla_parser() -> argparse.ArgumentParser:
                    help='convert a state-tuned merge without its tuned initial states (att.time_state; fla has none)')
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
-    p.add_argument('--verify-tokens', type=int, default=48, action=Once, metavar='N',
-                   help='tokens for --verify (default 48)')
+    p.add_argument('--verify-tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
+                   help=f'tokens for --verify (default {DEFAULT_TOKENS}, as verify_rwkv7.py)')
     return p
 
 
@@ -268,21 +268,14 @@ def _convert_body(args: argparse.Namespace) -> int:
               f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
               f'{shards} shard(s), {_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     if args.verify:
-            return verify_cli_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens,
-                                        head_size=args.head_size)
+        return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,
+                                    quiet=args.quiet)
     return 0
-
-
-def _convert_and_card_body(args: argparse.Namespace) -> int:
-    if not args.verify or args.dry_run:
-        return _convert_body(args)
-    with card_records_verify(args.rwkv7, args.output):  # the card of the finished directory gets the verdict
-        return _convert_body(args)
 
 
 def main_to_fla(argv: list[str] | None = None) -> int:
     args = build_to_fla_parser().parse_args(argv)
-    return run_cli(_convert_and_card_body, args)
+    return run_cli(_convert_body, args)
 
 
 def _without_paths(text: str, paths: dict[str, str]) -> str:
@@ -293,80 +286,54 @@ def _without_paths(text: str, paths: dict[str, str]) -> str:
     return text
 
 
-@contextmanager
-def card_records_verify(source: str | os.PathLike, model_dir: str | os.PathLike) -> Iterator[None]:
-    """While the converter's --verify runs, keep the Report that `verify.verify` returns; then rewrite the card of
-    `model_dir` with its verdict (`passed`) and text (`render()`). Without a report (verify failed to run, or never
-    ran because the conversion failed) the card stays as it is."""
-    verify_module = sys.modules[__name__]  # the verify commands of this module look `verify` up here
-
-    original = verify_module.verify
-    reports = []
-
-    def recording(*args, **kwargs):
-        report = original(*args, **kwargs)
-        reports.append(report)
-        return report
-
-    verify_module.verify = recording
-    try:
-        yield
-    finally:
-        verify_module.verify = original
-    model_dir = Path(model_dir)
-    if reports and (model_dir / PROVENANCE_FILE).is_file():
-        report = reports[-1]
-        paths = {str(source): Path(source).name, os.path.abspath(source): Path(source).name,
-                 str(model_dir): '.', os.path.abspath(model_dir): '.'}
-        write_model_card(model_dir, (bool(report.passed), _without_paths(report.render(), paths)))
-
-
-def verify_cli_after_convert(source, model_dir, *, tokens: int = 48, head_size: int | None = None) -> int:
-    """The converter's --verify: parity table, then a few greedy tokens from the converted model."""
-    pair = load_pair(source, model_dir, head_size=head_size)
-    report = verify(source, model_dir, tokens=tokens, head_size=head_size, pair=pair)
+def verify_after_convert(source, model_dir, *, tokens: int = DEFAULT_TOKENS, head_size: int | None = None,
+                         quiet: bool = False) -> int:
+    """The converter's --verify: the same `verify` as verify_rwkv7.py (plus greedy tokens for small models); the
+    finished directory's model card then records the verdict."""
+    report = verify(source, model_dir, tokens=tokens, head_size=head_size, quiet=quiet, greedy=8)
     print(report.render())
-    ref_ids, fla_ids = greedy_tokens(*pair, [0], steps=8)
-    text = _decode(model_dir, fla_ids)
-    same = 'same as the reference' if ref_ids == fla_ids else f'reference: {ref_ids}'
-    print(f'greedy tokens from fla after token 0: {fla_ids} ({same}){text}')
+    paths = {str(source): Path(source).name, os.path.abspath(source): Path(source).name,
+             str(model_dir): '.', os.path.abspath(model_dir): '.'}
+    write_model_card(Path(model_dir), (bool(report.passed), _without_paths(report.render(), paths)))
     return 0 if report.passed else 1
-
-
-def _decode(model_dir, ids: list[int]) -> str:
-    if not os.path.exists(os.path.join(model_dir, 'tokenizer.json')):
-        return ''
-    from transformers import AutoTokenizer
-    return f' = {AutoTokenizer.from_pretrained(str(model_dir)).decode(ids)!r}'
 
 
 def build_verify_parser() -> argparse.ArgumentParser:
     p = Parser(prog='verify_rwkv7.py', description=(
-        'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint. '
-        'Exit status 0 only on PASS.'), parents=[_head_size_flag(), _loudness_flags()])
-    p.add_argument('--rwkv7', required=True, metavar='IN', help='the BlinkDL checkpoint that was converted')
-    p.add_argument('--model', required=True, metavar='OUTDIR', help='the converted Hugging Face directory')
-    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--dtype', default='float32', choices=sorted(TOLERANCES), help='dtype fla runs in (default float32)')
+        'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint, one '
+        'layer in memory at a time. PASS when fla\'s error against the float64 reference is within a calibrated '
+        'factor of the reference\'s own error in the same precision. Exit status 0 only on PASS.'),
+        parents=[_head_size_flag(), _loudness_flags()])
+    p.add_argument('--rwkv7', required=True, action=Once, metavar='IN', help='the BlinkDL checkpoint that was converted')
+    p.add_argument('--model', required=True, action=Once, metavar='OUTDIR', help='the converted Hugging Face directory')
+    p.add_argument('--device', default='cpu', action=Once, choices=['cpu', 'cuda'],
+                   help='where both sides run (default cpu)')
+    p.add_argument('--dtype', default='float32', action=Once, choices=DTYPES,
+                   help='dtype fla runs in (default float32; bfloat16/float16 need --device cuda)')
     what = p.add_mutually_exclusive_group()
-    what.add_argument('--tokens', type=int, default=64, metavar='N', help='N random tokens (default 64)')
-    what.add_argument('--text', metavar='FILE', help='tokens of this text file (needs a tokenizer in OUTDIR)')
-    p.add_argument('--max-tokens', type=int, default=256, help='with --text, use at most this many tokens')
-    p.add_argument('--batch', type=int, default=1, metavar='B', help='sequences per batch (default 1)')
-    p.add_argument('--per-layer', action='store_true', help='compare after every sub-step; name the first divergence')
-    p.add_argument('--piece', type=int, default=None,
-                   help='feed tokens in pieces of this size through the cache (default: 48 on the CPU, which '
-                        'fla needs; whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
-    p.add_argument('--seed', type=int, default=0)
+    what.add_argument('--tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
+                      help=f'N random tokens (default {DEFAULT_TOKENS})')
+    what.add_argument('--text', metavar='FILE', action=Once, help='tokens of this text file (needs a tokenizer in OUTDIR)')
+    p.add_argument('--max-tokens', type=int, default=256, action=Once, help='with --text, use at most this many tokens')
+    p.add_argument('--batch', type=int, default=1, action=Once, metavar='B', help='sequences per batch (default 1)')
+    p.add_argument('--per-layer', action='store_true', help='judge and show every sub-step (a failing run always '
+                   'names the first divergence)')
+    p.add_argument('--piece', type=int, default=None, action=Once,
+                   help=f'feed tokens in pieces of this size through the cache (default: {CPU_PIECE} on the CPU, '
+                        'which fla needs (< 64); the whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
+    p.add_argument('--seed', type=int, default=0, action=Once)
     return p
 
 
 def _verify_body(args) -> int:
-    report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
-                    tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
-                    per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size)
-    if not args.quiet:  # -q: the exit status alone gives the verdict
-        print(report.render())
+    try:
+        report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
+                        tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
+                        per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size,
+                        quiet=args.quiet)
+    except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
+        raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
+    print(report.render())
     return 0 if report.passed else 1
 
 

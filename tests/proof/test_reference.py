@@ -174,3 +174,22 @@ def test_groupnorm_exact_eps_is_closer_than_layernorm_exact(head_size):
     ln_diff = (layernorm_exact - want).abs().max().item()
     gn_diff = (groupnorm_exact - want).abs().max().item()
     assert gn_diff < ln_diff / 10, f'GroupNorm-exact {gn_diff:.3e} vs LayerNorm-exact {ln_diff:.3e}'
+
+
+def test_one_layer_at_a_time_equals_forward(small):
+    """`empty` + `embed`/`block`/`final`, fed one layer's tensors at a time (as verify streams them), is `forward`."""
+    sd, ref = small
+    toks = tokens(2, 11, 128, seed=8)
+    want, want_state = ref(toks)
+    lean = RWKV7Reference.empty(vocab=128, hidden=64, layers=3, head_size=32)
+    assert lean.emb is None and lean.blocks == []  # nothing of the model is held
+    state = lean.zero_state(2)
+    x = lean.embed(sd['emb.weight'][toks], (sd['blocks.0.ln0.weight'], sd['blocks.0.ln0.bias']))
+    v_first = None
+    for i in range(3):
+        p = {n: lean.shaped(n, sd[f'blocks.{i}.{n}']) for n in lean.block_names(i)}
+        _, x, v_first, layer_state = lean.block(i, p, x, v_first, state.layer(i))
+        torch.testing.assert_close(layer_state[1], want_state.wkv[i], rtol=0, atol=0)
+    got = lean.final(x, (sd['ln_out.weight'], sd['ln_out.bias'])) @ sd['head.weight'].double().t()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert 'att.v0' not in lean.block_names(0) and 'att.v0' in lean.block_names(1)

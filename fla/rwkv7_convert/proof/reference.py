@@ -41,6 +41,14 @@ class RWKV7State:
     wkv: list[torch.Tensor]
     ffn_x_prev: list[torch.Tensor]
 
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.att_x_prev[i], self.wkv[i], self.ffn_x_prev[i]
+
+    def append(self, layer_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        self.att_x_prev.append(layer_state[0])
+        self.wkv.append(layer_state[1])
+        self.ffn_x_prev.append(layer_state[2])
+
     def clone(self) -> RWKV7State:
         return RWKV7State([t.clone() for t in self.att_x_prev], [t.clone() for t in self.wkv],
                           [t.clone() for t in self.ffn_x_prev])
@@ -87,28 +95,15 @@ class RWKV7Reference:
             if name not in weights:
                 raise KeyError(f'missing tensor {name!r}')
             used.add(name)
-            t = weights[name].detach().to(dtype)
-            last = name.rsplit('.', 1)[-1]
-            if last in _VECTORS:
-                t = t.reshape(C)
-            elif last == 'r_k':
-                t = t.reshape(self.heads, self.head_size)
-            return t
+            return self.shaped(name, weights[name])
 
         self.emb = take('emb.weight')
         self.ln0 = (take('blocks.0.ln0.weight'), take('blocks.0.ln0.bias'))
         self.blocks: list[dict[str, torch.Tensor]] = []
         for i in range(self.layers):
-            b = f'blocks.{i}.'
-            block = {n: take(b + n) for n in ('ln1.weight', 'ln1.bias', 'ln2.weight', 'ln2.bias',
-                                               'ffn.x_k', 'ffn.key.weight', 'ffn.value.weight')}
-            for n in _ATT:
-                if i == 0 and n in _LAYER0_UNUSED:
-                    # created by RWKV-LM training, never read: v_first is layer 0's own v
-                    used.add(b + 'att.' + n)
-                    continue
-                block['att.' + n] = take(b + 'att.' + n)
-            self.blocks.append(block)
+            for n in _LAYER0_UNUSED if i == 0 else ():
+                used.add(f'blocks.0.att.{n}')  # created by RWKV-LM training, never read: v_first is layer 0's own v
+            self.blocks.append({n: take(f'blocks.{i}.{n}') for n in self.block_names(i)})
         self.ln_out = (take('ln_out.weight'), take('ln_out.bias'))
         self.head = take('head.weight')
 
@@ -116,6 +111,39 @@ class RWKV7Reference:
         unknown = sorted(set(weights) - used)
         if unknown:
             raise ValueError(f'not a plain RWKV-7 state dict; unexpected tensors: {unknown[:8]}')
+
+    @classmethod
+    def empty(cls, *, vocab: int, hidden: int, layers: int, head_size: int, dtype: torch.dtype = torch.float64,
+              ln_x_eps: float = 64e-5, norm_eps: float = 1e-5) -> RWKV7Reference:
+        """The reference's arithmetic without weights, for running one layer at a time (`embed`, `block`, `final`):
+        a caller that streams a checkpoint holds one layer's tensors, never the whole model."""
+        self = cls.__new__(cls)
+        self.dtype, self.state_dtype = dtype, torch.promote_types(dtype, torch.float32)
+        self.ln_x_eps, self.norm_eps = ln_x_eps, norm_eps
+        self.vocab, self.hidden, self.layers = vocab, hidden, layers
+        if hidden % head_size:
+            raise ValueError(f'hidden size {hidden} is not a multiple of head_size {head_size}')
+        self.head_size, self.heads = head_size, hidden // head_size
+        self.emb = self.ln0 = self.ln_out = self.head = None
+        self.blocks = []
+        return self
+
+    @staticmethod
+    def block_names(layer: int) -> list[str]:
+        """The tensors block `layer` reads, relative to `blocks.{layer}.` (layer 0 also its ln0, never its v0/v1/v2)."""
+        att = [n for n in _ATT if layer > 0 or n not in _LAYER0_UNUSED]
+        return ['ln1.weight', 'ln1.bias', 'ln2.weight', 'ln2.bias', 'ffn.x_k', 'ffn.key.weight',
+                'ffn.value.weight'] + ['att.' + n for n in att]
+
+    def shaped(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """`t` in this reference's dtype, vectors as [C] and r_k as [H, N] whatever their stored shape."""
+        t = t.detach().to(self.dtype)
+        last = name.rsplit('.', 1)[-1]
+        if last in _VECTORS:
+            t = t.reshape(self.hidden)
+        elif last == 'r_k':
+            t = t.reshape(self.heads, self.head_size)
+        return t
 
     def zero_state(self, batch: int) -> RWKV7State:
         C, H, N = self.hidden, self.heads, self.head_size
@@ -147,26 +175,40 @@ class RWKV7Reference:
             if trace is not None:
                 trace[key] = x.clone()
 
-        x = self._layer_norm(self.emb[tokens], self.ln0)
+        x = self.embed(self.emb[tokens], self.ln0)
         record('ln0', x)
         v_first = None
         for i, p in enumerate(self.blocks):
-            xx = self._layer_norm(x, (p['ln1.weight'], p['ln1.bias']))
-            out, v_first, x_prev, wkv = self._time_mix(i, p, xx, state.att_x_prev[i], state.wkv[i], v_first)
-            new.att_x_prev.append(x_prev)
-            new.wkv.append(wkv)
-            x = x + out
-            record(f'blocks.{i}.att', x)
-
-            xx = self._layer_norm(x, (p['ln2.weight'], p['ln2.bias']))
-            out, x_prev = self._channel_mix(p, xx, state.ffn_x_prev[i])
-            new.ffn_x_prev.append(x_prev)
-            x = x + out
+            x_att, x, v_first, layer_state = self.block(i, p, x, v_first, state.layer(i))
+            new.append(layer_state)
+            record(f'blocks.{i}.att', x_att)
             record(f'blocks.{i}.ffn', x)
 
         x = self._layer_norm(x, self.ln_out)
         record('ln_out', x)
         return F.linear(x, self.head), new
+
+    def embed(self, rows: torch.Tensor, ln0: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The residual stream entering block 0: LayerNorm ln0 of the embedding rows [B, T, C]."""
+        return self._layer_norm(rows.to(self.dtype), tuple(t.to(self.dtype) for t in ln0))
+
+    def block(self, i: int, p: dict[str, torch.Tensor], x: torch.Tensor, v_first: torch.Tensor | None,
+              layer_state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
+        """Block `i` on the residual stream x [B, T, C] with its weights `p` (`block_names`, already `shaped`).
+
+        `layer_state` is (att_x_prev, wkv, ffn_x_prev) before the first token; returns (x after the time mix,
+        x after the channel mix, v_first, the layer's state after the last token)."""
+        att_x_prev, wkv, ffn_x_prev = layer_state
+        xx = self._layer_norm(x, (p['ln1.weight'], p['ln1.bias']))
+        out, v_first, att_last, wkv = self._time_mix(i, p, xx, att_x_prev, wkv, v_first)
+        x_att = x + out
+        xx = self._layer_norm(x_att, (p['ln2.weight'], p['ln2.bias']))
+        out, ffn_last = self._channel_mix(p, xx, ffn_x_prev)
+        return x_att, x_att + out, v_first, (att_last, wkv, ffn_last)
+
+    def final(self, x: torch.Tensor, ln_out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """LayerNorm ln_out of the residual stream; the head is applied by the caller (in slices, when streaming)."""
+        return self._layer_norm(x, tuple(t.to(self.dtype) for t in ln_out))
 
     __call__ = forward
 
