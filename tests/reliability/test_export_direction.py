@@ -237,11 +237,7 @@ def test_hostile_config_is_refused(tmp_path, hf, edit):
 # are both right; only the property is checked
 ODD_CONFIGS = [
     *[pytest.param({'norm_eps': v}, id=f'norm_eps={v!r}') for v in (float('nan'), float('inf'), -1, True, 0)],
-    pytest.param({'norm_eps': 10 ** 400}, id='norm_eps=10**400', marks=pytest.mark.xfail(
-        strict=True, raises=OverflowError, reason=(
-            'export.check_config accepts any int as norm_eps, then math.isclose(eps, ...) converts it to float: an '
-            'int beyond float range (JSON allows 10**400) raises OverflowError instead of ConfigError; fix: require '
-            'a finite float (math.isfinite after float() in a try) or catch OverflowError as ConfigError'))),
+    pytest.param({'norm_eps': 10 ** 400}, id='norm_eps=10**400'),  # once an OverflowError traceback
     pytest.param({'num_heads': 2.0}, id='num_heads=2.0'),
     pytest.param({'head_dim': 32.0}, id='head_dim=32.0'),
     pytest.param({'value_dim': [C] * 5}, id='value_dim-5-entries'),
@@ -275,11 +271,7 @@ RAW_CONFIGS = {
 }
 
 
-RAW_CONFIG_PARAMS = [pytest.param(k, id=k, marks=[pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    'export.read_config (and readers.open_hf_directory) catch OSError, UnicodeDecodeError and JSONDecodeError from '
-    'json.loads(config.json), not RecursionError: a deeply nested config.json escapes as a RecursionError traceback '
-    'instead of ConfigError; fix: add RecursionError to both except clauses'))] if 'nested' in k else [])
-    for k in RAW_CONFIGS]
+RAW_CONFIG_PARAMS = [pytest.param(k, id=k) for k in RAW_CONFIGS]  # 'nested' was once a RecursionError traceback
 
 
 @pytest.mark.parametrize('what', RAW_CONFIG_PARAMS)
@@ -619,11 +611,8 @@ INDEX_BUGS = {
     'a shard name that is a list': lambda m, ix: _index(m, {'weight_map': {
         **ix['weight_map'], _first_tensor(ix): ['model-00001-of-00002.safetensors']}}),
 }
-INDEX_PARAMS = [pytest.param(k, id=k) for k in INDEX_ATTACKS] + [
-    pytest.param(k, id=k, marks=pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-        'readers.open_hf_directory: sorted(set(weight_map.values())) runs before the shard names are checked and '
-        'outside the try: a non-string shard name (a number among strings, a list) raises TypeError instead of '
-        'NotACheckpointError'))) for k in INDEX_BUGS]
+# INDEX_BUGS: non-string shard names, once a TypeError traceback
+INDEX_PARAMS = [pytest.param(k, id=k) for k in (*INDEX_ATTACKS, *INDEX_BUGS)]
 
 
 @pytest.mark.parametrize('attack', INDEX_PARAMS)
@@ -663,12 +652,7 @@ TWO_SOURCES = [
     # pytorch_model.bin (modeling_utils._get_resolved_checkpoint_files); the exporter must export that model or refuse
     pytest.param('single', 'bin', id='model.safetensors-over-pytorch_model.bin'),
     pytest.param('shards', 'bin', id='safetensors-index-over-pytorch_model.bin'),
-    pytest.param('single', 'shards', id='model.safetensors-over-a-stale-index', marks=pytest.mark.xfail(
-        strict=True, reason='readers.open_hf_directory tries WEIGHT_INDEXES before WEIGHT_FILES, so a directory with '
-        'model.safetensors and a (stale) model.safetensors.index.json + shards exports the shards, a different model '
-        'from the one transformers/fla load (model.safetensors first); fix: follow transformers\' order '
-        '(model.safetensors, model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json) or refuse '
-        'a directory holding more than one weight source')),
+    pytest.param('single', 'shards', id='model.safetensors-over-a-stale-index'),  # the shards used to win
 ]
 
 
@@ -795,12 +779,8 @@ def _as_nobody(argv: list[str]) -> tuple[str, int, str]:
     return library, os.waitstatus_to_exitcode(status), err
 
 
-@pytest.mark.parametrize('which', ['config.json', 'model.safetensors', pytest.param(
-    'the directory', marks=pytest.mark.xfail(strict=True, reason=(
-        'export.read_config: Path.is_dir()/is_file() raise PermissionError for a directory that cannot be searched '
-        '(EACCES is not among the errors pathlib swallows), so convert_from_fla raises a bare PermissionError, not a '
-        'ConversionError (the command line still prints one line, as run_cli catches OSError); fix: catch OSError '
-        'around the checks in read_config and raise NotACheckpointError(f"cannot read: {e.strerror}", shown)')))])
+# 'the directory' (not searchable) was once a bare PermissionError from the library
+@pytest.mark.parametrize('which', ['config.json', 'model.safetensors', 'the directory'])
 def test_unreadable_input_is_a_one_line_error(hf, which):
     folder = Path(tempfile.mkdtemp(prefix='unreadable-export-'))  # outside pytest's root-only tmp tree
     try:
@@ -989,15 +969,10 @@ def _digest_dir(folder: Path) -> dict[str, str]:
 
 
 INPUT_AS_OUTPUT = ['model.safetensors', 'config.json', 'model-00001-of-00002.safetensors']
-INPUT_BUG = ('export.convert_from_fla checks the output only with check_target_file (exists / --force), not against '
-             'the input: `--output HF_DIR/<one of its own files> --force` replaces that file of the source model with '
-             'the export (RWKV-LM names; .pth bytes under a .json name), destroying the model being exported, exit 0; '
-             'fix: refuse an output that resolves (os.path.samefile / realpath) to any file of the input directory '
-             "(config.json, the weight files, the index), as the forward converter refuses writing into its input")
+# `--output HF_DIR/<one of its own files> --force` once replaced that file of the model being exported, exit 0
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, id=n, marks=pytest.mark.xfail(strict=True, reason=INPUT_BUG))
-                                  for n in INPUT_AS_OUTPUT])
+@pytest.mark.parametrize('name', INPUT_AS_OUTPUT)
 def test_output_onto_a_file_of_the_input_directory_is_refused(tmp_path, hf, name):
     how = 'shards' if name.startswith('model-') else 'single'
     model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'], how, [len(hf['tensors']) // 2 + 1])

@@ -67,6 +67,15 @@ def _producer(entry: ExportEntry, allow_nonfinite: bool, shown: str) -> Callable
     return produce
 
 
+def _input_files(model_dir: Path) -> tuple[Path, ...]:
+    """The input directory's own files (config, weights, index): an --output onto one of them must not replace it.
+    A directory that cannot be listed is reported by read_config, in its own words."""
+    try:
+        return tuple(p for p in model_dir.iterdir() if p.is_file())
+    except OSError:
+        return ()
+
+
 def output_format(output: str | os.PathLike, fmt: str | None) -> str:
     if fmt is None:
         return 'safetensors' if str(output).endswith('.safetensors') else 'pth'
@@ -120,8 +129,9 @@ def convert_from_fla(
     shown = str(model_dir)
     precision = _precision(precision)
     fmt = output_format(output or '', fmt)
+    protect = _input_files(model_dir) if output is not None else ()
     if output is not None and not dry_run:
-        check_target_file(Path(output).absolute(), force)  # fail before reading anything
+        check_target_file(Path(output).absolute(), force, protect)  # fail before reading anything
     cfg = read_config(model_dir)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_hf_directory(model_dir))
@@ -138,7 +148,7 @@ def convert_from_fla(
         if on_start:
             on_start(plan, plan.total_bytes)
         report = (lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None
-        with atomic_file(output, force=force) as scratch:
+        with atomic_file(output, force=force, protect=protect) as scratch:
             if fmt == 'pth':
                 write_pth(scratch, out, on_tensor=report)
             else:

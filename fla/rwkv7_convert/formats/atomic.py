@@ -216,10 +216,18 @@ def clean_stale_files(target: Path) -> list[Path]:
     return removed
 
 
-def check_target_file(target: Path, force: bool) -> None:
-    """Refuse an existing output file unless --force, and a directory (or other non-file) always."""
+def check_target_file(target: Path, force: bool, protect: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Refuse an existing output file unless --force, and a directory (or other non-file) always. Even with --force,
+    a target that is one of `protect` (a file of the input) is refused: replacing it would destroy the input."""
     if os.path.lexists(target) and (target.is_dir() or not target.is_file()):
         raise OutputExistsError('exists and is not a regular file; remove it or choose another --output', str(target))
+    for path in protect:
+        try:
+            same = os.path.samefile(target, path)
+        except OSError:  # one of them does not exist
+            same = False
+        if same:
+            raise OutputExistsError(f'is the input\'s own {Path(path).name}; choose another --output', str(target))
     if target.exists() and not force:
         raise OutputExistsError('exists; pass --force to replace it', str(target))
 
@@ -233,24 +241,26 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextmanager
-def atomic_file(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_file(target: str | os.PathLike, force: bool = False,
+                protect: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
     """Yield a fresh scratch path beside `target` to write; on success it is synced and moved onto `target`.
 
     On any failure (an exception, Ctrl-C) the scratch file is removed and `target` is untouched: at every instant
     `target` is absent, the old complete file or the new complete file. Without `force` the last step is a hard
     link, which fails if `target` appeared meanwhile, so an existing file is never replaced; with `force` it is an
-    atomic rename over the old file. Scratch files left by killed runs are removed on the next run.
+    atomic rename over the old file. Scratch files left by killed runs are removed on the next run. `protect`: see
+    `check_target_file`.
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_files(target)
-    check_target_file(target, force)
+    check_target_file(target, force, protect)
     scratch = target.parent / f'.{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}'
     open(scratch, 'xb').close()  # claim the name
     try:
         yield scratch
         _fsync_file(scratch)
-        check_target_file(target, force)  # another process may have written it meanwhile
+        check_target_file(target, force, protect)  # another process may have written it meanwhile
         if force:
             os.replace(scratch, target)
         else:

@@ -15,9 +15,12 @@ from fla.rwkv7_convert.errors import (
 from fla.rwkv7_convert.formats.checkpoint import Checkpoint, TensorRef
 
 CONFIG_FILE = 'config.json'
-# weight files of a Hugging Face directory, in the order transformers prefers them
-WEIGHT_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
-WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+# A directory's weights, in the order transformers' from_pretrained looks for them: the first one present is what a
+# user loads, so it is what we read (a stale index beside a newer model.safetensors must not win).
+WEIGHT_SOURCES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json')
+WEIGHT_FILES = tuple(w for w in WEIGHT_SOURCES if not w.endswith('.index.json'))
+# JSON nested deeper than Python's recursion limit raises RecursionError, not JSONDecodeError
+_JSON_ERRORS = (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
 
 
 class _Handles:
@@ -47,43 +50,44 @@ def open_directory(path: Path, open_file: Callable[[Path], Checkpoint]) -> Check
     shown = str(path)
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except _JSON_ERRORS as e:
         raise NotACheckpointError(f'cannot read {CONFIG_FILE} ({e})', shown) from e
     if not isinstance(config, dict):
         raise NotACheckpointError(f'{CONFIG_FILE} is not a JSON object', shown)
     opened: list[Checkpoint] = []
     try:
-        for index_name in WEIGHT_INDEXES:
-            if not (path / index_name).is_file():
-                continue
-            try:
-                weight_map = json.loads((path / index_name).read_text())['weight_map']
-                if not isinstance(weight_map, dict):
-                    raise TypeError('weight_map is not an object')
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise NotACheckpointError(f'cannot read {index_name} ({e})', shown) from e
-            shards = sorted(set(weight_map.values()))
-            tensors: dict[str, TensorRef] = {}
-            problems = []
-            for shard in shards:
-                if not isinstance(shard, str) or Path(shard).name != shard:
-                    raise NotACheckpointError(f'{index_name} names a shard outside the directory: {shard!r}', shown)
-                opened.append(open_file(path / shard))
-                found = _flat(opened[-1], shown)
-                for name, ref in found.items():
-                    if name in tensors:
-                        problems.append(f'tensor {name} is stored in more than one shard')
-                    tensors[name] = ref
-                problems += [f'{index_name} puts {n} in {shard}, which does not hold it'
-                             for n, s in weight_map.items() if s == shard and n not in found]
-            if problems:
-                raise KeyMismatchError(problems, shown)
-            return Checkpoint(path, 'hf-directory', tensors, _Handles(opened), shards, config)
-        for name in WEIGHT_FILES:
-            if (path / name).is_file():
-                opened.append(open_file(path / name))
-                return Checkpoint(path, 'hf-directory', _flat(opened[-1], shown), _Handles(opened), [name], config)
-        raise NotACheckpointError(f'no weights: expected {" or ".join(WEIGHT_FILES + WEIGHT_INDEXES[:1])}', shown)
+        source = next((w for w in WEIGHT_SOURCES if (path / w).is_file()), None)
+        if source is None:
+            raise NotACheckpointError(f'no weights: expected {" or ".join(WEIGHT_SOURCES[:2])}', shown)
+        if source in WEIGHT_FILES:
+            opened.append(open_file(path / source))
+            return Checkpoint(path, 'hf-directory', _flat(opened[-1], shown), _Handles(opened), [source], config)
+        index_name = source
+        try:
+            weight_map = json.loads((path / index_name).read_text())['weight_map']
+            if not isinstance(weight_map, dict):
+                raise TypeError('weight_map is not an object')
+            bad = next((s for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s), None)
+        except (*_JSON_ERRORS, KeyError, TypeError) as e:
+            raise NotACheckpointError(f'cannot read {index_name} ({e})', shown) from e
+        if bad is not None:
+            raise NotACheckpointError(f'{index_name} names a shard that is not a file name in the directory: {bad!r}',
+                                      shown)
+        shards = sorted(set(weight_map.values()))
+        tensors: dict[str, TensorRef] = {}
+        problems = []
+        for shard in shards:
+            opened.append(open_file(path / shard))
+            found = _flat(opened[-1], shown)
+            for name, ref in found.items():
+                if name in tensors:
+                    problems.append(f'tensor {name} is stored in more than one shard')
+                tensors[name] = ref
+            problems += [f'{index_name} puts {n} in {shard}, which does not hold it'
+                         for n, s in weight_map.items() if s == shard and n not in found]
+        if problems:
+            raise KeyMismatchError(problems, shown)
+        return Checkpoint(path, 'hf-directory', tensors, _Handles(opened), shards, config)
     except BaseException:
         _Handles(opened).close()
         raise
@@ -92,17 +96,20 @@ def open_directory(path: Path, open_file: Callable[[Path], Checkpoint]) -> Check
 def read_config(model_dir: Path) -> dict:
     """config.json of a Hugging Face directory, as a dict; a one-line error when there is none or it is no JSON object."""
     shown = str(model_dir)
-    if not model_dir.exists():
-        raise NotACheckpointError('no such directory', shown)
-    if not model_dir.is_dir():
-        raise NotACheckpointError('is a file; expected a Hugging Face model directory (config.json + model.safetensors); '
-                                  'for a BlinkDL .pth use convert_to_rwkv7.py', shown)
     path = model_dir / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f'no {CONFIG_FILE}: not a Hugging Face model directory', shown)
+    try:  # is_dir/is_file raise on a directory that cannot be searched (EACCES)
+        if not model_dir.exists():
+            raise NotACheckpointError('no such directory', shown)
+        if not model_dir.is_dir():
+            raise NotACheckpointError('is a file; expected a Hugging Face model directory (config.json + '
+                                      'model.safetensors); for a BlinkDL .pth use convert_to_rwkv7.py', shown)
+        if not path.is_file():
+            raise ConfigError(f'no {CONFIG_FILE}: not a Hugging Face model directory', shown)
+    except OSError as e:
+        raise NotACheckpointError(f'cannot read the directory ({e.strerror or e})', shown) from e
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except _JSON_ERRORS as e:
         raise ConfigError(f'cannot read {CONFIG_FILE} ({e})', shown) from e
     if not isinstance(cfg, dict):
         raise ConfigError(f'{CONFIG_FILE} is not a JSON object', shown)

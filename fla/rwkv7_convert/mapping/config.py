@@ -134,8 +134,12 @@ def check_config(cfg: dict, shown: str) -> tuple[list[str], list[str]]:
     if cfg.get('tie_word_embeddings'):
         notes.append('tie_word_embeddings: head.weight written as a copy of emb.weight (RWKV-LM has a separate head)')
     eps = cfg.get('norm_eps', BLINKDL_NORM_EPS)
-    if not isinstance(eps, (int, float)):
-        raise ConfigError(f'config.json norm_eps is {eps!r}, expected a number', shown)
+    try:  # an int beyond float's range (10**400) is a number too, but not one an eps can be
+        eps = float(eps) if isinstance(eps, (int, float)) else None
+    except OverflowError:
+        eps = None
+    if eps is None:
+        raise ConfigError(f'config.json norm_eps is {cfg.get("norm_eps")!r}, expected a floating-point number', shown)
     off = []
     if not math.isclose(eps, BLINKDL_NORM_EPS, rel_tol=1e-6):
         off.append(f'LayerNorm eps {eps:g} (RWKV-LM: {BLINKDL_NORM_EPS:g})')
