@@ -159,7 +159,7 @@ def test_at_most_one_layer_of_weights_is_alive(converted, monkeypatch):
     """Tensors read from either file are dropped before the next layer's are read."""
     import weakref
 
-    from fla.rwkv7_convert import verify as v
+    from fla.rwkv7_convert.proof import verify as v
     alive, peak = weakref.WeakSet(), [0]
 
     def tracked(load):
