@@ -29,13 +29,27 @@ SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
 STATS: dict[str, dict] = {}
 
 
-def tally(section: str, outcome: str, by: str | list[str] | None = None) -> None:
-    """Count one input of `section` with its outcome ('converted' or the error class), also per mutation."""
-    s = STATS.setdefault(section, {'inputs': 0, 'outcomes': Counter(), 'by': {}})
+def tally(section: str, outcome: str, by: str | list[str] | None = None, stats: dict | None = None) -> None:
+    """Count one input of `section` with its outcome ('converted' or the error class), also per mutation, in `stats`
+    (default: the forward campaign's STATS)."""
+    s = (STATS if stats is None else stats).setdefault(section, {'inputs': 0, 'outcomes': Counter(), 'by': {}})
     s['inputs'] += 1
     s['outcomes'][outcome] += 1
     for name in [by] if isinstance(by, str) else by or []:
         s['by'].setdefault(name, Counter())[outcome] += 1
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str):
+    """A real tmpfs of `size` mounted at `where` (a full disk that is not simulated); skips where mounting fails."""
+    where.mkdir()
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs here (needs root): {r.stderr.strip()}')
+    try:
+        yield where
+    finally:
+        subprocess.run(['umount', str(where)], capture_output=True)
 
 
 LIBRARY, CLI = 'mutated checkpoints (library)', 'mutated checkpoints (command line)'

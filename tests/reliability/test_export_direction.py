@@ -25,11 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from reliability_common import tally as common_tally
+from reliability_common import tmpfs
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
@@ -45,11 +46,7 @@ OLD = b'the old exported model, which must survive every refusal' * 50
 
 
 def tally(section: str, outcome: str, by: str | list[str] | None = None) -> None:
-    s = STATS.setdefault(section, {'inputs': 0, 'outcomes': Counter(), 'by': {}})
-    s['inputs'] += 1
-    s['outcomes'][outcome] += 1
-    for name in [by] if isinstance(by, str) else by or []:
-        s['by'].setdefault(name, Counter())[outcome] += 1
+    common_tally(section, outcome, by, stats=STATS)  # this campaign's own summary, apart from the forward one
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -897,15 +894,8 @@ def test_interrupted_export_leaves_the_old_or_the_complete_new_file(tmp_path, bi
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    mnt = tmp_path / 'tmpfs'
-    mnt.mkdir()
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f'cannot mount a tmpfs here (needs root): {r.stderr.strip()}')
-    try:
+    with tmpfs(tmp_path / 'tmpfs', '2m') as mnt:
         yield mnt
-    finally:
-        subprocess.run(['umount', str(mnt)], capture_output=True)
 
 
 @pytest.mark.parametrize('existing', [False, True], ids=['fresh-output', 'replacing-a-file'])

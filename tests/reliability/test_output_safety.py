@@ -31,6 +31,7 @@ from reliability_common import (
     make_old_model,
     run_cli,
     tally,
+    tmpfs,
 )
 from rwkv7_factory import Goose, make_state_dict, save
 
@@ -270,15 +271,8 @@ def test_full_disk_injected_fails_cleanly(tmp_path, monkeypatch, capsys, where):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    mnt = tmp_path / 'tmpfs'
-    mnt.mkdir()
-    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f'cannot mount a tmpfs here (needs root): {r.stderr.strip()}')
-    try:
+    with tmpfs(tmp_path / 'tmpfs', '1m') as mnt:
         yield mnt
-    finally:
-        subprocess.run(['umount', str(mnt)], capture_output=True)
 
 
 @pytest.mark.parametrize('existing', [False, True], ids=['fresh-output', 'replacing-a-model'])
