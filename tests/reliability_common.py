@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,15 @@ def tally(section: str, outcome: str, by: str | list[str] | None = None, stats: 
     s['outcomes'][outcome] += 1
     for name in [by] if isinstance(by, str) else by or []:
         s['by'].setdefault(name, Counter())[outcome] += 1
+
+
+def start_script(script: Path, *args) -> subprocess.Popen:
+    """`script` in a child process, to be interrupted: without Triton's interpreter, with SIGINT at its default so
+    that it reaches the child as Ctrl-C would, even where the tests run with SIGINT ignored (background jobs)."""
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @contextlib.contextmanager

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_common import start_script, tmpfs
 from reliability_common import tally as common_tally
-from reliability_common import tmpfs
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
@@ -837,11 +837,7 @@ def _small_dir(root: Path) -> Path:
 
 
 def _start(*args) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    # SIGINT must reach the child as Ctrl-C would, even where this test runs with SIGINT ignored
-    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return start_script(SCRIPT, *args)
 
 
 def _scratch(parent: Path) -> list[Path]:

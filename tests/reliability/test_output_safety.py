@@ -30,6 +30,7 @@ from reliability_common import (
     leftovers,
     make_old_model,
     run_cli,
+    start_script,
     tally,
     tmpfs,
 )
@@ -57,11 +58,7 @@ def big(tmp_path_factory) -> dict:
 
 
 def _start(*args) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    # SIGINT must reach the child as Ctrl-C would, even where this test runs with SIGINT ignored (background jobs)
-    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return start_script(SCRIPT, *args)
 
 
 def _scratch(parent: Path) -> list[Path]:
