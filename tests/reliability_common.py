@@ -173,7 +173,7 @@ def leftovers(parent: Path, *expected: str) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name not in expected)
 
 
-def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, **kw)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -196,12 +195,11 @@ def test_shipped_vocab_is_rwkv_package_file():
 
 
 def test_write_world_tokenizer(tmp_path):
-    start = time.perf_counter()
     names = world.write_world_tokenizer(tmp_path / 'new' / 'dir')
-    elapsed = time.perf_counter() - start
     assert names == ['tokenizer.json', 'tokenizer_config.json', 'rwkv_vocab_v20230424.txt']
     assert sorted(p.name for p in (tmp_path / 'new' / 'dir').iterdir()) == sorted(names)
-    assert elapsed < 0.5, f'write_world_tokenizer took {elapsed:.3f} s'
+    # copied, never rebuilt per conversion (its speed is measured by benchmarks/benchmark_tokenizer.py, not here)
+    assert (tmp_path / 'new' / 'dir' / 'tokenizer.json').read_bytes() == world.PREBUILT_PATH.read_bytes()
     config = json.loads((tmp_path / 'new' / 'dir' / 'tokenizer_config.json').read_text())
     assert config == world.tokenizer_config()
 

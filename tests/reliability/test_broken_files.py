@@ -14,7 +14,6 @@ import re
 import shutil
 import struct
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -228,15 +227,15 @@ def _shared_list_bomb(levels: int) -> bytes:
 @pytest.mark.parametrize('make, message', [
     pytest.param(lambda: _self_containing_pickle(), 'contains itself', id='self-containing-dict'),
     pytest.param(lambda: _deep_pickle(5000), 'nests containers', id='nested-5000-deep'),
-    pytest.param(lambda: _shared_list_bomb(25), 'not tensors', id='2**25-paths-shared-lists'),
+    pytest.param(lambda: _shared_list_bomb(28), 'not tensors', id='2**28-paths-shared-lists'),
 ])
 def test_pickles_that_would_exhaust_the_reader_are_refused(tmp_path, make, message):
     path = save({'emb.weight': torch.zeros(2)}, tmp_path / 'm.pth')
     _rewrite_pickle(path, make())
-    start = time.perf_counter()
+    # no clock here (the suite runs on loaded machines): a walk over all 2**28 paths of the bomb takes hours in
+    # Python, so a reader that visits a shared list once per path never returns; one that refuses returns at once
     with pytest.raises(NotACheckpointError, match=message):
         convert_to_fla(path, tmp_path / 'out')
-    assert time.perf_counter() - start < 10
     tally('hostile pickles', 'NotACheckpointError')
 
 
@@ -267,8 +266,8 @@ def _special_inputs(tmp_path: Path) -> dict[str, Path]:
 
 def test_special_files_are_one_line_errors(tmp_path):
     for what, path in _special_inputs(tmp_path).items():
-        # a subprocess with a timeout: a FIFO opened for reading would block forever
-        r = run_cli('--rwkv7', path, '--output', tmp_path / 'out', timeout=60)
+        # a subprocess with a hang guard (generous: loaded CI machines): a FIFO opened for reading would block forever
+        r = run_cli('--rwkv7', path, '--output', tmp_path / 'out', timeout=600)
         line = assert_one_line_error(r)
         assert str(path) in line, (what, line)
         tally('special files (command line)', 'refused (exit 1, one line)', what)

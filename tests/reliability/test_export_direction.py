@@ -174,7 +174,7 @@ def assert_one_line_error(code: int, err: str) -> str:
     return lines[0]
 
 
-def run_script(*args, timeout=120) -> subprocess.CompletedProcess:
+def run_script(*args, timeout=600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)
@@ -866,7 +866,7 @@ def test_interrupted_export_leaves_the_old_or_the_complete_new_file(tmp_path, bi
             time.sleep(rng.uniform(0, 1.2 * big['seconds']))
         writing = bool(_scratch(tmp_path))
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=600)
         now = sha(out)
         state = 'old file' if now == big['old_sha'] else 'new file' if now == big['new_sha'] else 'DAMAGED'
         assert state != 'DAMAGED', (sig, proc.returncode, stderr)
@@ -930,7 +930,7 @@ def test_racing_exports_leave_one_complete_file(tmp_path, rivals, force):
             out.write_bytes(OLD)
         procs = [_start('--model', model, '--output', out, *(['--force'] if force else []), '-q')
                  for model, _ in rivals.values()]
-        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
         for p in procs:
             p.stdout.close()
             p.stderr.close()

@@ -91,7 +91,7 @@ def test_interrupted_conversion_leaves_the_old_or_the_complete_new_model(tmp_pat
         else:  # any moment of the whole run, startup included
             time.sleep(rng.uniform(0, 1.2 * big['seconds']))
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=600)
         now = digest(out)
         state = 'old model' if now == big['old_digest'] else 'new model' if now == big['new_digest'] else 'DAMAGED'
         assert state != 'DAMAGED', (sig, proc.returncode, stderr)
@@ -306,7 +306,7 @@ def test_racing_conversions_leave_one_complete_model(tmp_path, rivals, force):
         before = make_old_model(out) if force else {}
         procs = [_start('--rwkv7', src, '--output', out, *(['--force'] if force else []), '--tokenizer', 'none', '-q')
                  for src, _ in rivals.values()]
-        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
         final = digest(out)
         winners = [name for name, (_, d) in rivals.items() if d == final]
         assert len(winners) == 1, f'OUTDIR is neither complete model: {sorted(final)}'
