@@ -20,8 +20,10 @@ from pathlib import Path
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
+from fla.rwkv7_convert.formats.display import human_bytes, human_count, progress_bar
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, parse_precision
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
+from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.proof.verify import CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
@@ -59,18 +61,6 @@ def _quiet_broken_pipe() -> int:
     except (OSError, ValueError):
         pass
     return EXIT_BROKEN_PIPE
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
-        if n < 1000 or unit == 'TB':
-            return f'{n:.1f} {unit}' if unit != 'B' else f'{int(n)} B'
-        n /= 1000
-    return f'{n:.1f} TB'
-
-
-def _human_count(n: int) -> str:
-    return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,20 +127,14 @@ def _progress(quiet: bool):
     state = {}
 
     def on_start(plan, total):
-        if quiet or not sys.stderr.isatty():
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        state['bar'] = tqdm(total=total, unit='B', unit_scale=True, desc='converting', file=sys.stderr, leave=False)
+        state['bar'] = progress_bar(total, 'converting', 'B', quiet)
 
     def on_tensor(name, nbytes):
-        if 'bar' in state:
+        if state.get('bar') is not None:
             state['bar'].update(nbytes)
 
     def close():
-        if 'bar' in state:
+        if state.get('bar') is not None:
             state['bar'].close()
     return on_start, on_tensor, close
 
@@ -238,7 +222,7 @@ def progress_callbacks(args: argparse.Namespace):
     on_start, on_tensor, close = _progress(args.quiet)
     if args.verbose:
         def on_tensor(name, nbytes):
-            print(f'  wrote {name} ({_human_bytes(nbytes)})', file=sys.stderr)
+            print(f'  wrote {name} ({human_bytes(nbytes)})', file=sys.stderr)
     return on_start, on_tensor, close
 
 
@@ -259,14 +243,14 @@ def _convert_body(args: argparse.Namespace) -> int:
     plan = result.plan
     if args.dry_run:
         _print_plan(plan, result, precision)
-        print(f'dry run: would write {_human_bytes(result.bytes_written)} of weights to {args.output}; nothing written')
+        print(f'dry run: would write {human_bytes(result.bytes_written)} of weights to {args.output}; nothing written')
         return 0
     if not args.quiet:
         d = plan.dims
         shards = sum(1 for f in result.files if f.endswith('.safetensors'))
         print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
-              f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
-              f'{shards} shard(s), {_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+              f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
+              f'{shards} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     if args.verify:
         return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,
                                     quiet=args.quiet)
@@ -353,8 +337,9 @@ def build_from_fla_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', required=True, action=Once, metavar='HF_DIR',
                    help='Hugging Face directory of an RWKV7ForCausalLM')
     p.add_argument('--output', required=True, action=Once, metavar='OUT.pth', help='output file (written atomically)')
-    p.add_argument('--format', default=None, action=Once, choices=('pth', 'safetensors'), dest='fmt',
-                   help='pth (torch.save, default) or safetensors; default: by the suffix of OUT')
+    p.add_argument('--format', default=None, action=Once, choices=tuple(WRITERS), dest='fmt',
+                   help='; '.join(f'{w.name}: {w.what}' for w in WRITERS.values()) + '; default: by the suffix of OUT, '
+                        'else pth')
     p.add_argument('--no-layer0-v', dest='layer0_v', action='store_false',
                    help='omit the layer-0 att.v0/v1/v2 placeholders (zeros; RWKV-LM training creates them, no model '
                         'uses them)')
@@ -392,14 +377,14 @@ def _export_body(args: argparse.Namespace) -> int:
             print(f'warning: {warning}', file=sys.stderr)
     if args.dry_run:
         _print_export_plan(plan)
-        print(f'dry run: would write {_human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; '
+        print(f'dry run: would write {human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; '
               'nothing written')
         return 0
     if not args.quiet:
         d = plan.dims
         print(f'exported {args.model} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
-              f'vocab {d.V}, {_human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, {result.fmt}, '
-              f'{_human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+              f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, {result.fmt}, '
+              f'{human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     return 0
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from fla.rwkv7_convert.formats import pth_writer
+from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.pth_writer import write_pth
 from fla.rwkv7_convert.formats.readers import open_checkpoint
-from fla.rwkv7_convert.formats.safetensors_writer import OutTensor
 
 
 def _bits(t: torch.Tensor) -> bytes:

@@ -35,12 +35,10 @@ from fla.rwkv7_convert.errors import (
 from fla.rwkv7_convert.formats.atomic import atomic_file, check_target_file
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, cast, is_finite, parse_precision
 from fla.rwkv7_convert.formats.hf_directory import read_config
-from fla.rwkv7_convert.formats.pth_writer import write_pth
+from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_hf_directory
-from fla.rwkv7_convert.formats.safetensors_writer import OutTensor, write_safetensors
+from fla.rwkv7_convert.formats.writers import suffix_warning, writer_for
 from fla.rwkv7_convert.mapping.export_plan import ExportEntry, ExportPlan, make_export_plan
-
-FORMATS = ('pth', 'safetensors')
 
 
 @dataclass
@@ -74,14 +72,6 @@ def _input_files(model_dir: Path) -> tuple[Path, ...]:
         return tuple(p for p in model_dir.iterdir() if p.is_file())
     except OSError:
         return ()
-
-
-def output_format(output: str | os.PathLike, fmt: str | None) -> str:
-    if fmt is None:
-        return 'safetensors' if str(output).endswith('.safetensors') else 'pth'
-    if fmt not in FORMATS:
-        raise ConversionError(f'unknown format {fmt!r}; expected one of: {", ".join(FORMATS)}')
-    return fmt
 
 
 def _precision(precision: str | None) -> str | None:
@@ -120,15 +110,16 @@ def convert_from_fla(
     """Export the fla / Hugging Face RWKV-7 directory `model_dir` as a BlinkDL RWKV-LM checkpoint at `output`.
 
     `precision`: None keeps each tensor's stored dtype; otherwise 'BF16'/'F16'/'F32' (or bf16, fp16, float32, ...).
-    `fmt`: 'pth' (torch.save format, what RWKV-LM and the `rwkv` package load) or 'safetensors'; None picks by the
-    output's suffix (.safetensors, else pth). `layer0_v=False` omits the unused layer-0 att.v0/v1/v2 placeholders.
+    `fmt`: a name in formats.writers.WRITERS ('pth': torch.save format, what RWKV-LM and the `rwkv` package load;
+    'safetensors'); None picks the writer whose declared suffix the output has, else pth. `layer0_v=False` omits
+    the unused layer-0 att.v0/v1/v2 placeholders.
     An existing `output` is refused unless `force`; the file appears atomically, complete or not at all.
     """
     start = time.perf_counter()
     model_dir = Path(model_dir)
     shown = str(model_dir)
     precision = _precision(precision)
-    fmt = output_format(output or '', fmt)
+    writer = writer_for(output, fmt)
     protect = _input_files(model_dir) if output is not None else ()
     if output is not None and not dry_run:
         check_target_file(Path(output).absolute(), force, protect)  # fail before reading anything
@@ -137,11 +128,10 @@ def convert_from_fla(
         ckpt = stack.enter_context(open_hf_directory(model_dir))
         tensors, files = ckpt.tree, ckpt.files
         plan = make_export_plan(cfg, tensors, shown, precision=precision, layer0_v=layer0_v, weight_files=files)
-        if fmt == 'pth' and output is not None and not str(output).endswith('.pth'):
-            plan.warnings.append(f"{output} does not end in .pth: BlinkDL's rwkv package appends .pth to the name it "
-                                 'is given')
+        if output is not None and (warning := suffix_warning(output, writer)):
+            plan.warnings.append(warning)
         model_dtype = next(e.dtype for e in plan.entries if e.blinkdl == 'emb.weight')
-        result = ExportResult(None, plan, fmt, model_dtype, bytes_written=plan.total_bytes)
+        result = ExportResult(None, plan, writer.name, model_dtype, bytes_written=plan.total_bytes)
         if dry_run or output is None:
             return result
         out = [OutTensor(e.blinkdl, e.shape, e.dtype, _producer(e, allow_nonfinite, shown)) for e in plan.entries]
@@ -149,11 +139,8 @@ def convert_from_fla(
             on_start(plan, plan.total_bytes)
         report = (lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None
         with atomic_file(output, force=force, protect=protect) as scratch:
-            if fmt == 'pth':
-                write_pth(scratch, out, on_tensor=report)
-            else:
-                metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': model_dir.name}
-                write_safetensors(scratch, out, metadata, on_tensor=report)
+            metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': model_dir.name}
+            writer.write(scratch, out, metadata, report)
     result.output = Path(output)
     result.seconds = time.perf_counter() - start
     return result

@@ -35,7 +35,7 @@ import numpy as np
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.checkpoint import contiguous_strides
 from fla.rwkv7_convert.formats.dtypes import TORCH_STORAGE, itemsize
-from fla.rwkv7_convert.formats.safetensors_writer import OutTensor
+from fla.rwkv7_convert.formats.outputs import OutTensor, Writer
 
 ALIGNMENT = 64  # torch's default `storage_alignment`
 ARCHIVE = 'archive'  # the root folder torch uses inside the zip for file objects
@@ -216,3 +216,8 @@ def _write_pth(f, tensors: list[OutTensor], on_tensor: Callable[[OutTensor], Non
     digest = int.from_bytes(hashlib.sha256(pickle_bytes).digest(), 'big') % 10**40
     z.record('.data/serialization_id', f'{digest:040d}'.encode())
     z.finish()
+
+
+WRITER = Writer('pth', ('.pth',), "torch.save's zip format: what RWKV-LM and BlinkDL's rwkv package load",
+                lambda path, tensors, metadata, on_tensor: write_pth(path, tensors, on_tensor=on_tensor),
+                suffix_note="BlinkDL's rwkv package appends .pth to the name it is given")

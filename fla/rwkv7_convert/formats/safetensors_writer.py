@@ -13,34 +13,16 @@ import json
 import mmap
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
 from fla.rwkv7_convert.formats.atomic import write_json
 from fla.rwkv7_convert.formats.checkpoint import RawSpan
 from fla.rwkv7_convert.formats.dtypes import itemsize
+from fla.rwkv7_convert.formats.outputs import OutTensor, Writer
 
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
-
-
-@dataclass(frozen=True)
-class OutTensor:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    produce: Callable[[], np.ndarray]  # returns a C-contiguous carrier array of `shape`
-    # Fast path for tensors whose output bytes equal bytes of the input file: where they lie (None: use produce),
-    # and a check to run on a read-only mapping of them before they are copied inside the kernel.
-    raw: Callable[[], RawSpan | None] | None = None
-    check: Callable[[RawSpan, memoryview], None] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * itemsize(self.dtype)
 
 
 def parse_size(text: str | int) -> int:
@@ -161,6 +143,10 @@ def write_safetensors(path: Path, tensors: list[OutTensor], metadata: dict[str, 
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+WRITER = Writer('safetensors', ('.safetensors',), 'one safetensors file (metadata: format pt), for loaders that take one',
+                write_safetensors)
 
 
 def write_sharded(outdir: Path, tensors: list[OutTensor], max_shard_size: int, metadata: dict[str, str],

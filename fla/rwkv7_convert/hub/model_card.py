@@ -15,6 +15,8 @@ import os
 import threading
 from pathlib import Path
 
+from fla.rwkv7_convert.formats.display import human_count
+
 CARD_FILE = 'README.md'
 PROVENANCE_FILE = 'rwkv7_convert.json'
 
@@ -53,10 +55,6 @@ class FileDigest:
             raise self._error
         assert self._digest is not None
         return self._digest
-
-
-def _human_count(n: int) -> str:
-    return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M' if n >= 1e6 else f'{n / 1e3:.1f}K'
 
 
 def _tokenizer_section(meta: dict) -> list[str]:
@@ -125,7 +123,7 @@ def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None
         '',
         '| | |',
         '|---|---|',
-        f'| parameters | {_human_count(meta["parameters"])} |',
+        f'| parameters | {human_count(meta["parameters"])} |',
         f'| layers × hidden | {L} × {C} |',
         f'| heads × head size | {H} × {N} |',
         f'| FFN width | {config["intermediate_size"]} |',
