@@ -35,6 +35,26 @@ class Dims:
         return tuple(int(part) if part.isdigit() else values[part] for part in symbolic.split(','))
 
 
+# The one map between BlinkDL's size symbols and the keys of fla's config.json, in both directions: fla_config writes
+# them, the export plan checks a config.json against its tensors, verify checks a directory against its source file.
+CONFIG_SIZES: tuple[tuple[str, str], ...] = (
+    ('V', 'vocab_size'), ('C', 'hidden_size'), ('L', 'num_hidden_layers'), ('H', 'num_heads'), ('N', 'head_dim'),
+    ('F', 'intermediate_size'), ('Dw', 'decay_low_rank_dim'), ('Da', 'a_low_rank_dim'), ('Dv', 'v_low_rank_dim'),
+    ('Dg', 'gate_low_rank_dim'))
+
+
+def config_sizes(dims: Dims) -> dict[str, int]:
+    """The config.json keys that carry the sizes, with their values."""
+    return {key: getattr(dims, symbol) for symbol, key in CONFIG_SIZES}
+
+
+def size_mismatches(cfg: dict, sizes: dict[str, int]) -> list[tuple[str, object, str, int]]:
+    """(key, config value, symbol, size) for each size known in `sizes` (symbol -> value; 0 = unknown) that a
+    config.json key states otherwise; keys the config does not have are not a mismatch."""
+    return [(key, cfg[key], symbol, sizes[symbol]) for symbol, key in CONFIG_SIZES
+            if sizes.get(symbol) and cfg.get(key) is not None and cfg[key] != sizes[symbol]]
+
+
 def norm_eps_for(head_size: int) -> float:
     """fla's `norm_eps` for a BlinkDL model of head size N.
 
@@ -53,16 +73,8 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
         'architectures': ['RWKV7ForCausalLM'],
         'model_type': 'rwkv7',
         'attn_mode': 'chunk',
-        'hidden_size': dims.C,
+        **config_sizes(dims),
         'hidden_ratio': dims.F / dims.C,
-        'intermediate_size': dims.F,
-        'num_hidden_layers': dims.L,
-        'head_dim': dims.N,
-        'num_heads': dims.H,
-        'decay_low_rank_dim': dims.Dw,
-        'a_low_rank_dim': dims.Da,
-        'v_low_rank_dim': dims.Dv,
-        'gate_low_rank_dim': dims.Dg,
         'hidden_act': 'sqrelu',
         'max_position_embeddings': max_position_embeddings,
         'norm_first': True,
@@ -75,7 +87,6 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
         'layer_norm_epsilon': BLINKDL_NORM_EPS,
         'attn': None,
         'use_cache': True,
-        'vocab_size': dims.V,
         'value_dim': [dims.C] * dims.L,
         # RWKV vocabularies end text with token 0; there is no BOS token.
         'bos_token_id': None,

@@ -14,7 +14,7 @@ import numpy as np
 from fla.rwkv7_convert.errors import KeyMismatchError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
-from fla.rwkv7_convert.mapping.config import Dims, check_config
+from fla.rwkv7_convert.mapping.config import Dims, check_config, size_mismatches
 from fla.rwkv7_convert.mapping.plan import apply_layouts
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.table import FLA_SIDE, SIZES, Rule, bind_sizes, expected_blinkdl, lookup_fla
@@ -89,13 +89,9 @@ def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims
         Dv = 0
     else:  # one layer: no v_lora anywhere; the config's rank sizes the layer-0 placeholders
         Dv = cfg.get('v_low_rank_dim') or 32
-    checks = [('hidden_size', C), ('vocab_size', V), ('head_dim', N), ('num_heads', H), ('intermediate_size', F),
-              ('decay_low_rank_dim', Dw), ('a_low_rank_dim', Da), ('gate_low_rank_dim', Dg)]
-    if 'Dv' in sizes:
-        checks.append(('v_low_rank_dim', Dv))
-    for key, value in checks:
-        if value and cfg.get(key) is not None and cfg[key] != value:
-            problems.append(f'config.json {key} is {cfg[key]} but the tensors say {value}')
+    known = {'V': V, 'C': C, 'H': H, 'N': N, 'F': F, 'Dw': Dw, 'Da': Da, 'Dg': Dg, 'Dv': sizes.get('Dv', 0)}
+    problems += [f'config.json {key} is {value} but the tensors say {size}'
+                 for key, value, _, size in size_mismatches(cfg, known)]
     if H and N and C and H * N != C:
         problems.append(f'model.layers.0.attn.r_k is {H}x{N} = {H * N}, expected hidden size {C}')
     if problems:
