@@ -75,23 +75,28 @@ def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
+def _ours(handler) -> bool:
+    """Handlers the command may replace: the defaults, and the scripts' quiet start-up handler (utils/_bootstrap.py)."""
+    return handler in (signal.SIG_DFL, signal.default_int_handler) or getattr(handler, 'outside_the_command', False)
+
+
 @contextmanager
 def _termination_as_interrupt() -> Iterator[None]:
-    """While converting, SIGTERM/SIGHUP unwind like Ctrl-C instead of killing the process mid-write
-    (signals a caller chose to ignore, such as SIGHUP under nohup, stay ignored)."""
-    sigs = [s for s in (signal.SIGTERM, getattr(signal, 'SIGHUP', None)) if s is not None]
+    """While converting, SIGINT is Ctrl-C (KeyboardInterrupt) and SIGTERM/SIGHUP unwind like it instead of killing
+    the process mid-write (signals a caller chose to ignore, such as SIGHUP under nohup, stay ignored)."""
+    sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)) if s is not None]
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in sigs}
     for s, handler in previous.items():
-        if handler == signal.SIG_DFL:
-            signal.signal(s, _raise_terminated)
+        if _ours(handler):
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else _raise_terminated)
     try:
         yield
     finally:
         for s, handler in previous.items():
-            if handler == signal.SIG_DFL:
+            if _ours(handler):
                 signal.signal(s, handler)
 
 
