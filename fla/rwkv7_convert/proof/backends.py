@@ -1,9 +1,11 @@
 """Where fla's side of a verification runs: one Backend per `--device`, the one place a new one goes.
 
-A backend says what it is called in the report, what it refuses before anything is loaded (`check`), what it sets
-up before fla or triton are imported (`prepare`), how many tokens it feeds fla per call by default, and which
-precision the verdict is calibrated for (verdict.py). A new backend is a subclass registered in BACKENDS; the
-command line's `--device` choices are BACKENDS' keys, and verify.verify takes it by that name.
+A backend says what it is called in the report, what it refuses from the arguments alone before any file is read
+(`check`), what it sets up, or refuses, once the files are found to be a pair and before fla or triton are imported
+(`prepare`: the interpreter on the CPU, the device's presence), how many tokens it feeds fla per call by default,
+and which precision the verdict is calibrated for (verdict.py). A new backend is a subclass registered in
+BACKENDS; the command line's `--device` choices are BACKENDS' keys, and verify.verify takes it by that name (or
+the instance itself).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ class Backend:
     name = ''  # shown in the report
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        """Refuse what cannot work here before anything is loaded (one line); returns the piece size to feed fla."""
+        """Refuse what cannot work here from the arguments alone (one line, nothing imported or read); returns the
+        piece size to feed fla."""
         raise NotImplementedError
 
     def prepare(self) -> None:
-        """Set up what must come before fla or triton are imported."""
+        """Set up what must come before fla or triton are imported; refuse (one line) where the device cannot run."""
 
     def default_piece(self, tokens: int) -> int:
         return tokens
@@ -44,25 +47,24 @@ class CpuInterpreted(Backend):
     name = 'fla Triton kernels, interpreted'
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        import sys
-
-        from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS, cuda_available
+        from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
         if dtype != 'float32':
             raise ConversionError(f'--dtype {dtype} on the CPU: fla runs there through Triton\'s interpreter, which '
                                   'computes with numpy (no bfloat16) and returns NaN; use float32, or --device cuda')
         piece = self.default_piece(tokens) if piece is None else piece
         if not 1 <= piece <= RECURRENT_MAX_TOKENS:
             raise ConversionError(f'--piece {piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
-        interpreted = os.environ.get('TRITON_INTERPRET') == '1'
-        if not interpreted and ('triton' in sys.modules or cuda_available()):
+        return piece
+
+    def prepare(self) -> None:
+        import sys
+
+        from fla.rwkv7_convert.proof.runtime import cuda_available, use_interpreter
+        if os.environ.get('TRITON_INTERPRET') != '1' and ('triton' in sys.modules or cuda_available()):
             # the interpreter is chosen when triton is imported, and use_interpreter leaves a CUDA machine alone
             raise ConversionError("--device cpu: fla's kernels run on the CPU only through Triton's interpreter, and "
                                   'this process has triton imported or a CUDA device without it; set TRITON_INTERPRET=1 '
                                   'and FLA_CACHE_RESULTS=0 before starting Python, or use --device cuda')
-        return piece
-
-    def prepare(self) -> None:
-        from fla.rwkv7_convert.proof.runtime import use_interpreter
         use_interpreter()
 
     def default_piece(self, tokens: int) -> int:
@@ -77,10 +79,12 @@ class Cuda(Backend):
     name = 'fla Triton kernels, CUDA'
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
+        return piece or self.default_piece(tokens)
+
+    def prepare(self) -> None:
         from fla.rwkv7_convert.proof.runtime import cuda_available
         if not cuda_available():
             raise ConversionError('--device cuda: no CUDA device is available')
-        return piece or self.default_piece(tokens)
 
     def precision(self, dtype: str, piece: int) -> str:
         """fla's chunk kernel (>= 64 tokens a call) takes float32 dots in TF32 unless TRITON_F32_DEFAULT=ieee; its

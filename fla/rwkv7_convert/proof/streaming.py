@@ -12,10 +12,29 @@ import math
 import sys
 from collections.abc import Iterator
 
-from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.errors import ConfigError
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, to_torch
 
 HEAD_ROWS = 8192  # vocabulary rows of the head held at once
+# the sizes fla builds from config.json, defaults included, and the symbols the file has them under
+FLA_SIZES = (('hidden_size', 'C'), ('num_hidden_layers', 'L'), ('head_dim', 'N'), ('num_heads', 'H'), ('vocab_size', 'V'),
+             ('decay_low_rank_dim', 'Dw'), ('a_low_rank_dim', 'Da'), ('v_low_rank_dim', 'Dv'),
+             ('gate_low_rank_dim', 'Dg'))
+
+
+def _check_fla_config(config, raw: dict, dims, shown: str) -> None:
+    """What fla builds from config.json, with its defaults for missing keys, is the file's model: without
+    num_hidden_layers fla builds 24 layers (from_pretrained leaves the extra ones random), without vocab_size 32000."""
+    from dataclasses import asdict
+    want = asdict(dims)
+    for key, symbol in FLA_SIZES:
+        if symbol == 'Dv' and dims.L == 1:  # fla builds no value LoRA in layer 0 (it takes v_first there)
+            continue
+        got = getattr(config, key, None)
+        if got != want[symbol]:
+            how = '' if key in raw else ", fla's default: config.json does not have the key"
+            raise ConfigError(f'config.json: fla builds {key} = {got!r}{how}, but the file has {symbol} = '
+                              f'{want[symbol]}', shown)
 
 
 # ------------------------------------------------------------------------------------------------- progress
@@ -93,8 +112,9 @@ class StreamingPair:
                 self.norm = (LayerNorm if self.config.fuse_norm else torch.nn.LayerNorm)(
                     d.C, bias=self.config.norm_bias, eps=self.config.norm_eps)
         except Exception as e:  # a value fla cannot build from (its own checks raise anything)
-            raise ConversionError(f'config.json: fla cannot build RWKV7Block from it ({type(e).__name__}: {e})',
-                                  str(out.path)) from e
+            raise ConfigError(f'config.json: fla cannot build RWKV7Block from it ({type(e).__name__}: {e})',
+                              str(out.path)) from e
+        _check_fla_config(self.config, out.config, d, str(out.path))
 
     def zero_state(self, batch: int):
         return {'ref': [r.zero_state(batch) for r in self.refs], 'fla': [None] * self.dims.L}
@@ -191,8 +211,8 @@ class StreamingPair:
         try:
             block.load_state_dict(sd, assign=True, strict=True)
         except RuntimeError as e:  # shapes config.json gives fla that the tensors do not have
-            raise ConversionError(f'layer {i}: fla\'s RWKV7Block built from config.json does not take the tensors '
-                                  f'{prefix}* ({" ".join(str(e).split())})', str(self.out.path)) from e
+            raise ConfigError(f'layer {i}: fla\'s RWKV7Block built from config.json does not take the tensors '
+                              f'{prefix}* ({" ".join(str(e).split())})', str(self.out.path)) from e
         return block.eval()
 
     def _fla_block(self, block, x, v_first, cache, cache_cls):

@@ -43,7 +43,8 @@ def precision_for(device: str, dtype: str, piece: int) -> str:
 
 
 def check_run(device: str | Backend, dtype: str, piece: int | None, tokens: int, batch: int) -> int:
-    """Refuse what cannot work before anything is loaded (the backend's own checks last); returns the piece size."""
+    """Refuse from the arguments alone what cannot work, before any file is read (the backend's own checks last;
+    whether its device is there, Backend.prepare tells once the files are checked); returns the piece size."""
     if dtype not in DTYPES:
         raise ConversionError(f'--dtype: {dtype!r} is not one of {", ".join(DTYPES)}')
     backend = device if isinstance(device, Backend) else backend_for(device)
@@ -68,10 +69,10 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
     ConversionError before any compute."""
     backend = device if isinstance(device, Backend) else backend_for(device)
     piece = check_run(backend, dtype, piece, tokens, batch)
-    backend.prepare()
     from fla.rwkv7_convert.proof.verdict import judge
     with SourceFile(source, head_size) as src, ConvertedDir(model_dir) as out:
         check_pair(src, out)
+        backend.prepare()  # a refused pair costs no torch or triton import
         ids = _tokens(model_dir, src.plan.dims.V, tokens, text, batch, seed)
         precision = backend.precision(dtype, min(piece, ids.shape[1]))
         progress = Progress(src.plan.dims.L + 2, quiet)
