@@ -26,7 +26,7 @@ from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
-from fla.rwkv7_convert.proof.verify import CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
+from fla.rwkv7_convert.proof.verify import BACKENDS, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -295,8 +295,9 @@ def build_verify_parser() -> argparse.ArgumentParser:
         parents=[_head_size_flag(), _loudness_flags()])
     p.add_argument('--rwkv7', required=True, action=Once, metavar='IN', help='the BlinkDL checkpoint that was converted')
     p.add_argument('--model', required=True, action=Once, metavar='OUTDIR', help='the converted Hugging Face directory')
-    p.add_argument('--device', default='cpu', action=Once, choices=['cpu', 'cuda'],
-                   help='where both sides run (default cpu)')
+    p.add_argument('--device', default='cpu', action=Once, choices=list(BACKENDS),
+                   help='where both sides run: ' + '; '.join(f'{k}: {b.name}' for k, b in BACKENDS.items())
+                        + ' (default cpu)')
     p.add_argument('--dtype', default='float32', action=Once, choices=DTYPES,
                    help='dtype fla runs in (default float32; bfloat16/float16 need --device cuda)')
     what = p.add_mutually_exclusive_group()

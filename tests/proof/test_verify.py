@@ -204,7 +204,7 @@ def test_a_tensor_of_the_wrong_shape_is_named(converted, tmp_path):
 
 
 @pytest.mark.parametrize(('args', 'says'), [
-    pytest.param(['--model', '/nonexistent/out'], '--model /nonexistent/out: no such directory', id='missing-model'),
+    pytest.param(['--model', '/nonexistent/out'], 'error: /nonexistent/out: no such directory', id='missing-model'),
     pytest.param(['--dtype', 'bfloat16'], 'no bfloat16', id='bf16-on-cpu'),
     pytest.param(['--dtype', 'float16'], 'returns NaN', id='fp16-on-cpu'),
     pytest.param(['--piece', '64'], 'pieces of 1..63 tokens', id='piece-too-long-for-cpu'),

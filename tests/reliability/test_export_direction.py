@@ -86,14 +86,17 @@ def leftovers(parent: Path, *expected: str) -> list[str]:
 
 @pytest.fixture(scope='module')
 def hf(tmp_path_factory) -> dict:
-    """The base fla directory (bf16, made by the forward converter), its tensors and config, and the canonical
-    export (what the unmodified directory exports to)."""
-    root = tmp_path_factory.mktemp('hf')
+    return make_hf(tmp_path_factory.mktemp('hf'))
+
+
+def make_hf(root: Path) -> dict:
+    """The base fla directory (bf16, made by the forward converter from `source`), its tensors and config, and the
+    canonical export (what the unmodified directory exports to)."""
     sd = make_state_dict(BASE, torch.bfloat16, seed=15)
     convert_to_fla(save(sd, root / 'src.pth'), root / 'model', tokenizer='none')
     model = root / 'model'
     convert_from_fla(model, root / 'canonical.pth')
-    return {'dir': model, 'config': json.loads((model / 'config.json').read_text()),
+    return {'dir': model, 'source': root / 'src.pth', 'config': json.loads((model / 'config.json').read_text()),
             'tensors': load_file(model / 'model.safetensors'), 'canonical': read_pth(root / 'canonical.pth'),
             'canonical_bytes': (root / 'canonical.pth').read_bytes()}
 
@@ -454,8 +457,8 @@ MUTATIONS = [stored_fp32, sharded, pytorch_bin, benign_config_keys, drop_cross_c
 CAMPAIGN_CASES = 160
 
 
-@pytest.mark.parametrize('seed', range(CAMPAIGN_CASES))
-def test_mutated_directories_export_exactly_or_are_refused(tmp_path, hf, seed):
+def mutated_case(hf: dict, seed: int) -> tuple[Case, list[str]]:
+    """Case `seed` of the seeded campaign (also given to verify by test_verify_hostile.py) and its mutations."""
     d = Draw(seed)
     c = Case(hf)
     names = [m.__name__ for m in d.subset(MUTATIONS, 1, 3)]
@@ -465,6 +468,12 @@ def test_mutated_directories_export_exactly_or_are_refused(tmp_path, hf, seed):
     for name in names:
         if not globals()[name](c, d):
             c.harmful.append(name)
+    return c, names
+
+
+@pytest.mark.parametrize('seed', range(CAMPAIGN_CASES))
+def test_mutated_directories_export_exactly_or_are_refused(tmp_path, hf, seed):
+    c, names = mutated_case(hf, seed)
     model = write_dir(tmp_path / 'm', c.config, c.sd, c.how, c.shard_sizes)
     outcome = check_property(model, tmp_path, hf['canonical'], precision=c.precision)
     if c.harmful:
@@ -608,15 +617,34 @@ INDEX_BUGS = {
     'a shard name that is a list': lambda m, ix: _index(m, {'weight_map': {
         **ix['weight_map'], _first_tensor(ix): ['model-00001-of-00002.safetensors']}}),
 }
+
+
+def _parent_as_model(m: Path) -> None:
+    """Copies of the directory's files in its parent, so that a shard name leading there finds a model to read."""
+    for p in m.iterdir():
+        shutil.copyfile(p, m.parent / p.name)
+    shutil.copyfile(m / 'model-00001-of-00002.safetensors', m.parent / 'model.safetensors')
+
+
+# shard names that are the directory itself or its parent (Path(name).name is the name): '' read the directory
+# again and again (RecursionError traceback); '..' read the parent's model (found by test_verify_hostile.py)
+INDEX_NAMES = {
+    'a shard name that is empty': lambda m, ix: _index(m, {'weight_map': {**ix['weight_map'], _first_tensor(ix): ''}}),
+    'a shard name that is ..': lambda m, ix: _parent_as_model(m) or _index(m, {'weight_map': {
+        **ix['weight_map'], _first_tensor(ix): '..'}}),
+    'an absolute shard path outside the directory': lambda m, ix: _parent_as_model(m) or _index(m, {'weight_map': {
+        **ix['weight_map'], _first_tensor(ix): str(m.parent / 'model-00001-of-00002.safetensors')}}),
+}
+ALL_INDEX_ATTACKS = {**INDEX_ATTACKS, **INDEX_BUGS, **INDEX_NAMES}
 # INDEX_BUGS: non-string shard names, once a TypeError traceback
-INDEX_PARAMS = [pytest.param(k, id=k) for k in (*INDEX_ATTACKS, *INDEX_BUGS)]
+INDEX_PARAMS = [pytest.param(k, id=k) for k in ALL_INDEX_ATTACKS]
 
 
 @pytest.mark.parametrize('attack', INDEX_PARAMS)
 def test_broken_shard_index_is_refused(tmp_path, hf, attack):
     model, index = _sharded(tmp_path, hf)
     assert len(set(index['weight_map'].values())) == 2
-    {**INDEX_ATTACKS, **INDEX_BUGS}[attack](model, index)
+    ALL_INDEX_ATTACKS[attack](model, index)
     outcome = check_property(model, tmp_path, hf['canonical'])
     assert outcome in ('NotACheckpointError', 'KeyMismatchError') or attack in EITHER, outcome
     tally('broken shard indexes', outcome, attack)

@@ -61,12 +61,14 @@ class RawSpan:
 class Checkpoint:
     """An open checkpoint: `tree` is what the file holds, with `TensorRef` leaves (usually a flat dict).
 
-    For a Hugging Face directory, `kind` is 'hf-directory', `files` its weight files and `config` its config.json."""
+    For a Hugging Face directory, `kind` is 'hf-directory', `files` its weight files, `config` its config.json and
+    `origins` the weight file each tensor was found in."""
 
     def __init__(self, path: Path, kind: str, tree: object, handle, files: list[str] | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, origins: dict[str, str] | None = None):
         self.path, self.kind, self.tree, self._handle = path, kind, tree, handle
         self.files, self.config = files or [path.name], config or {}
+        self.origins = origins or {}
 
     def close(self) -> None:
         if self._handle is not None:

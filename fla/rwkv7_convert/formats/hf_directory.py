@@ -34,6 +34,12 @@ class _Handles:
             c.close()
 
 
+def _bad_shard_name(name: object) -> bool:
+    """Not the plain name of a file in the directory: not a string, a path ('../x', '/abs', 'sub/x'), or a name that
+    is the directory itself or its parent ('' and '..', whose Path(name).name is the name itself), or holds a NUL."""
+    return not isinstance(name, str) or name in ('', '.', '..') or '\0' in name or Path(name).name != name
+
+
 def _flat(ckpt: Checkpoint, shown: str) -> dict[str, TensorRef]:
     tree = ckpt.tree
     if isinstance(tree, dict) and set(tree) == {'state_dict'}:
@@ -61,13 +67,15 @@ def open_directory(path: Path, open_file: Callable[[Path], Checkpoint]) -> Check
             raise NotACheckpointError(f'no weights: expected {" or ".join(WEIGHT_SOURCES[:2])}', shown)
         if source in WEIGHT_FILES:
             opened.append(open_file(path / source))
-            return Checkpoint(path, 'hf-directory', _flat(opened[-1], shown), _Handles(opened), [source], config)
+            tree = _flat(opened[-1], shown)
+            return Checkpoint(path, 'hf-directory', tree, _Handles(opened), [source], config,
+                              origins=dict.fromkeys(tree, source))
         index_name = source
         try:
             weight_map = json.loads((path / index_name).read_text())['weight_map']
             if not isinstance(weight_map, dict):
                 raise TypeError('weight_map is not an object')
-            bad = next((s for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s), None)
+            bad = next((s for s in weight_map.values() if _bad_shard_name(s)), None)
         except (*_JSON_ERRORS, KeyError, TypeError) as e:
             raise NotACheckpointError(f'cannot read {index_name} ({e})', shown) from e
         if bad is not None:
@@ -75,19 +83,20 @@ def open_directory(path: Path, open_file: Callable[[Path], Checkpoint]) -> Check
                                       shown)
         shards = sorted(set(weight_map.values()))
         tensors: dict[str, TensorRef] = {}
+        origins: dict[str, str] = {}
         problems = []
         for shard in shards:
             opened.append(open_file(path / shard))
             found = _flat(opened[-1], shown)
             for name, ref in found.items():
                 if name in tensors:
-                    problems.append(f'tensor {name} is stored in more than one shard')
-                tensors[name] = ref
+                    problems.append(f'tensor {name} is stored in more than one shard ({origins[name]} and {shard})')
+                tensors[name], origins[name] = ref, shard
             problems += [f'{index_name} puts {n} in {shard}, which does not hold it'
                          for n, s in weight_map.items() if s == shard and n not in found]
         if problems:
             raise KeyMismatchError(problems, shown)
-        return Checkpoint(path, 'hf-directory', tensors, _Handles(opened), shards, config)
+        return Checkpoint(path, 'hf-directory', tensors, _Handles(opened), shards, config, origins=origins)
     except BaseException:
         _Handles(opened).close()
         raise

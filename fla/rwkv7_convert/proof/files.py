@@ -1,0 +1,136 @@
+"""The two files a verification reads: the BlinkDL checkpoint (SourceFile) and the converted directory (ConvertedDir),
+one tensor at a time, and the check that they are a pair before any compute (check_pair).
+
+The directory is read through the export's own hardened reader (formats.hf_directory.read_config and
+formats.readers.open_hf_directory, as convert/to_blinkdl.py opens it) and its config.json checked as the export
+checks it (mapping.config.check_config): the weight source transformers loads (model.safetensors before an index),
+shard names that are plain file names in the directory, an index that is a JSON object with a weight_map, no tensor
+in two shards or in another shard than the index says. Every refusal is one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fla.rwkv7_convert.errors import ConversionError
+
+
+def load_blinkdl_weights(source: str | os.PathLike, head_size: int | None = None) -> dict:
+    """The whole source checkpoint as canonical RWKV-LM names -> float torch tensors (for small models and tests;
+    `verify` streams instead)."""
+    with SourceFile(source, head_size) as src:
+        return {name: src.load(name) for name in src.entries}
+
+
+def to_torch(data, dtype: str):
+    """A carrier array from a reader as a float torch tensor: float64 kept, everything else float32."""
+    import torch
+
+    from fla.rwkv7_convert.formats.dtypes import to_float32
+    return torch.from_numpy(data if dtype == 'F64' else to_float32(data, dtype))
+
+
+class SourceFile:
+    """The BlinkDL checkpoint, one tensor at a time, through the converter's reader and plan (canonical names and
+    RWKV-LM shapes; float32, or float64 when stored so)."""
+
+    def __init__(self, path: str | os.PathLike, head_size: int | None = None):
+        from fla.rwkv7_convert.formats.readers import open_checkpoint
+        from fla.rwkv7_convert.mapping.plan import make_plan
+        self.path = str(path)
+        self.ckpt = open_checkpoint(path)
+        try:
+            self.plan = make_plan(self.ckpt.tree, self.path, head_size=head_size)
+        except BaseException:
+            self.ckpt.close()
+            raise
+        self.entries = {e.blinkdl: e for e in self.plan.entries}
+
+    def __enter__(self) -> SourceFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ckpt.close()
+
+    def load(self, name: str):
+        e = self.entries[name]
+        return to_torch(e.source.load(), e.source.dtype).reshape(e.canonical_shape)
+
+    def raw(self, name: str):
+        e = self.entries[name]
+        return e.source.load().reshape(e.canonical_shape), e.source.dtype
+
+
+class ConvertedDir:
+    """The converted directory: config.json and its weight files, opened as the export opens them (see the module
+    docstring), then one tensor at a time (plain reads, no memory mapping whose touched pages would stay resident)."""
+
+    def __init__(self, model_dir: str | os.PathLike):
+        from fla.rwkv7_convert.formats.hf_directory import read_config
+        from fla.rwkv7_convert.formats.readers import open_hf_directory
+        from fla.rwkv7_convert.mapping.config import check_config
+        self.path = Path(model_dir)
+        shown = str(model_dir)
+        self.config = read_config(self.path)
+        check_config(self.config, shown)  # what fla would build but no BlinkDL file converts to, refused before reading
+        self.ckpt = open_hf_directory(self.path)
+        self.refs = self.ckpt.tree
+        self.files = self.ckpt.files
+        self.where = {name: str(self.path / f) for name, f in self.ckpt.origins.items()}
+        # transformers ties lm_head to the embeddings when the config says so, whatever lm_head.weight holds
+        self.tied = bool(self.config.get('tie_word_embeddings'))
+        self.head = 'model.embeddings.weight' if self.tied else 'lm_head.weight'
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+    def __enter__(self) -> ConvertedDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def load(self, name: str, dtype, device):
+        ref = self.refs[name]
+        return to_torch(ref.load(), ref.dtype).reshape(ref.shape).to(device=device, dtype=dtype)
+
+    def raw(self, name: str):
+        ref = self.refs[name]
+        return ref.load().reshape(ref.shape), ref.dtype
+
+
+_CONFIG_DIMS = (('hidden_size', 'C'), ('num_hidden_layers', 'L'), ('head_dim', 'N'), ('num_heads', 'H'),
+                ('vocab_size', 'V'), ('intermediate_size', 'F'), ('decay_low_rank_dim', 'Dw'), ('a_low_rank_dim', 'Da'),
+                ('v_low_rank_dim', 'Dv'), ('gate_low_rank_dim', 'Dg'))
+
+
+def check_pair(src: SourceFile, out: ConvertedDir) -> None:
+    """Before any compute: the directory's config and tensor shapes are the ones the source file converts to.
+    One line naming both files and the first disagreement."""
+    from dataclasses import asdict
+
+    from fla.rwkv7_convert.formats.checkpoint import is_int
+    from fla.rwkv7_convert.formats.dtypes import FLOATING
+    dims = asdict(src.plan.dims)
+    problems = []
+    for key, symbol in _CONFIG_DIMS:  # fla builds its modules from these: 32.0 or "32" is not 32 there
+        if key in out.config and (not is_int(out.config[key]) or out.config[key] != dims[symbol]):
+            problems.append(f'config.json {key} = {out.config[key]!r}, but the file has {symbol} = {dims[symbol]}')
+    expected = {e.fla: e for e in src.plan.kept}
+    if out.tied:  # fla takes the head from the embeddings; a stored lm_head.weight is not read
+        expected.pop('lm_head.weight', None)
+    for name, e in expected.items():
+        if name not in out.refs:
+            problems.append(f'{name} (from {e.blinkdl}) is missing')
+        elif tuple(out.refs[name].shape) != tuple(e.fla_shape):
+            problems.append(f'{name} is {list(out.refs[name].shape)} in {Path(out.where[name]).name}, but '
+                            f'{e.blinkdl} {list(e.source.shape)} converts to {list(e.fla_shape)}')
+        elif out.refs[name].dtype not in FLOATING:
+            problems.append(f'{name} is {out.refs[name].dtype} in {Path(out.where[name]).name}, not a floating-point '
+                            f'dtype ({", ".join(FLOATING)})')
+    ignored = {'lm_head.weight'} if out.tied else set()
+    problems += [f'{name} is not in the file' for name in sorted(set(out.refs) - set(expected) - ignored)]
+    if problems:
+        more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+        raise ConversionError(f'{out.path} does not match {src.path}: {problems[0]}{more}')

@@ -1,0 +1,101 @@
+"""What a verification found: the statistics of one comparison, every sub-step's, and the Report with its rendering.
+
+Nothing here runs a model; `compare` turns two tensors into a Comparison, with verdict.rel_rms as its error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUBSTEP_NAMES = {'ln0': 'ln0 (embedding LayerNorm)', 'att': 'time mix (attention)', 'ffn': 'channel mix (FFN)',
+                 'ln_out': 'final LayerNorm'}
+
+
+@dataclass
+class Comparison:
+    max_abs: float
+    mean_abs: float
+    rel_rms: float
+    kl: float
+    top1: float
+
+
+@dataclass
+class Step:
+    key: str  # 'ln0', 'blocks.{i}.att', 'blocks.{i}.ffn', 'ln_out'
+    fla: Comparison  # fla against the float64 reference
+    ref: Comparison  # the reference in the precision under test against float64
+    judgement: object  # verdict.Judgement
+
+
+@dataclass
+class Report:
+    source: str
+    model: str
+    device: str
+    dtype: str
+    precision: str  # what the verdict is calibrated for: float32, tf32, bfloat16, float16
+    batch: int
+    tokens: int
+    logits: Comparison  # fla against the float64 reference
+    reference: Comparison  # the reference in `precision` against float64
+    judgement: object  # verdict.Judgement on the logits
+    steps: list[Step] = field(default_factory=list)  # residual stream after every sub-step, in forward order
+    per_layer: bool = False  # judge and show every step
+    first_divergence: str | None = None  # first step whose judgement fails
+    notes: list[str] = field(default_factory=list)
+    backend: str = ''  # what ran fla (backends.Backend.name), e.g. 'fla Triton kernels, CUDA'
+
+    @property
+    def passed(self) -> bool:
+        return self.judgement.passed and not (self.per_layer and self.first_divergence)
+
+    def render(self) -> str:
+        from fla.rwkv7_convert.proof.verdict import calibration
+        c, r, j = self.logits, self.reference, self.judgement
+        cal = calibration(self.precision)
+        lines = [f'verify {self.source} (reference: float64, and {self.precision} for calibration) vs {self.model} '
+                 f'(fla, {self.device}, {self.dtype}), {self.batch} x {self.tokens} tokens',
+                 *([f'  {"backend":<24}{self.backend}'] if self.backend else []),
+                 f'  {"logits":<24}{"fla":>12}{"ref-" + self.precision:>16}']
+        lines += [f'  {name:<24}{a:>12}{b:>16}' for name, a, b in (
+            ('relative RMS error', f'{c.rel_rms:.3e}', f'{r.rel_rms:.3e}'),
+            ('max |Δlogit|', f'{c.max_abs:.3e}', f'{r.max_abs:.3e}'),
+            ('mean |Δlogit|', f'{c.mean_abs:.3e}', f'{r.mean_abs:.3e}'),
+            ('KL(ref64‖x)', f'{c.kl:.3e}', f'{r.kl:.3e}'),
+            ('top-1 agreement', f'{100 * c.top1:.1f}%', f'{100 * r.top1:.1f}%'))]
+        lines.append(f'  {"ratio fla / reference":<24}{j.ratio:>12.2f}   bound: {cal.factor:g} x ref + {cal.floor:.0e} '
+                     f'= {j.bound:.3e}')
+        if self.per_layer:
+            lines.append(f'  {"per sub-step (rel RMS)":<24}{"fla":>12}{"ref-" + self.precision:>16}{"ratio":>9}')
+            for s in self.steps:
+                mark = '  <- first divergence' if s.key == self.first_divergence else ''
+                lines.append(f'  {s.key:<24}{s.fla.rel_rms:>12.3e}{s.ref.rel_rms:>16.3e}{s.judgement.ratio:>9.2f}'
+                             f'{mark}')
+        verdict = 'PASS' if self.passed else 'FAIL'
+        lines.append(f'  {"verdict":<24}{verdict:>12}   (fla within {cal.factor:g}x the error of the reference in '
+                     f'{self.precision} on {self.device}: {cal.why})')
+        if self.first_divergence and not self.passed:
+            lines.append(f'  the models part first at {describe_step(self.first_divergence)}')
+        lines += [f'  note: {n}' for n in self.notes]
+        return '\n'.join(lines)
+
+
+def describe_step(key: str) -> str:
+    if key.startswith('blocks.'):
+        _, layer, part = key.split('.')
+        return f'layer {layer}, {SUBSTEP_NAMES[part]} ({key})'
+    return f'{SUBSTEP_NAMES[key]} ({key})'
+
+
+def compare(got, want) -> Comparison:
+    """Statistics of `got` against the reference `want` (last dim = classes for KL/top-1)."""
+    import torch
+
+    from fla.rwkv7_convert.proof.verdict import rel_rms
+    got, want = got.double().cpu(), want.double().cpu()
+    diff = got - want
+    logp_ref, logp_got = torch.log_softmax(want, -1), torch.log_softmax(got, -1)
+    kl = (logp_ref.exp() * (logp_ref - logp_got)).sum(-1).mean().item()
+    top1 = (got.argmax(-1) == want.argmax(-1)).double().mean().item()
+    return Comparison(diff.abs().max().item(), diff.abs().mean().item(), rel_rms(got, want), kl, top1)

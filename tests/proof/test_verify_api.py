@@ -1,0 +1,101 @@
+"""`verify` as a library, called the way a test in fla's own suite would: a tiny RWKV-LM checkpoint from the test
+factory, converted, then `verify(source, model_dir, device=...)` and assertions on the Report. On the CPU it runs
+through Triton's interpreter (conftest.py sets it up where there is no CUDA); the CUDA variants carry the `gpu`
+marker and are skipped without a device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from rwkv7_factory import Goose, make_state_dict, save
+from safetensors.torch import load_file, save_file
+
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.proof.backends import BACKENDS, CpuInterpreted, backend_for
+from fla.rwkv7_convert.proof.report import Report
+from fla.rwkv7_convert.proof.verify import verify
+
+SHAPE = Goose(vocab=96, hidden=128, layers=2, head_size=64, w_rank=16, a_rank=16, v_rank=16, g_rank=32)
+interpreted = pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1',
+                                 reason="the CPU backend runs fla through Triton's interpreter, chosen before Python "
+                                        'imports triton (conftest.py does so only where there is no CUDA)')
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('verify-api')
+    source = save(make_state_dict(SHAPE, seed=3), tmp / 'model.pth')
+    convert_to_fla(source, tmp / 'out', tokenizer='none')
+    # the same directory with two same-shaped tensors swapped in layer 1: loads, and is the wrong model
+    bad = tmp / 'swapped'
+    bad.mkdir()
+    for f in (tmp / 'out').iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    w = load_file(bad / 'model.safetensors')
+    a, b = 'model.layers.1.attn.k_k', 'model.layers.1.attn.k_a'
+    w[a], w[b] = w[b].clone(), w[a].clone()
+    save_file(w, bad / 'model.safetensors', metadata={'format': 'pt'})
+    return source, tmp / 'out', bad
+
+
+def check_report(report: Report, backend: str, precision: str, tokens: int) -> None:
+    assert isinstance(report, Report)
+    assert report.passed, report.render()
+    assert report.backend == backend and f'backend                 {backend}' in report.render()
+    assert report.precision == precision and report.tokens == tokens
+    assert [s.key for s in report.steps][:2] == ['ln0', 'blocks.0.att'] and report.first_divergence is None
+
+
+@interpreted
+def test_verify_on_the_cpu(converted):
+    source, out, _ = converted
+    check_report(verify(source, out, device='cpu', tokens=20), 'fla Triton kernels, interpreted', 'float32', 20)
+
+
+@interpreted
+def test_a_wrong_tensor_fails_on_the_cpu(converted):
+    source, _, bad = converted
+    report = verify(source, bad, device='cpu', tokens=20)
+    assert not report.passed and report.first_divergence == 'blocks.1.att', report.render()
+
+
+@interpreted
+def test_a_backend_instance_is_the_seam(converted):
+    """A Backend subclass passed as `device` runs fla where its parent does and is named in the report."""
+    class Named(CpuInterpreted):
+        name = 'fla Triton kernels, interpreted (a subclass)'
+
+    source, out, _ = converted
+    check_report(verify(source, out, device=Named(), tokens=8), Named.name, 'float32', 8)
+
+
+def test_the_command_line_offers_the_registered_backends():
+    from fla.rwkv7_convert.cli import build_verify_parser
+    device = next(a for a in build_verify_parser()._actions if '--device' in a.option_strings)
+    assert device.choices == list(BACKENDS) == ['cpu', 'cuda']
+    assert all(b.name in device.help for b in BACKENDS.values())
+    with pytest.raises(ConversionError, match=r"^--device: 'tpu' is not one of cpu, cuda$"):
+        backend_for('tpu')
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('dtype, tokens, precision', [
+    pytest.param('float32', 20, 'float32', id='fp32-recurrent'),
+    pytest.param('float32', 100, 'tf32', id='fp32-chunk-tf32'),
+    pytest.param('bfloat16', 100, 'bfloat16', id='bf16-chunk'),
+])
+def test_verify_on_cuda(converted, monkeypatch, dtype, tokens, precision):
+    monkeypatch.delenv('TRITON_F32_DEFAULT', raising=False)  # the default: TF32 dots in the chunk kernel
+    source, out, _ = converted
+    check_report(verify(source, out, device='cuda', dtype=dtype, tokens=tokens), 'fla Triton kernels, CUDA', precision,
+                 tokens)
+
+
+@pytest.mark.gpu
+def test_a_wrong_tensor_fails_on_cuda(converted):
+    source, _, bad = converted
+    report = verify(source, bad, device='cuda', tokens=100)
+    assert not report.passed and report.first_divergence == 'blocks.1.att', report.render()
