@@ -267,23 +267,13 @@ def main_to_fla(argv: list[str] | None = None) -> int:
     return run_cli(_convert_body, args)
 
 
-def _without_paths(text: str, paths: dict[str, str]) -> str:
-    """The report names the files as the user typed them; the card shows names only (no local paths published)."""
-    for path, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-        if os.sep in path:  # a bare name ('out') could also be part of a word
-            text = text.replace(path, name)
-    return text
-
-
 def verify_after_convert(source, model_dir, *, tokens: int = DEFAULT_TOKENS, head_size: int | None = None,
                          quiet: bool = False) -> int:
     """The converter's --verify: the same `verify` as verify_rwkv7.py (plus greedy tokens for small models); the
     finished directory's model card then records the verdict."""
     report = verify(source, model_dir, tokens=tokens, head_size=head_size, quiet=quiet, greedy=8)
     print(report.render())
-    paths = {str(source): Path(source).name, os.path.abspath(source): Path(source).name,
-             str(model_dir): '.', os.path.abspath(model_dir): '.'}
-    write_model_card(Path(model_dir), (bool(report.passed), _without_paths(report.render(), paths)))
+    write_model_card(Path(model_dir), (bool(report.passed), report.render(source_name=Path(source).name, model_name='.')))
     return 0 if report.passed else 1
 
 

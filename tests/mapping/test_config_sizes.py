@@ -32,3 +32,10 @@ def test_each_key_stated_otherwise_is_the_one_mismatch(symbol, key):
     assert size_mismatches(cfg, {**asdict(DIMS), symbol: 0}) == []  # a size the caller could not read: no claim
     del cfg[key]
     assert size_mismatches(cfg, asdict(DIMS)) == []  # a key the config leaves out: fla's default, not a mismatch
+
+
+@pytest.mark.parametrize('value', [pytest.param(32.0, id='float'), pytest.param('32', id='string'),
+                                   pytest.param(True, id='bool')])
+def test_a_size_that_is_not_an_integer_is_a_mismatch(value):
+    cfg = {**fla_config(DIMS, 'F32'), 'head_dim': value}
+    assert size_mismatches(cfg, asdict(DIMS)) == [('head_dim', value, 'N', 32)]

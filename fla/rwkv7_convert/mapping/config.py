@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from fla.rwkv7_convert.errors import ConfigError, UnsupportedVariantError
+from fla.rwkv7_convert.formats.checkpoint import is_int
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
 
 # BlinkDL's GroupNorm (`ln_x`) eps, the same for every head size; its LayerNorms use 1e-5.
@@ -50,9 +51,10 @@ def config_sizes(dims: Dims) -> dict[str, int]:
 
 def size_mismatches(cfg: dict, sizes: dict[str, int]) -> list[tuple[str, object, str, int]]:
     """(key, config value, symbol, size) for each size known in `sizes` (symbol -> value; 0 = unknown) that a
-    config.json key states otherwise; keys the config does not have are not a mismatch."""
+    config.json key states otherwise, or as something other than an integer (fla builds its modules from these:
+    32.0 or "32" is not 32 there); keys the config does not have are not a mismatch."""
     return [(key, cfg[key], symbol, sizes[symbol]) for symbol, key in CONFIG_SIZES
-            if sizes.get(symbol) and cfg.get(key) is not None and cfg[key] != sizes[symbol]]
+            if sizes.get(symbol) and cfg.get(key) is not None and (not is_int(cfg[key]) or cfg[key] != sizes[symbol])]
 
 
 def norm_eps_for(head_size: int) -> float:

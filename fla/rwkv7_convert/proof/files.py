@@ -100,23 +100,15 @@ class ConvertedDir:
         return ref.load().reshape(ref.shape), ref.dtype
 
 
-_CONFIG_DIMS = (('hidden_size', 'C'), ('num_hidden_layers', 'L'), ('head_dim', 'N'), ('num_heads', 'H'),
-                ('vocab_size', 'V'), ('intermediate_size', 'F'), ('decay_low_rank_dim', 'Dw'), ('a_low_rank_dim', 'Da'),
-                ('v_low_rank_dim', 'Dv'), ('gate_low_rank_dim', 'Dg'))
-
-
 def check_pair(src: SourceFile, out: ConvertedDir) -> None:
     """Before any compute: the directory's config and tensor shapes are the ones the source file converts to.
     One line naming both files and the first disagreement."""
     from dataclasses import asdict
 
-    from fla.rwkv7_convert.formats.checkpoint import is_int
     from fla.rwkv7_convert.formats.dtypes import FLOATING
-    dims = asdict(src.plan.dims)
-    problems = []
-    for key, symbol in _CONFIG_DIMS:  # fla builds its modules from these: 32.0 or "32" is not 32 there
-        if key in out.config and (not is_int(out.config[key]) or out.config[key] != dims[symbol]):
-            problems.append(f'config.json {key} = {out.config[key]!r}, but the file has {symbol} = {dims[symbol]}')
+    from fla.rwkv7_convert.mapping.config import size_mismatches
+    problems = [f'config.json {key} = {value!r}, but the file has {symbol} = {size}'
+                for key, value, symbol, size in size_mismatches(out.config, asdict(src.plan.dims))]
     expected = {e.fla: e for e in src.plan.kept}
     if out.tied:  # fla takes the head from the embeddings; a stored lm_head.weight is not read
         expected.pop('lm_head.weight', None)

@@ -50,11 +50,13 @@ class Report:
     def passed(self) -> bool:
         return self.judgement.passed and not (self.per_layer and self.first_divergence)
 
-    def render(self) -> str:
+    def render(self, source_name: str | None = None, model_name: str | None = None) -> str:
+        """The report as text; the model card passes names for the two files (no local paths published)."""
         from fla.rwkv7_convert.proof.verdict import calibration
         c, r, j = self.logits, self.reference, self.judgement
         cal = calibration(self.precision)
-        lines = [f'verify {self.source} (reference: float64, and {self.precision} for calibration) vs {self.model} '
+        source, model = source_name or self.source, model_name or self.model
+        lines = [f'verify {source} (reference: float64, and {self.precision} for calibration) vs {model} '
                  f'(fla, {self.device}, {self.dtype}), {self.batch} x {self.tokens} tokens',
                  *([f'  {"backend":<24}{self.backend}'] if self.backend else []),
                  f'  {"logits":<24}{"fla":>12}{"ref-" + self.precision:>16}']

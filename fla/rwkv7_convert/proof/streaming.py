@@ -9,7 +9,6 @@ sent back to meta. The embedding is read for the rows the tokens use, the head a
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 
 from fla.rwkv7_convert.errors import ConfigError
@@ -44,14 +43,8 @@ class Progress:
     """A bar on stderr (terminals only, not with quiet): loading, each layer, each piece."""
 
     def __init__(self, total: int, quiet: bool):
-        self.bar = None
-        if quiet or not sys.stderr.isatty():
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, desc='verify', unit='step', file=sys.stderr, leave=False)
+        from fla.rwkv7_convert.formats.display import progress_bar
+        self.bar = progress_bar(total, 'verify', 'step', quiet)
 
     def stage(self, what: str) -> None:
         if self.bar is not None:
