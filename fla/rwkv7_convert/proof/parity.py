@@ -135,19 +135,20 @@ def runtime_env(cpu: bool, precision: str | None = None) -> dict[str, str]:
 
 
 def select_runtime(cpu: bool):
-    """The one place a parity run's device is chosen and set up; returns the torch device.
+    """The parity run's device, set up by verify's own backend (backends.py: the interpreter on the CPU, the device's
+    presence on CUDA) after this run's variables; returns the torch device.
 
-    cpu: Triton's interpreter (before anything imports triton), its autotuner untimed. CUDA: fla's autotune cache
-    off and Triton's autotuner keeping the first config that fits (keep_first_fitting_config).
+    On CUDA, fla's autotune cache is off and Triton's autotuner keeps the first config that fits
+    (keep_first_fitting_config): parity, not speed.
     """
+    from fla.rwkv7_convert.proof.backends import backend_for
     os.environ.update(runtime_env(cpu))
-    if cpu:
-        from fla.rwkv7_convert.proof.runtime import use_interpreter
-        use_interpreter()
-    else:
+    backend = backend_for('cpu' if cpu else 'cuda')
+    backend.prepare()
+    if not cpu:
         keep_first_fitting_config()
     import torch
-    return torch.device('cpu' if cpu else 'cuda')
+    return torch.device(backend.device)
 
 
 def keep_first_fitting_config() -> None:
