@@ -164,3 +164,16 @@ def test_layouts_and_refusals_say_who_and_where():
 ])
 def test_guarded_layout_prefixes(name, expected):
     assert strip_prefixes(name) == expected
+
+
+def test_layouts_are_told_by_their_predicates_not_by_a_file_name():
+    """A `.st` file's content under any name is read as that layout: only its shapes show it."""
+    from rwkv7_factory import to_st
+
+    from fla.rwkv7_convert.formats.checkpoint import TensorRef
+    sd = to_st(make_state_dict(Goose(layers=2, w_rank=16, a_rank=24, v_rank=8, g_rank=40)))
+    refs = {k: TensorRef(k, tuple(v.shape), 'F16', loader=lambda: None) for k, v in sd.items()}
+    plan = make_plan(refs, 'model.safetensors')
+    assert any('web-rwkv / ai00 `.st`: 16 tensor(s) stored transposed' in n for n in plan.notes), plan.notes
+    w1 = next(e for e in plan.entries if e.blinkdl == 'blocks.0.att.w1')
+    assert w1.source.shape == (128, 16) and w1.fla_shape == (16, 128)
