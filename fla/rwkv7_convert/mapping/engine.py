@@ -157,11 +157,6 @@ def prefix_layout(prefix: str) -> Layout | None:
     return next((x for x in _PREFIX_LAYOUTS if any(r.match(prefix + 'emb.weight') for r in x.renames)), None)
 
 
-def layout_hits(layout: Layout, shapes: Mapping[str, Shape]) -> list[str]:
-    """The names that show a file is in `layout` (its own `detect` predicate)."""
-    return layout.detect.hits(Seen(shapes))
-
-
 def with_op(ref: TensorRef, name: str, op: UnaryOp) -> TensorRef:
     """`ref` under `name`, its data passed through `op` when read (nothing is read now). An op that keeps the bytes
     keeps the way to copy them raw."""

@@ -254,8 +254,9 @@ class Transposed(Predicate):
         return flips if flips and len(flips) == len(readable) else []
 
     def describe(self) -> str:
-        return ('every LoRA factor (`' + '`, `'.join(r.pattern for r in self.renames) + '`) whose shape can tell is '
-                'stored transposed, C read from `emb.weight`')
+        name, axis = next(r.op.size_from for r in self.renames if isinstance(r.op, Orient))
+        return ('every tensor named by its renames whose shape can tell (C from `' + name + f'` axis {axis}) stored '
+                'the other way, at least one')
 
 
 @dataclass(frozen=True)
