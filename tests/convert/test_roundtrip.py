@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.mapping.table import lookup_blinkdl, strip_prefixes
+from fla.rwkv7_convert.mapping.engine import lookup_blinkdl, strip_prefixes
 
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 LAYER0_V = re.compile(r'^blocks\.0\.att\.v[012]$')

@@ -9,19 +9,10 @@ from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save,
 
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.mapping.config import fla_config
+from fla.rwkv7_convert.mapping.engine import expected_blinkdl, lookup_blinkdl, lookup_fla, strip_prefixes
+from fla.rwkv7_convert.mapping.ops import SQUEEZE, TRANSPOSE, UNSQUEEZE
 from fla.rwkv7_convert.mapping.plan import make_plan
-from fla.rwkv7_convert.mapping.table import (
-    ALIASES,
-    PREFIXES,
-    RULES,
-    SQUEEZE,
-    TRANSPOSE,
-    UNSQUEEZE,
-    expected_blinkdl,
-    lookup_blinkdl,
-    lookup_fla,
-    strip_prefixes,
-)
+from fla.rwkv7_convert.mapping.table import PREFIXES, RULES, SHAPE_ALIASES, WRAPPER_KEYS
 
 
 def meta_model_shapes(dims) -> dict[str, tuple[int, ...]]:
@@ -142,19 +133,22 @@ def test_stored_dtype_is_kept_bit_for_bit(tmp_path, dtype):
     assert w1[2] == sd['blocks.0.att.w1'].t().contiguous().view(torch.uint8).numpy().tobytes()
 
 
-def test_aliases_are_documented():
-    # every alias row names the variant and its normal form; docs are generated from them (test_docs.py)
-    assert all(a.variant and a.canonical and a.where for a in ALIASES)
+def test_normalizations_are_documented():
+    # every normalization says what it accepts and where it comes from; docs are generated from them (test_docs.py)
+    assert all(a.variant and a.canonical and a.where for a in SHAPE_ALIASES)
+    assert all(PREFIXES.values()) and all(WRAPPER_KEYS.values())
+    assert {a.canonical for a in SHAPE_ALIASES} <= {r.shape for r in RULES}
 
 
 def test_layouts_and_refusals_say_who_and_where():
     """Every layout names who writes it, and every layout verified against a writer's code cites repo, path and a
     full commit; names are unique. (That each layout's rules are right is proved in tests/convert/test_layouts.py.)"""
+    from fla.rwkv7_convert.mapping.schema import Kind, Side
     from fla.rwkv7_convert.mapping.table import LAYOUTS, REFUSALS
     assert len({x.name for x in LAYOUTS}) == len(LAYOUTS)
     unverified = {'Hugging Face `rwkv7.` prefix', 'fla bare RWKV7Model'}
     for x in LAYOUTS:
-        assert x.who and x.signature and x.kind in ('names', 'prefix', 'orientation', 'directory'), x.name
+        assert x.who and x.detect.describe() and isinstance(x.kind, Kind) and isinstance(x.side, Side), x.name
         assert x.evidence or x.name in unverified, x.name
         assert all(len(e.commit) == 40 and e.repo.count('/') == 1 and e.path for e in x.evidence), x.name
     assert all(f.variant and f.reason for f in REFUSALS)
@@ -170,3 +164,16 @@ def test_layouts_and_refusals_say_who_and_where():
 ])
 def test_guarded_layout_prefixes(name, expected):
     assert strip_prefixes(name) == expected
+
+
+def test_layouts_are_told_by_their_predicates_not_by_a_file_name():
+    """A `.st` file's content under any name is read as that layout: only its shapes show it."""
+    from rwkv7_factory import to_st
+
+    from fla.rwkv7_convert.formats.checkpoint import TensorRef
+    sd = to_st(make_state_dict(Goose(layers=2, w_rank=16, a_rank=24, v_rank=8, g_rank=40)))
+    refs = {k: TensorRef(k, tuple(v.shape), 'F16', loader=lambda: None) for k, v in sd.items()}
+    plan = make_plan(refs, 'model.safetensors')
+    assert any('web-rwkv / ai00 `.st`: 16 tensor(s) stored transposed' in n for n in plan.notes), plan.notes
+    w1 = next(e for e in plan.entries if e.blinkdl == 'blocks.0.att.w1')
+    assert w1.source.shape == (128, 16) and w1.fla_shape == (16, 128)

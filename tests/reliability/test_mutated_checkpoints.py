@@ -40,7 +40,10 @@ from rwkv7_factory import Goose
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.mapping.table import PREFIXES, WRAPPER_KEYS, expected_blinkdl, lookup_blinkdl, strip_prefixes
+from fla.rwkv7_convert.mapping import table
+from fla.rwkv7_convert.mapping.engine import expected_blinkdl, lookup_blinkdl, strip_prefixes
+
+PREFIXES, WRAPPER_KEYS = tuple(table.PREFIXES), tuple(table.WRAPPER_KEYS)  # the table's, in its order
 
 # ------------------------------------------------------------------------------- 1. mutated checkpoints (property)
 

@@ -4,7 +4,7 @@ The walk mirrors convert/to_fla.py step for step, read from the other side of th
 open (formats.readers: config.json and the weight files, read lazily) -> check config.json and apply the fla-side
 layouts -> plan with the key report (mapping/export_plan.py: every fla tensor looked up with `lookup_fla`, checked
 against the shape its rule predicts) -> write atomically (formats.atomic + formats.pth_writer or
-safetensors_writer), each tensor turned back into RWKV-LM's by `rule.op.reverse` -> metadata. No second name
+safetensors_writer), each tensor turned back into RWKV-LM's by `rule.reverse` -> metadata. No second name
 mapping exists.
 
 Each tensor's bytes are read once when it is written and dropped right after, so memory holds one tensor whatever
@@ -60,7 +60,7 @@ def _producer(entry: ExportEntry, allow_nonfinite: bool, shown: str) -> Callable
         data = entry.source.load()
         if not allow_nonfinite and not is_finite(data, entry.source.dtype):
             raise NonFiniteError(f'{entry.fla} holds NaN or Inf values; pass --allow-nonfinite to export anyway', shown)
-        data = entry.rule.op.reverse.apply(data.reshape(entry.source.shape))
+        data = entry.rule.reverse.apply(data.reshape(entry.source.shape))
         return np.ascontiguousarray(cast(data, entry.source.dtype, entry.dtype).reshape(entry.shape))
     return produce
 

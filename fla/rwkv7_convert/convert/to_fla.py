@@ -22,7 +22,8 @@ from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, FileDigest, write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan
-from fla.rwkv7_convert.mapping.table import GLOBAL, RULES, Transpose
+from fla.rwkv7_convert.mapping.schema import Scope
+from fla.rwkv7_convert.mapping.table import RULES
 
 DEFAULT_MAX_SHARD_SIZE = '5GB'
 
@@ -40,7 +41,7 @@ class Result:
 def _fla_order(entry: Entry) -> tuple:
     # fla's module order: embeddings, then layer by layer in table order, then the final norm and head
     rank = RULES.index(entry.rule)
-    if entry.rule.layers == GLOBAL:
+    if entry.rule.layers is Scope.GLOBAL:
         return (0 if entry.rule.blinkdl == 'emb.weight' else 2, 0, rank)
     return (1, entry.layer, rank)
 
@@ -63,8 +64,9 @@ def _out_tensor(entry: Entry, out_dtype: str, allow_nonfinite: bool, shown: str)
         if not allow_nonfinite and not is_finite(np.frombuffer(view, CARRIER[src_dtype]), src_dtype):
             raise _nonfinite(entry, shown)
 
-    # Reshapes keep the bytes as they are; with no cast the output bytes are the input bytes (> 99% of a model)
-    same_bytes = not isinstance(entry.rule.op, Transpose) and out_dtype == src_dtype
+    # ops that keep the bytes (identity, reshapes: op.bytes_unchanged) with no cast: the output bytes are the input
+    # bytes (> 99% of a model), copied without being loaded
+    same_bytes = entry.rule.op.bytes_unchanged and out_dtype == src_dtype
     return OutTensor(entry.fla, entry.fla_shape, out_dtype, produce,
                      raw=entry.source.span if same_bytes else None, check=check)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fla.rwkv7_convert.errors import (
@@ -25,12 +27,42 @@ from fla.rwkv7_convert.formats.hf_directory import CONFIG_FILE, open_directory
 from fla.rwkv7_convert.formats.pth_reader import read_pth_index
 from fla.rwkv7_convert.formats.safetensors_reader import read_safetensors_index
 
-MAGICS: tuple[tuple[bytes, str, str], ...] = (
-    (b'GGUF', 'a GGUF file (llama.cpp)',
-     'its tensors are renamed and usually quantized; convert the original RWKV-LM .pth or .safetensors instead'),
-    (b'fmgg', 'an rwkv.cpp ggml file (magic "ggmf")',
-     'its tensors are converted and usually quantized; convert the original RWKV-LM .pth instead'),
-    (b'lmgg', 'a legacy ggml file', 'convert the original RWKV-LM .pth instead'),
+
+@dataclass(frozen=True)
+class Foreign:
+    """A file format that is no checkpoint we read, told by its first bytes, named in the refusal."""
+
+    what: str
+    instead: str
+    recognised: str  # how its first bytes show it (docs/mapping.md lists these)
+    test: Callable[[bytes], bool]
+
+
+def _starts(magic: bytes) -> Callable[[bytes], bool]:
+    return lambda head: head.startswith(magic)
+
+
+def _cbor_map(head: bytes) -> bool:
+    """A CBOR map of 1-23 entries whose first key is a short text string of identifier characters: how cbor4ii
+    (serde) encodes web-rwkv's runtime model structs, which ai00 and web-rwkv save as prefabs."""
+    if len(head) < 2 or not 0xa1 <= head[0] <= 0xb7 or not 0x61 <= head[1] <= 0x77:
+        return False
+    n = head[1] - 0x60
+    key = head[2:2 + n]  # the 16 bytes read may cut a long key short
+    return len(key) >= min(n, 4) and key.decode('ascii', 'replace').replace('_', 'a').isalnum()
+
+
+MAGICS: tuple[Foreign, ...] = (
+    Foreign('a GGUF file (llama.cpp)',
+            'its tensors are renamed and usually quantized; convert the original RWKV-LM .pth or .safetensors instead',
+            'starts with `GGUF`', _starts(b'GGUF')),
+    Foreign('an rwkv.cpp ggml file (magic "ggmf")',
+            'its tensors are converted and usually quantized; convert the original RWKV-LM .pth instead',
+            'starts with `fmgg`', _starts(b'fmgg')),
+    Foreign('a legacy ggml file', 'convert the original RWKV-LM .pth instead', 'starts with `lmgg`', _starts(b'lmgg')),
+    Foreign('an ai00 / web-rwkv prefab (a serialized, usually quantized runtime model)',
+            'convert the original RWKV-LM .pth instead',
+            'a CBOR map with text keys (web-rwkv serializes its runtime model with cbor4ii)', _cbor_map),
 )
 
 
@@ -67,12 +99,10 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if len(head) >= 9 and head[8:9] == b'{':
             tree = read_safetensors_index(handle, size, shown)
             return Checkpoint(path, 'safetensors', tree, handle)
-        for magic, what, instead in MAGICS:
-            if head.startswith(magic):
-                raise UnsupportedVariantError(f'this is {what}, not a PyTorch zip or safetensors file: {instead}', shown)
-        if path.suffix == '.prefab':
-            raise UnsupportedVariantError('this is an ai00 / web-rwkv prefab (a serialized, usually quantized runtime '
-                                          'model), not a checkpoint: convert the original RWKV-LM .pth instead', shown)
+        for foreign in MAGICS:  # told by the bytes, never by the file's name
+            if foreign.test(head):
+                raise UnsupportedVariantError(f'this is {foreign.what}, not a PyTorch zip or safetensors file: '
+                                              f'{foreign.instead}', shown)
         if head[:1] == b'\x80':
             raise NotACheckpointError('legacy (pre-1.6) torch.save format is not supported; re-save it with a current torch',
                                       shown)

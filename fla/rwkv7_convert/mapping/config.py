@@ -1,12 +1,11 @@
 """Model dimensions read from tensor shapes, the fla config.json that reproduces BlinkDL's numbers, and (export side)
-the checks of an fla config.json against what BlinkDL's RWKV-7 can express."""
+the notes and warnings of an fla config.json (what BlinkDL's RWKV-7 cannot express is refused by table.REFUSALS)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-from fla.rwkv7_convert.errors import ConfigError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.checkpoint import is_int
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
 
@@ -106,53 +105,16 @@ def fla_config(dims: Dims, dtype: str, *, max_position_embeddings: int = 4096) -
 
 # ------------------------------------------------------------- config.json of an fla directory (the export side)
 
-def _refuse(reason: str, shown: str) -> None:
-    raise UnsupportedVariantError(f"config.json: {reason}; BlinkDL's RWKV-7 cannot express this model", shown)
-
-
-def check_config(cfg: dict, shown: str) -> tuple[list[str], list[str]]:
-    """Refuse what BlinkDL's RWKV-7 cannot run; returns (notes, warnings)."""
-    model_type = cfg.get('model_type')
-    if model_type != 'rwkv7':
-        hint = {'rwkv': ' (Hugging Face RWKV-4)', 'rwkv6': ' (RWKV-6)', 'rwkv5': ' (RWKV-5)'}.get(str(model_type), '')
-        raise UnsupportedVariantError(f'config.json model_type is {model_type!r}{hint}, expected "rwkv7" '
-                                      "(fla's RWKV7ForCausalLM)", shown)
-    C = cfg.get('hidden_size')
-    if not isinstance(C, int) or C <= 0:
-        raise ConfigError(f'config.json hidden_size is {C!r}, expected a positive integer', shown)
-    if cfg.get('attn'):
-        layers = cfg['attn'].get('layers') if isinstance(cfg['attn'], dict) else None
-        _refuse(f'attn is set (hybrid softmax-attention layers {layers}); RWKV-LM has no attention layers', shown)
-    if cfg.get('hidden_act', 'sqrelu') != 'sqrelu':
-        _refuse(f'hidden_act is {cfg["hidden_act"]!r}; RWKV-LM\'s channel mix is relu(x)^2 (sqrelu)', shown)
-    if cfg.get('norm_first', True) is not True:
-        _refuse('norm_first is false, so the model has no pre_norm after the embedding; RWKV-LM always applies ln0',
-                shown)
-    if cfg.get('norm_bias', True) is not True:
-        _refuse('norm_bias is false (LayerNorms without bias); RWKV-LM\'s LayerNorms always have one', shown)
-    value_dim = cfg.get('value_dim')
-    if value_dim is not None:
-        dims = value_dim if isinstance(value_dim, list) else [value_dim]
-        if any(v != C for v in dims):
-            _refuse(f'value_dim is {value_dim} but hidden_size is {C}; RWKV-LM\'s values are as wide as the model', shown)
-    head_dim, num_heads = cfg.get('head_dim'), cfg.get('num_heads')
-    if head_dim is None and num_heads:
+def config_notes(cfg: dict) -> tuple[list[str], list[str]]:
+    """(notes, warnings) of a config.json that passed the config-stage refusals (table.REFUSALS: model_type,
+    hidden_size, attn, hidden_act, norms, value_dim, heads, a numeric norm_eps)."""
+    C, head_dim, num_heads = cfg['hidden_size'], cfg.get('head_dim'), cfg.get('num_heads')
+    if head_dim is None:
         head_dim = C // num_heads
-    if num_heads is None and head_dim:
-        num_heads = C // head_dim
-    if not head_dim or not num_heads or head_dim * num_heads != C:
-        _refuse(f'head_dim {cfg.get("head_dim")} x num_heads {cfg.get("num_heads")} != hidden_size {C}', shown)
-
     notes, warnings = [], []
     if cfg.get('tie_word_embeddings'):
         notes.append('tie_word_embeddings: head.weight written as a copy of emb.weight (RWKV-LM has a separate head)')
-    eps = cfg.get('norm_eps', BLINKDL_NORM_EPS)
-    try:  # an int beyond float's range (10**400) is a number too, but not one an eps can be
-        eps = float(eps) if isinstance(eps, (int, float)) else None
-    except OverflowError:
-        eps = None
-    if eps is None:
-        raise ConfigError(f'config.json norm_eps is {cfg.get("norm_eps")!r}, expected a floating-point number', shown)
+    eps = float(cfg.get('norm_eps', BLINKDL_NORM_EPS))
     off = []
     if not math.isclose(eps, BLINKDL_NORM_EPS, rel_tol=1e-6):
         off.append(f'LayerNorm eps {eps:g} (RWKV-LM: {BLINKDL_NORM_EPS:g})')

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from fla.rwkv7_convert.formats.readers import MAGICS
 from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS
-from fla.rwkv7_convert.mapping.table import ALIASES, BLINKDL_SIDE, FLA_SIDE, LAYOUTS, PREFIXES, REFUSALS, RULES, SIZES
+from fla.rwkv7_convert.mapping.ops import Identity
+from fla.rwkv7_convert.mapping.schema import Side, Stage
+from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, REFUSALS, RULES, SHAPE_ALIASES, SIZES, WRAPPER_KEYS
 
 
 def _cell(text: str) -> str:
@@ -25,8 +26,10 @@ def _tensors() -> list[str]:
     ]
     for r in RULES:
         fla = f'`{r.fla}`' if r.fla else f'— (not converted: {r.note})'
-        op = '—' if r.fla is None else (r.op.name if r.op.name == 'identity' else f'{r.op.name} ({r.op.reverse.name})')
-        lines.append(f'| `{r.blinkdl}` | `[{r.shape}]` | {fla} | {op} | {r.layers}{", optional" if r.optional else ""} |')
+        op = '—' if r.fla is None else (r.op.name if isinstance(r.op, Identity) else f'{r.op.name} ({r.reverse.name})')
+        blocks = r.layers.value + (', optional' if r.optional else '')
+        lines.append(f'| `{r.blinkdl}` | `[{r.shape}]` | {fla} | {op} | {blocks} |')
+    optional = sorted({r.blinkdl.split('.')[-1] for r in RULES if r.optional})
     lines += [
         '',
         '## Accepted naming variants (normalized before lookup)',
@@ -34,11 +37,16 @@ def _tensors() -> list[str]:
         '| variant | normalized to | where it comes from |',
         '|---|---|---|',
     ]
-    lines += [f'| {a.variant} | {a.canonical} | {a.where} |' for a in ALIASES]
+    lines += [f'| `{p}<name>` | `<name>` | prefix from {where} |' for p, where in PREFIXES.items()]
+    lines += [f'| {a.variant} | `[{a.canonical}]` | {a.where} |' for a in SHAPE_ALIASES]
+    lines += [f'| layer-0 `att.{"/".join(optional)}` absent | absent (dropped anyway) | files not saved by RWKV-LM training |',
+              '| wrapped state dict ' + ', '.join(f'`{{"{k}": ...}}`' for k in WRAPPER_KEYS) + ' | the inner dict | '
+              + '; '.join(WRAPPER_KEYS.values()) + ' |']
     lines += [
         '',
         'Prefixes are stripped repeatedly, so nested wrappers (`module._orig_mod.`) work too: '
-        + ', '.join(f'`{p}`' for p in PREFIXES) + '.',
+        + ', '.join(f'`{p}`' for p in PREFIXES) + '. Any floating storage dtype (bf16, fp16, fp32, fp64), mixed or '
+        'not, is kept unless --precision.',
     ]
     return lines
 
@@ -48,16 +56,17 @@ def _layouts() -> list[str]:
         '',
         '## Layouts met in practice',
         '',
-        'Each layout is a set of rules (`Layout` in table.py) applied to the stored names before lookup: prefix '
-        'layouts first, then at most one naming layout (a file matching two is refused), then orientation; a '
-        '"directory" layout needs no rule beyond reading the directory. After them '
-        'every file is in canonical names and shapes, and the table above does the rest in both directions.',
+        'Each layout (`Layout` in table.py) is detected by its own predicate over the stored names and shapes, never '
+        'by a file name, and applied by its renames before lookup: prefix layouts first, then at most one naming '
+        'layout (a file matching two is refused), then orientation; a "directory" layout needs no rule beyond reading '
+        'the directory. After them every file is in canonical names and shapes, and the table above does the rest '
+        'in both directions.',
     ]
-    for side in (BLINKDL_SIDE, FLA_SIDE):
-        lines += ['', f'### {side}']
-        for x in (x for x in LAYOUTS if x.side == side):
-            lines += ['', f'#### {x.name} ({x.kind})', '', f'Written by: {x.who}.', '',
-                      f'Recognised by: `{_cell(x.signature)}`.' + (f' Note: {x.note}.' if x.note else ''), '']
+    for side in Side:
+        lines += ['', f'### {side.value}']
+        for x in (x for x in LAYOUTS if x.side is side):
+            lines += ['', f'#### {x.name} ({x.kind.value})', '', f'Written by: {x.who}.', '',
+                      f'Recognised by: {_cell(x.detect.describe())}.' + (f' Note: {x.note}.' if x.note else ''), '']
             if x.evidence:
                 lines += ['Evidence (verified in the repository at that commit):', '']
                 lines += [f'- {e}' for e in x.evidence] + ['']
@@ -67,7 +76,7 @@ def _layouts() -> list[str]:
                 if r.to is None:
                     to, op = 'dropped (unused by the model)', '—'
                 elif isinstance(r.to, tuple):
-                    to, op = ', '.join(f'`{t}`' for t in r.to), 'one row each'
+                    to, op = ', '.join(f'`{t}`' for t in r.to), r.op.name
                 else:
                     to, op = f'`{r.to}`', r.op.name
                 lines.append(f'| `{_cell(r.pattern)}` | {to} | {op} |')
@@ -77,33 +86,21 @@ def _layouts() -> list[str]:
 def _refusals() -> list[str]:
     lines = [
         '',
-        '## Refused checkpoints',
+        '## Refused inputs',
         '',
-        'Recognised from the whole key set (after the layouts\' renames) before any tensor is read, and refused with '
-        'one line naming the keys, what the file is and what to use instead.',
+        'One ordered registry (`REFUSALS` in table.py), decided stage by stage (' + ' < '.join(s.value for s in Stage)
+        + ') and, within a stage, in this order: the first entry that applies wins. The file stage is decided by '
+        '`formats.readers` from the first bytes; names are read after the layouts\' renames; everything before any '
+        'tensor is read. Each refusal is one line naming the keys, what the input is and what to use instead.',
         '',
-        '| checkpoint | recognised by (regex on normalized names) | why, and what to do | evidence |',
-        '|---|---|---|---|',
+        '| stage | input | refused | recognised by | why, and what to do | evidence |',
+        '|---|---|---|---|---|---|',
     ]
     for f in REFUSALS:
-        if f.shapes is not None:
-            how = _cell(' '.join(f.shapes.__doc__.split()))
-        else:
-            how = f'`{_cell(f.pattern)}`' + (f' and `{_cell(f.also)}`' if f.also else '')
-            how += ' (only when every key matches)' if f.only else ''
-            how += f', unless `{_cell(f.unless)}`' if f.unless else ''
+        sides = ', '.join('RWKV-LM' if s is Side.BLINKDL else 'fla' for s in Side if s in f.sides)
         evidence = '<br>'.join(_cell(str(e)) for e in f.evidence) or '—'
-        lines.append(f'| {f.variant} | {how} | {f.reason} | {evidence} |')
-    lines += [
-        '| ln0 folded into emb | RWKV-7 keys without `blocks.0.ln0.*` | no LayerNorm fla could add undoes the fold; '
-        'convert the original file | — |',
-        '| anything else | no `blocks.*.att.r_k` / `att.k_k` | not an RWKV-7 checkpoint | — |',
-        '',
-        'Files that are no PyTorch zip or safetensors file are named by their first bytes:',
-        '',
-    ]
-    lines += [f'- `{m.decode()}`: {what}; {instead}.' for m, what, instead in MAGICS]
-    lines += ['- `*.prefab`: an ai00 / web-rwkv serialized runtime model; refused by name.']
+        lines.append(f'| {f.stage.value} | {sides} | {_cell(f.variant)} | {_cell(f.when.describe())} | {_cell(f.reason)} '
+                     f'| {evidence} |')
     return lines
 
 
@@ -141,16 +138,19 @@ def render() -> str:
         '## Adding a naming variant',
         '',
         '1. A new layout (renamed tensors, a prefix, a stored orientation or shape): add one `Layout` to `LAYOUTS` in '
-        '`fla/rwkv7_convert/mapping/table.py`: a `signature` regex that only files in that layout match, one `Rename` per '
-        'stored name (a regex, its canonical RWKV-LM or fla name, and the `Op` that turns the stored tensor into the '
-        'canonical one), who writes it and the `Source` (repo, path, commit) you verified. Both directions and the '
-        'size binding then work on canonical names and shapes; nothing else changes. A new wrapper prefix of every '
-        'name goes into `PREFIXES`; a new family to refuse is one `Refusal` row.',
+        '`fla/rwkv7_convert/mapping/table.py`: a `detect` predicate (schema.py: `NamePattern` with an optional rank, '
+        '`Transposed`, ...) that only files in that layout satisfy, one `Rename` per stored name (a regex, its '
+        'canonical RWKV-LM or fla name, and the `Op` of ops.py that turns the stored tensor into the canonical one; '
+        'every op has an exact `reverse`), who writes it and the `Source` (repo, path, commit) you verified. Both '
+        'directions and the size binding then work on canonical names and shapes; nothing else changes. A new '
+        'wrapper prefix of every name goes into `PREFIXES`, a new stored shape into `SHAPE_ALIASES`.',
         '2. Add one writer of that layout to `LAYOUT_WRITERS` in `tests/rwkv7_factory.py`: `tests/convert/test_layouts.py` '
         'is parameterized over it (the converted tensors must equal the canonical file\'s bit for bit, the logits '
         'must match the reference) and so is the mutation campaign of '
-        '`tests/reliability/test_reliability_layouts.py`. A refusal gets one row in `REFUSED` of `tests/test_errors.py`.',
-        '3. Regenerate this page: `python -m fla.rwkv7_convert.mapping.docs > docs/mapping.md`.',
+        '`tests/reliability/test_reliability_layouts.py`; `tests/mapping/test_ops.py` round-trips its ops.',
+        '3. A new family to refuse is one `Refusal` at its place in `REFUSALS` (its stage, and before any entry its '
+        'inputs also match that should not win) and one case in `REFUSED` of `tests/test_errors.py`.',
+        '4. Regenerate this page: `python -m fla.rwkv7_convert.mapping.docs > docs/mapping.md`.',
         '',
     ]
     return '\n'.join(lines)

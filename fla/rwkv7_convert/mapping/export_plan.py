@@ -1,7 +1,8 @@
 """The export side's plan: an fla / Hugging Face directory's config.json and tensors checked against the one table,
 and the RWKV-LM tensors to write, in RWKV-LM's order. The mirror of plan.py (the BlinkDL side), step for step:
-layouts applied (apply_layouts, fla side), sizes bound (table.bind_sizes), every name and shape checked, one key
-report (report.py). Only names, shapes and dtypes are read here, never tensor data.
+layouts applied (engine.apply_layouts, fla side), refusals (table.REFUSALS: names, then config.json), sizes bound
+(engine.bind_sizes), every name and shape checked, one key report (report.py). Only names, shapes and dtypes are read
+here, never tensor data.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fla.rwkv7_convert.errors import KeyMismatchError, UnsupportedVariantError
+from fla.rwkv7_convert.errors import KeyMismatchError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
-from fla.rwkv7_convert.mapping.config import Dims, check_config, size_mismatches
-from fla.rwkv7_convert.mapping.plan import apply_layouts
+from fla.rwkv7_convert.mapping.config import Dims, config_notes, size_mismatches
+from fla.rwkv7_convert.mapping.engine import apply_layouts, apply_orientation, bind_sizes, expected_blinkdl, lookup_fla, refuse
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
-from fla.rwkv7_convert.mapping.table import FLA_SIDE, SIZES, Rule, bind_sizes, expected_blinkdl, lookup_fla
+from fla.rwkv7_convert.mapping.schema import Rule, Seen, Side
+from fla.rwkv7_convert.mapping.table import SIZES
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class ExportPlan:
 
 
 def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims | None:
-    """Sizes from the tensors' shapes, bound as the forward direction binds them (table.bind_sizes, on the tensors'
+    """Sizes from the tensors' shapes, bound as the forward direction binds them (engine.bind_sizes, on the tensors'
     RWKV-LM names and shapes), then cross-checked with config.json."""
     layer_ids = {int(m.group(1)) for n in tensors if (m := re.match(r'^model\.layers\.(\d+)\.', n))}
     L = cfg.get('num_hidden_layers')
@@ -71,7 +73,7 @@ def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims
         found = lookup_fla(name)
         if found is not None:
             rule, layer = found
-            as_blinkdl[rule.names(layer)[0]] = rule.op.reverse.shape(ref.shape)
+            as_blinkdl[rule.names(layer)[0]] = rule.reverse.shape(ref.shape)
     sizes = bind_sizes(as_blinkdl)
     first = {'V': 'model.embeddings.weight', 'C': 'model.embeddings.weight', 'H': 'model.layers.0.attn.r_k',
              'N': 'model.layers.0.attn.r_k', 'F': 'model.layers.0.ffn.key.weight',
@@ -103,14 +105,21 @@ def _expected_fla(L: int) -> list[str]:
     return [rule.names(layer)[1] for _, rule, layer in expected_blinkdl(L, with_optional=False) if rule.fla]
 
 
+def refuse_fla_input(cfg: dict, tensors: dict[str, TensorRef], shown: str) -> tuple:
+    """The fla-side layouts applied and table.REFUSALS checked in order (names, shapes, config.json) for a directory;
+    the export and verify refuse the same directories. Returns apply_layouts' (tensors, notes, problems, found)."""
+    tensors, layout_notes, problems, found = apply_layouts(tensors, Side.FLA)  # fla-side layouts: table.LAYOUTS
+    refuse(Side.FLA, Seen({n: r.shape for n, r in tensors.items()}, found, cfg), shown)
+    return tensors, layout_notes, problems, found
+
+
 def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, precision: str | None = None,
                      layer0_v: bool = True, weight_files: list[str] | None = None) -> ExportPlan:
     """Check every name, shape and dtype (no tensor data is read) and list the output tensors in RWKV-LM's order."""
-    notes, warnings = check_config(cfg, shown)
-    if any(n.startswith('blocks.') for n in tensors) and not any(n.startswith(('model.', 'layers.')) for n in tensors):
-        raise UnsupportedVariantError('the weights already have RWKV-LM names (blocks.*); nothing to convert', shown)
-    tensors, alias_notes, problems = apply_layouts(tensors, FLA_SIDE, shown)  # fla-side layouts: table.LAYOUTS
-    notes += alias_notes
+    tensors, layout_notes, problems, _ = refuse_fla_input(cfg, tensors, shown)
+    tensors, more_notes = apply_orientation(tensors, Side.FLA)
+    notes, warnings = config_notes(cfg)
+    notes += layout_notes + more_notes
     dims = _dims(cfg, tensors, problems)
     if dims is None:
         raise KeyMismatchError(problems, shown)
@@ -133,7 +142,7 @@ def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, pr
             problems.append(f'{name} has shape {list(ref.shape)}, expected {list(want)} (RWKV-LM {rule.shape})')
         elif ref.dtype not in FLOATING:
             problems.append(f'{name} has dtype {ref.dtype}, expected a floating point dtype')
-        elif rule.op.reverse.shape(ref.shape) != canonical:  # the table's ops must be inverses
+        elif rule.reverse.shape(ref.shape) != canonical:  # the table's ops must be inverses
             problems.append(f'internal error: {rule.op!r} does not reverse {name} to {list(canonical)}')
         else:
             by_blinkdl[rule.names(layer)[0]] = (ref, name)

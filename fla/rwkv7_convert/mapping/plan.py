@@ -1,7 +1,8 @@
 """From an open checkpoint to a checked conversion plan, reading names, shapes and dtypes only (no tensor data).
 
-The walk: unwrap nested state dicts -> strip wrapper prefixes -> refuse other architectures (whole key set) ->
-look every name up in the table -> infer the model's sizes from shapes -> check every shape against them.
+The walk: unwrap nested state dicts -> strip wrapper prefixes -> the prefix and naming layouts (engine.py) -> refuse
+other architectures (table.REFUSALS, whole key set and shapes) -> the orientation layouts -> look every name up in
+the table -> infer the model's sizes from shapes -> check every shape against them.
 Every problem found on the way is collected and raised together in one KeyMismatchError.
 """
 
@@ -12,31 +13,24 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError, UnsupportedVariantError
+from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import FLOATING
 from fla.rwkv7_convert.mapping.config import Dims
-from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
-from fla.rwkv7_convert.mapping.table import (
-    BLINKDL_SIDE,
-    IDENTITY,
-    LAYOUTS,
-    ORIENT,
-    REFUSALS,
-    SIZES,
-    STATE_TENSOR,
-    WRAPPER_KEYS,
-    Layout,
-    Op,
-    Rule,
+from fla.rwkv7_convert.mapping.engine import (
+    apply_layouts,
+    apply_orientation,
     bind_sizes,
     canonical_shape,
     expected_blinkdl,
-    layout_hits,
     lookup_blinkdl,
     prefix_layout,
+    refuse,
     strip_prefixes,
 )
+from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
+from fla.rwkv7_convert.mapping.schema import Rule, Seen, Side
+from fla.rwkv7_convert.mapping.table import SIZES, STATE_TENSOR, WRAPPER_KEYS
 
 
 @dataclass(frozen=True)
@@ -135,111 +129,6 @@ def normalize_names(tensors: dict[str, TensorRef]) -> tuple[dict[str, TensorRef]
     return out, sorted(prefixes), problems
 
 
-def _with_op(ref: TensorRef, name: str, op: Op) -> TensorRef:
-    """`ref` under its canonical name, its data passed through `op` when read (no data is read now)."""
-    if op is IDENTITY:
-        return ref.renamed(name)
-    return TensorRef(name, op.shape(ref.shape), ref.dtype, lambda: op.apply(ref.load().reshape(ref.shape)))
-
-
-_FACTOR = re.compile(r'^blocks\.\d+\.att\.[wavg]([12])$')
-
-
-def _orient(layout: Layout, tensors: dict[str, TensorRef], shown: str) -> tuple[dict[str, TensorRef], int]:
-    """LoRA factors stored `[D,C]` (web-rwkv / ai00 `.st`) turned back to RWKV-LM's orientation, read from shapes.
-
-    Only in a file that is a `.st`: named so, or with every factor whose shape can tell stored `[D,C]`. One factor
-    transposed in an otherwise canonical file is a broken file, left for the shape check to report."""
-    emb = tensors.get('emb.weight')
-    if emb is None or len(emb.shape) != 2:
-        return tensors, 0
-    C = emb.shape[1]
-    ops: dict[str, Op | None] = {}
-    for name, ref in tensors.items():
-        m = _FACTOR.match(name)
-        if m:
-            ops[name] = ORIENT.for_shape(ref.shape, int(m.group(1)), C)
-    flips = [n for n, op in ops.items() if op is not None and op is not IDENTITY]
-    readable = [n for n, op in ops.items() if op is not None]
-    if not (shown.endswith('.st') or (flips and len(flips) == len(readable))):
-        return tensors, 0
-    unclear = [n for n, op in ops.items() if op is None]
-    if unclear:
-        raise UnsupportedVariantError(
-            f'this is a {layout.name} file whose LoRA rank equals the hidden size C = {C} ({unclear[0]} is [{C},{C}]), '
-            'so the orientation of that factor cannot be read from its shape; convert the original RWKV-LM .pth', shown)
-    out = {name: _with_op(ref, name, ops.get(name) or IDENTITY) for name, ref in tensors.items()}
-    return out, len(flips)
-
-
-def apply_layouts(tensors: dict[str, TensorRef], side: str, shown: str) -> tuple[dict[str, TensorRef], list[str], list[str]]:
-    """Bring a file in any known layout of `side` to canonical names and shapes by the layouts' rules (table.py).
-
-    Prefix layouts go first, then at most one naming layout (two in one file is refused), then orientation.
-    Returns (tensors, notes, problems); problems are duplicates the renames produced."""
-    notes: list[str] = []
-    problems: list[str] = []
-    for kind in ('prefix', 'names', 'orientation'):
-        layouts = [x for x in LAYOUTS if x.side == side and x.kind == kind]
-        if kind == 'orientation':
-            for layout in layouts:
-                tensors, flipped = _orient(layout, tensors, shown)
-                if flipped:
-                    notes.append(f'layout {layout.name}: {flipped} LoRA factor(s) stored [D,C], transposed back; '
-                                 'such files keep fp16, so this converts the fp16 model, not the original weights')
-            continue
-        shapes = {n: r.shape for n, r in tensors.items()}
-        found = [(x, hits) for x in layouts if (hits := layout_hits(x, shapes))]
-        if kind == 'names' and len(found) > 1:
-            (a, ha), (b, hb) = found[:2]
-            raise UnsupportedVariantError(f'mixes two layouts, {a.name} ({ha[0]}) and {b.name} ({hb[0]}); a file holds '
-                                          'one: re-save it from one training run', shown)
-        for layout, _ in found:
-            out: dict[str, TensorRef] = {}
-            origin: dict[str, str] = {}
-            renamed = dropped = 0
-            for name, ref in tensors.items():
-                targets = next((t for r in layout.renames if (t := r.targets(name)) is not None), None)
-                if targets and len(targets) > 1 and (not ref.shape or ref.shape[0] != len(targets)):
-                    targets = None  # a stacked tensor of the wrong height: left for the key report
-                if targets is None:
-                    targets = [(name, IDENTITY)]
-                elif targets[0][0] is None:
-                    dropped += 1
-                    continue
-                else:
-                    renamed += 1
-                for new, op in targets:
-                    if new in out:
-                        problems.append(f'duplicate tensor {new} (stored as both {origin[new]!r} and {name!r})')
-                        continue
-                    out[new], origin[new] = _with_op(ref, new, op), name
-            tensors = out
-            what = f'{renamed} tensor(s) renamed' + (f', {dropped} dropped (unused)' if dropped else '')
-            notes.append(f'layout {layout.name}: {what}')
-    return tensors, notes, problems
-
-
-def detect_refusal(tensors: dict[str, TensorRef] | list[str], shown: str) -> None:
-    """Refuse checkpoints of architectures fla's RWKV7ForCausalLM cannot run, naming the keys that show it."""
-    shapes = {n: (1,) for n in tensors} if isinstance(tensors, list) else {n: r.shape for n, r in tensors.items()}
-    names = list(shapes)
-    for refusal in REFUSALS:
-        hits = refusal.hits(shapes)
-        if hits:
-            example = ', '.join(hits[:2])
-            raise UnsupportedVariantError(f'this is a {refusal.variant} checkpoint ({example}): {refusal.reason}', shown)
-    if not any(n.endswith('.att.r_k') or n.endswith('.att.k_k') for n in names):
-        sample = ', '.join(names[:4])
-        raise UnsupportedVariantError(
-            f'not an RWKV-7 checkpoint: no blocks.*.att.r_k / att.k_k tensors (keys: {sample}, ...)', shown)
-    if 'emb.weight' in names and 'blocks.0.ln0.weight' not in names and 'blocks.0.ln0.bias' not in names:
-        raise UnsupportedVariantError(
-            'blocks.0.ln0.weight/bias are missing: ln0 was probably folded into emb.weight (as BlinkDL\'s runtimes do '
-            'at load time); fla applies ln0 itself, and no LayerNorm can be added that undoes a fold, so this file '
-            'cannot be converted exactly; convert the original training checkpoint instead', shown)
-
-
 def _common_shape(tensors: dict[str, TensorRef], names: list[str], rank: int) -> tuple[int, ...] | None:
     """The most common shape of the given rank among `names`: one broken tensor then shows up as mis-shaped
     in the full report instead of hiding the model's true size."""
@@ -335,13 +224,15 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
     which fla cannot hold) instead of refusing the file."""
     tensors, unwrapped = unwrap_state_dict(tree, shown)
     tensors, prefixes, problems = normalize_names(tensors)
-    tensors, layout_notes, more = apply_layouts(tensors, BLINKDL_SIDE, shown)
+    tensors, layout_notes, more, found = apply_layouts(tensors, Side.BLINKDL)
     problems += more
     states = [n for n in tensors if STATE_TENSOR.match(n)]
     if drop_state and states and len(states) < len(tensors):
         tensors = {n: r for n, r in tensors.items() if n not in states}
         layout_notes.append(f'--drop-state: {len(states)} tuned initial state(s) att.time_state dropped')
-    detect_refusal(tensors, shown)
+    refuse(Side.BLINKDL, Seen({n: r.shape for n, r in tensors.items()}, found), shown)  # table.REFUSALS, in order
+    tensors, more_notes = apply_orientation(tensors, Side.BLINKDL)
+    layout_notes += more_notes
     dims = infer_dims(tensors, head_size, shown)
 
     expected = expected_blinkdl(dims.L)

@@ -2,9 +2,9 @@
 one tensor at a time, and the check that they are a pair before any compute (check_pair).
 
 The directory is read through the export's own hardened reader (formats.hf_directory.read_config and
-formats.readers.open_hf_directory, as convert/to_blinkdl.py opens it) and its config.json checked as the export
-checks it (mapping.config.check_config): the weight source transformers loads (model.safetensors before an index),
-shard names that are plain file names in the directory, an index that is a JSON object with a weight_map, no tensor
+formats.readers.open_hf_directory, as convert/to_blinkdl.py opens it), and refused where the export refuses it
+(mapping.export_plan.refuse_fla_input: table.REFUSALS on its names, shapes and config.json): the weight source
+transformers loads (model.safetensors before an index), shard names that are plain file names in the directory, an index that is a JSON object with a weight_map, no tensor
 in two shards or in another shard than the index says. Every refusal is one line naming the file and the key.
 """
 
@@ -69,12 +69,16 @@ class ConvertedDir:
     def __init__(self, model_dir: str | os.PathLike):
         from fla.rwkv7_convert.formats.hf_directory import read_config
         from fla.rwkv7_convert.formats.readers import open_hf_directory
-        from fla.rwkv7_convert.mapping.config import check_config
+        from fla.rwkv7_convert.mapping.export_plan import refuse_fla_input
         self.path = Path(model_dir)
         shown = str(model_dir)
         self.config = read_config(self.path)
-        check_config(self.config, shown)  # what fla would build but no BlinkDL file converts to, refused before reading
         self.ckpt = open_hf_directory(self.path)
+        try:  # what the export refuses (names, shapes, what fla would build but no BlinkDL file converts to)
+            refuse_fla_input(self.config, self.ckpt.tree, shown)
+        except BaseException:
+            self.ckpt.close()
+            raise
         self.refs = self.ckpt.tree
         self.files = self.ckpt.files
         self.where = {name: str(self.path / f) for name, f in self.ckpt.origins.items()}

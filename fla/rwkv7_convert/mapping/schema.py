@@ -1,0 +1,343 @@
+"""The kinds of declaration table.py is made of: rules, layouts, renames, shape aliases, refusals, and the
+predicates (over names, shapes and config.json) that tell when a layout or a refusal applies. Data types and their
+own small methods only; what walks them is engine.py.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from fla.rwkv7_convert.errors import ConversionError, UnsupportedVariantError
+from fla.rwkv7_convert.mapping.ops import IDENTITY, TRANSPOSE, Op, Orient, Shape, UnaryOp
+
+
+class Side(enum.Enum):
+    """Who writes the names of an input: the direction a layout or a refusal belongs to."""
+
+    BLINKDL = 'RWKV-LM input (convert_to_rwkv7.py)'
+    FLA = 'fla input (convert_from_fla_rwkv7.py)'
+
+
+class Scope(enum.Enum):
+    """Which blocks a rule has a tensor in."""
+
+    ALL = 'all blocks'
+    FIRST = 'block 0 only'
+    REST = 'blocks 1..L-1'
+    GLOBAL = 'not per block'
+
+
+class Kind(enum.Enum):
+    """How a layout combines with others: prefix and orientation layouts with any, naming layouts exclude each other."""
+
+    PREFIX = 'prefix'
+    NAMES = 'names'
+    ORIENTATION = 'orientation'
+    DIRECTORY = 'directory'  # a Hugging Face directory whose weights need no rule beyond reading the directory
+
+
+class Stage(enum.Enum):
+    """When a refusal is decided, in this order: from the file's first bytes (formats.readers), its names, its
+    shapes, its config.json. Within a stage, REFUSALS' order; the first refusal that applies wins."""
+
+    FILE = 'file'
+    NAMES = 'names'
+    SHAPES = 'shapes'
+    CONFIG = 'config'
+
+    @property
+    def rank(self) -> int:
+        return list(Stage).index(self)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a layout was read from: a file of a public repository at one commit (verified there)."""
+
+    repo: str
+    path: str
+    commit: str
+    what: str = ''  # what that file shows
+
+    def __str__(self) -> str:
+        what = f': {self.what}' if self.what else ''
+        return f'{self.repo} `{self.path}` @ {self.commit[:12]}{what}'
+
+
+# ------------------------------------------------------------------------------------------------------------ rules
+
+@dataclass(frozen=True)
+class Rule:
+    blinkdl: str  # canonical RWKV-LM name; '{i}' is the block index
+    fla: str | None  # fla's name; None: in RWKV-LM files but unused by the model, so not converted
+    shape: str  # canonical RWKV-LM shape, in symbols
+    op: UnaryOp = IDENTITY  # BlinkDL tensor -> fla tensor; `reverse` goes back
+    layers: Scope = Scope.ALL
+    optional: bool = False
+    note: str = ''
+
+    def applies_to(self, layer: int | None) -> bool:
+        if self.layers is Scope.GLOBAL:
+            return layer is None
+        if layer is None:
+            return False
+        return self.layers is Scope.ALL or (self.layers is Scope.FIRST) == (layer == 0)
+
+    def names(self, layer: int | None) -> tuple[str, str | None]:
+        fmt = {} if layer is None else {'i': layer}
+        return self.blinkdl.format(**fmt), (self.fla.format(**fmt) if self.fla else None)
+
+    @property
+    def reverse(self) -> UnaryOp:
+        """fla tensor -> BlinkDL tensor (every converted rule has one: engine.check_table)."""
+        back = self.op.reverse
+        if back is None:
+            raise TypeError(f'rule {self.blinkdl}: {self.op!r} has no reverse')
+        return back
+
+
+@dataclass(frozen=True)
+class ShapeAlias:
+    """A stored shape accepted for a rule's canonical shape: `normalize(stored, head_size)` is the canonical shape, or
+    None when this alias cannot explain `stored`."""
+
+    canonical: str  # the rules' symbolic shape it applies to
+    variant: str
+    where: str
+    normalize: Callable[[Shape, int | None], Shape | None]
+
+
+# ---------------------------------------------------------------------------------------------------------- layouts
+
+@dataclass(frozen=True)
+class Rename:
+    """One stored name (a regex, matched in full after the wrapper prefixes are gone) and what it becomes: a
+    canonical name (`\\1` refers to groups), several (`op` splits the tensor, one output each), or None (dropped).
+    `op` turns the stored tensor into the canonical one (an `Orient` chooses it per tensor from the shape)."""
+
+    pattern: str
+    to: str | tuple[str, ...] | None
+    op: Op | Orient = IDENTITY
+
+    def match(self, name: str) -> list[str | None] | None:
+        """The canonical name(s) `name` becomes ([None]: dropped), or None when this rename does not match."""
+        m = re.fullmatch(self.pattern, name)
+        if m is None:
+            return None
+        if self.to is None:
+            return [None]
+        return [m.expand(t) for t in (self.to if isinstance(self.to, tuple) else (self.to,))]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the predicates look at: names -> stored shapes, the naming layouts detected (with the names that show
+    them) and config.json where the input has one."""
+
+    shapes: Mapping[str, Shape]
+    layouts: tuple[tuple[Layout, tuple[str, ...]], ...] = ()
+    config: Mapping | None = None
+
+
+class Predicate:
+    """When a layout or a refusal applies: `hits` are what shows it (names, or details for the message), [] if not."""
+
+    def hits(self, seen: Seen) -> list[str]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class NamePattern(Predicate):
+    """Names matching `pattern` (re.search), optionally only those stored with `rank` dims; with `only`, every name
+    must match; `also` must match some name too; `unless` no name."""
+
+    pattern: str
+    rank: int | None = None
+    only: bool = False
+    also: str = ''
+    unless: str = ''
+
+    def hits(self, seen: Seen) -> list[str]:
+        names = list(seen.shapes)
+        pattern = re.compile(self.pattern)
+        hits = [n for n in names if pattern.search(n) and (self.rank is None or len(seen.shapes[n]) == self.rank)]
+        if not hits or (self.only and len(hits) != len(names)):
+            return []
+        if self.also and not any(re.search(self.also, n) for n in names):
+            return []
+        if self.unless and any(re.search(self.unless, n) for n in names):
+            return []
+        return hits
+
+    def describe(self) -> str:
+        text = f'`{self.pattern}`' + (f' stored with {self.rank} dims' if self.rank else '')
+        text += f' and `{self.also}`' if self.also else ''
+        text += ' (only when every key matches)' if self.only else ''
+        return text + (f', unless `{self.unless}`' if self.unless else '')
+
+
+@dataclass(frozen=True)
+class Absent(Predicate):
+    """No name matches `pattern`; the hit is a sample of the names there are."""
+
+    pattern: str
+    what: str
+
+    def hits(self, seen: Seen) -> list[str]:
+        names = list(seen.shapes)
+        return [] if any(re.search(self.pattern, n) for n in names) else [', '.join(names[:4])]
+
+    def describe(self) -> str:
+        return f'no {self.what}'
+
+
+@dataclass(frozen=True)
+class ShapeTest(Predicate):
+    """A function of the names and shapes; its docstring describes it."""
+
+    test: Callable[[Mapping[str, Shape]], list[str]]
+
+    def hits(self, seen: Seen) -> list[str]:
+        return self.test(seen.shapes)
+
+    def describe(self) -> str:
+        return ' '.join((self.test.__doc__ or '').split())
+
+
+@dataclass(frozen=True)
+class ConfigTest(Predicate):
+    """A function of config.json giving the message's details ([] when it passes); its docstring describes it."""
+
+    test: Callable[[Mapping], list[str]]
+
+    def hits(self, seen: Seen) -> list[str]:
+        return self.test(seen.config) if seen.config is not None else []
+
+    def describe(self) -> str:
+        return ' '.join((self.test.__doc__ or '').split())
+
+
+def oriented(renames: tuple[Rename, ...], shapes: Mapping[str, Shape]) -> tuple[int, dict[str, UnaryOp | None]] | None:
+    """(C, name -> the op each `Orient` rename chooses from its stored shape, None where the shape cannot tell), or
+    None when the renames hold no Orient or C cannot be read."""
+    chosen = [r for r in renames if isinstance(r.op, Orient)]
+    if not chosen or (C := chosen[0].op.size(shapes)) is None:
+        return None
+    ops = {}
+    for name, shape in shapes.items():
+        rename = next((r for r in chosen if r.match(name)), None)
+        if rename is not None:
+            ops[name] = rename.op.choose(shape, C)
+    return C, ops
+
+
+@dataclass(frozen=True)
+class Transposed(Predicate):
+    """Every tensor the renames' `Orient` applies to whose shape can tell is stored the other way (at least one):
+    one factor transposed in an otherwise canonical file is a broken file, left for the shape check."""
+
+    renames: tuple[Rename, ...]
+
+    def hits(self, seen: Seen) -> list[str]:
+        found = oriented(self.renames, seen.shapes)
+        if found is None:
+            return []
+        ops = found[1]
+        flips = [n for n, op in ops.items() if op is TRANSPOSE]
+        readable = [n for n, op in ops.items() if op is not None]
+        return flips if flips and len(flips) == len(readable) else []
+
+    def describe(self) -> str:
+        name, axis = next(r.op.size_from for r in self.renames if isinstance(r.op, Orient))
+        return ('every tensor named by its renames whose shape can tell (C from `' + name + f'` axis {axis}) stored '
+                'the other way, at least one')
+
+
+@dataclass(frozen=True)
+class Unreadable(Predicate):
+    """A file that `Transposed` recognises, with a factor whose orientation no shape can tell (`[C,C]`); the hits
+    are C and that factor."""
+
+    renames: tuple[Rename, ...]
+
+    def hits(self, seen: Seen) -> list[str]:
+        if not Transposed(self.renames).hits(seen):
+            return []
+        C, ops = oriented(self.renames, seen.shapes)
+        unclear = [n for n, op in ops.items() if op is None]
+        return [str(C), unclear[0]] if unclear else []
+
+    def describe(self) -> str:
+        return 'a file in that layout with a factor stored `[C,C]`'
+
+
+@dataclass(frozen=True)
+class MixedLayouts(Predicate):
+    """More than one naming layout detected; the hits name the first two with a name each shows."""
+
+    def hits(self, seen: Seen) -> list[str]:
+        found = [(x, h) for x, h in seen.layouts if x.kind is Kind.NAMES]
+        return [f'{x.name} ({h[0]})' for x, h in found[:2]] if len(found) > 1 else []
+
+    def describe(self) -> str:
+        return 'the signatures of two naming layouts'
+
+
+@dataclass(frozen=True)
+class FirstBytes(Predicate):
+    """Decided by formats.readers.open_checkpoint from the file's first bytes, before any name is read (formats
+    cannot import mapping); listed here so the registry shows every stage."""
+
+    recognised: str
+
+    def hits(self, seen: Seen) -> list[str]:
+        return []
+
+    def describe(self) -> str:
+        return self.recognised
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A way RWKV-7 weights are stored in practice, as the rules that bring it to the canonical names and shapes.
+
+    A file is in this layout when `detect` has hits. Layouts of kind NAMES rename tensors and exclude each other;
+    PREFIX and ORIENTATION layouts combine with any."""
+
+    name: str  # for people: notes, messages, docs; never branched on
+    side: Side
+    kind: Kind
+    who: str
+    evidence: tuple[Source, ...]
+    detect: Predicate
+    renames: tuple[Rename, ...]
+    note: str = ''
+    caveat: str = ''  # added to the note a conversion prints when the layout is applied
+
+
+# --------------------------------------------------------------------------------------------------------- refusals
+
+@dataclass(frozen=True)
+class Refusal:
+    """A family of inputs fla's RWKV7ForCausalLM cannot run (or that are no model), and what to use instead.
+
+    `when` decides from what `stage` sees (names after the layouts' renames, shapes, config.json); the message is
+    `message` formatted with the variant, the reason, the hits (`{hits}`: the first two; `{0}`, `{1}`: each)."""
+
+    variant: str
+    stage: Stage
+    sides: frozenset[Side]
+    when: Predicate
+    reason: str
+    message: str = 'this is a {variant} checkpoint ({hits}): {reason}'
+    error: type[ConversionError] = UnsupportedVariantError
+    evidence: tuple[Source, ...] = field(default=())
+
+    def text(self, hits: list[str]) -> str:
+        return self.message.format(*hits, variant=self.variant, reason=self.reason, hits=', '.join(hits[:2]))
