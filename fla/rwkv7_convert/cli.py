@@ -26,6 +26,7 @@ from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
+from fla.rwkv7_convert.mapping.ops import Identity
 from fla.rwkv7_convert.proof.verify import BACKENDS, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 EXIT_INTERRUPTED = 130
@@ -156,7 +157,7 @@ def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
         if e.fla is None:
             print(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> (dropped: {e.rule.note})', file=out)
         else:
-            op = '' if e.rule.op.name == 'identity' else f' ({e.rule.op.name})'
+            op = '' if isinstance(e.rule.op, Identity) else f' ({e.rule.op.name})'
             reshape = ' (alias: reshaped)' if e.source.shape != e.canonical_shape else ''
             print(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> {e.fla} {list(e.fla_shape)} {dtype}'
                   f'{op}{reshape}', file=out)
@@ -252,10 +253,9 @@ def _convert_body(args: argparse.Namespace) -> int:
         return 0
     if not args.quiet:
         d = plan.dims
-        shards = sum(1 for f in result.files if f.endswith('.safetensors'))
         print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
               f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
-              f'{shards} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+              f'{result.shards} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     if args.verify:
         return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,
                                     quiet=args.quiet)

@@ -17,7 +17,7 @@ from fla.rwkv7_convert.formats.checkpoint import RawSpan, check_span
 from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_checkpoint
-from fla.rwkv7_convert.formats.safetensors_writer import parse_size, write_sharded
+from fla.rwkv7_convert.formats.safetensors_writer import INDEX_FILE, parse_size, write_sharded
 from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, FileDigest, write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
@@ -33,6 +33,7 @@ class Result:
     output: Path | None
     plan: Plan
     files: list[str] = field(default_factory=list)
+    shards: int = 0  # weight files written (model.safetensors, or the shards an index lists)
     seconds: float = 0.0
     bytes_written: int = 0
     dtype: str = ''
@@ -120,6 +121,7 @@ def convert_to_fla(
         with atomic_directory(output, force=force, protect=(source,)) as scratch:
             files = write_sharded(scratch, tensors, limit, metadata,
                                   on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
+            result.shards = sum(1 for f in files if f != INDEX_FILE)
             tokenizer_files = write_tokenizer(scratch, tokenizer, plan.dims.V)
             world = tokenizer_kind(tokenizer, plan.dims.V)
             write_json(scratch / 'config.json', fla_config(plan.dims, model_dtype))

@@ -18,7 +18,8 @@ CONFIG_FILE = 'config.json'
 # A directory's weights, in the order transformers' from_pretrained looks for them: the first one present is what a
 # user loads, so it is what we read (a stale index beside a newer model.safetensors must not win).
 WEIGHT_SOURCES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json')
-WEIGHT_FILES = tuple(w for w in WEIGHT_SOURCES if not w.endswith('.index.json'))
+INDEX_FILES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')  # the others are weight files
+WEIGHT_FILES = tuple(w for w in WEIGHT_SOURCES if w not in INDEX_FILES)
 # JSON nested deeper than Python's recursion limit raises RecursionError, not JSONDecodeError
 _JSON_ERRORS = (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError)
 
