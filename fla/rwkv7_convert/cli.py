@@ -29,7 +29,6 @@ from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.ops import Identity
 from fla.rwkv7_convert.proof.verify import BACKENDS, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
-EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
 
 

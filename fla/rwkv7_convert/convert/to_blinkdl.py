@@ -84,14 +84,8 @@ def _precision(precision: str | None) -> str | None:
 
 
 def plan_export(model_dir: str | os.PathLike, *, precision: str | None = None, layer0_v: bool = True) -> ExportPlan:
-    """The checked plan for exporting `model_dir`, without reading any tensor data."""
-    model_dir = Path(model_dir)
-    cfg = read_config(model_dir)
-    with ExitStack() as stack:
-        ckpt = stack.enter_context(open_hf_directory(model_dir))
-        tensors, files = ckpt.tree, ckpt.files
-        return make_export_plan(cfg, tensors, str(model_dir), precision=_precision(precision), layer0_v=layer0_v,
-                                weight_files=files)
+    """The checked plan for exporting `model_dir`, without reading any tensor data (the export's dry run)."""
+    return convert_from_fla(model_dir, None, precision=precision, layer0_v=layer0_v, dry_run=True).plan
 
 
 def convert_from_fla(
