@@ -1,8 +1,10 @@
-"""The one command-line module: convert (BlinkDL -> fla), export (fla -> BlinkDL) and verify.
+"""The one command-line module: convert (BlinkDL -> fla), export (fla -> BlinkDL), verify and inspect.
 
-Every failure is one line on stderr and a non-zero exit. The flags the commands share are declared once, as argparse
-parents; the utils/*.py scripts call main_to_fla, main_from_fla and main_verify. Nothing in the library imports this
-module (tests/test_architecture.py checks it)."""
+Every failure is one line on stderr and exit status 1 (argparse's errors too; an interrupt 128 + the signal). The
+flags the commands share are declared once, as argparse parents. The utils/*.py scripts call main_to_fla,
+main_from_fla and main_verify; the console scripts (rwkv7_convert_entry.py) call run_command; `python -m
+fla.rwkv7_convert` (and `-m fla.rwkv7_convert.cli`) call main, which dispatches on the command's name. Nothing in the
+library imports this module (tests/test_architecture.py checks it)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
@@ -27,6 +31,8 @@ from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.ops import Identity
+from fla.rwkv7_convert.mapping.schema import Side
+from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, WRAPPER_KEYS
 from fla.rwkv7_convert.proof.verify import BACKENDS, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -44,10 +50,11 @@ class Once(argparse.Action):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (`prog: error: ...`), like every other error of these scripts."""
+    """argparse with its errors on one line (`prog: error: ...`) and exit status 1, like every other failure of these
+    commands (argparse's own status is 2; docs/export.md promises 1 for every failure)."""
 
     def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+        self.exit(1, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def _quiet_broken_pipe() -> int:
@@ -76,7 +83,7 @@ def _raise_terminated(signum, frame):
 
 
 def _ours(handler) -> bool:
-    """Handlers the command may replace: the defaults, and the scripts' quiet start-up handler (utils/_bootstrap.py)."""
+    """Handlers the command may replace: the defaults, and the quiet start-up handler (rwkv7_convert_entry.py)."""
     return handler in (signal.SIG_DFL, signal.default_int_handler) or getattr(handler, 'outside_the_command', False)
 
 
@@ -191,11 +198,20 @@ def _head_size_flag() -> argparse.ArgumentParser:
     return p
 
 
-def build_to_fla_parser() -> argparse.ArgumentParser:
+def layouts_help(side: Side) -> str:
+    """The layouts a direction accepts, from table.LAYOUTS (and the wrappers, for BlinkDL files): for --help."""
+    names = '; '.join(x.name for x in LAYOUTS if x.side is side)
+    if side is Side.FLA:
+        return f'Accepted besides fla\'s current names: {names}. Rules and evidence: docs/mapping.md.'
+    return (f'Accepted layouts besides RWKV-LM\'s names, detected from names and shapes: {names}; wrapper prefixes '
+            f'{", ".join(PREFIXES)}; wrapper keys {", ".join(WRAPPER_KEYS)}. Rules and evidence: docs/mapping.md.')
+
+
+def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentParser:
     p = Parser(
-        prog='convert_to_rwkv7.py',
+        prog=prog,
         description='Convert a BlinkDL RWKV-7 checkpoint (.pth or .safetensors, RWKV-LM names) into a Hugging Face '
-                    'directory that fla.models.RWKV7ForCausalLM loads.',
+                    'directory that fla.models.RWKV7ForCausalLM loads.', epilog=layouts_help(Side.BLINKDL),
         parents=[_writing_flags('OUTDIR'), _head_size_flag(), _loudness_flags()])
     p.add_argument('--rwkv7', required=True, action=Once, metavar='IN',
                    help='BlinkDL RWKV-7 state dict (.pth or .safetensors)')
@@ -261,8 +277,8 @@ def _convert_body(args: argparse.Namespace) -> int:
     return 0
 
 
-def main_to_fla(argv: list[str] | None = None) -> int:
-    args = build_to_fla_parser().parse_args(argv)
+def main_to_fla(argv: list[str] | None = None, prog: str = 'convert_to_rwkv7.py') -> int:
+    args = build_to_fla_parser(prog).parse_args(argv)
     return run_cli(_convert_body, args)
 
 
@@ -276,8 +292,8 @@ def verify_after_convert(source, model_dir, *, tokens: int = DEFAULT_TOKENS, hea
     return 0 if report.passed else 1
 
 
-def build_verify_parser() -> argparse.ArgumentParser:
-    p = Parser(prog='verify_rwkv7.py', description=(
+def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParser:
+    p = Parser(prog=prog, description=(
         'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint, one '
         'layer in memory at a time. PASS when fla\'s error against the float64 reference is within a calibrated '
         'factor of the reference\'s own error in the same precision. Exit status 0 only on PASS.'),
@@ -316,18 +332,19 @@ def _verify_body(args) -> int:
     return 0 if report.passed else 1
 
 
-def main_verify(argv: list[str] | None = None) -> int:
-    args = build_verify_parser().parse_args(argv)
+def main_verify(argv: list[str] | None = None, prog: str = 'verify_rwkv7.py') -> int:
+    args = build_verify_parser(prog).parse_args(argv)
     return run_cli(_verify_body, args)
 
 
 # fla / Hugging Face directory -> BlinkDL RWKV-LM checkpoint (the reverse direction)
 
-def build_from_fla_parser() -> argparse.ArgumentParser:
+def build_from_fla_parser(prog: str = 'convert_from_fla_rwkv7.py') -> argparse.ArgumentParser:
     p = Parser(
-        prog='convert_from_fla_rwkv7.py',
+        prog=prog,
         description='Convert an fla / Hugging Face RWKV-7 model directory (config.json + model.safetensors or shards) '
                     "into a BlinkDL RWKV-LM checkpoint that RWKV-LM and BlinkDL's rwkv package load.",
+        epilog=layouts_help(Side.FLA),
         parents=[_writing_flags('OUT'), _loudness_flags()])
     p.add_argument('--model', required=True, action=Once, metavar='HF_DIR',
                    help='Hugging Face directory of an RWKV7ForCausalLM')
@@ -383,6 +400,80 @@ def _export_body(args: argparse.Namespace) -> int:
     return 0
 
 
-def main_from_fla(argv: list[str] | None = None) -> int:
-    args = build_from_fla_parser().parse_args(argv)
+def main_from_fla(argv: list[str] | None = None, prog: str = 'convert_from_fla_rwkv7.py') -> int:
+    args = build_from_fla_parser(prog).parse_args(argv)
     return run_cli(_export_body, args)
+
+
+# inspect: what a file or directory holds and what converting it would do (the dry run, described)
+
+def build_inspect_parser(prog: str = 'rwkv7-inspect') -> argparse.ArgumentParser:
+    p = Parser(prog=prog, description=(
+        'Describe a BlinkDL RWKV-7 checkpoint or an fla / Hugging Face directory without writing anything: the layout '
+        'detected and the names that show it, the sizes, parameter count, stored dtypes, and what converting it would '
+        'drop, add or refuse (the dry run of its direction; names, shapes and dtypes only).'),
+        epilog=f'{layouts_help(Side.BLINKDL)} {layouts_help(Side.FLA)}', parents=[_head_size_flag()])
+    p.add_argument('path', metavar='FILE_OR_DIR', help='a .pth / .safetensors file, or a model directory')
+    p.add_argument('--json', action='store_true', help='one JSON object on stdout (also on failure: "ok": false)')
+    return p
+
+
+def _inspect_body(args: argparse.Namespace) -> int:
+    try:
+        try:
+            found = inspect(args.path, head_size=args.head_size)
+        except OSError as e:  # inspect writes nothing: not the converter's "nothing was written" line
+            raise ConversionError(f'{e.strerror or e}', e.filename or args.path) from e
+    except ConversionError as e:
+        if args.json:
+            print(json.dumps(refused(e, args.path), indent=2))
+        raise
+    print(json.dumps(found.to_dict(), indent=2) if args.json else '\n'.join(found.lines()))
+    return 0
+
+
+def main_inspect(argv: list[str] | None = None, prog: str = 'rwkv7-inspect') -> int:
+    args = build_inspect_parser(prog).parse_args(argv)
+    return run_cli(_inspect_body, args)
+
+
+# the commands by name: `python -m fla.rwkv7_convert COMMAND` and the console scripts (setup.py entry_points)
+
+COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
+    'convert': (main_to_fla, 'BlinkDL checkpoint -> fla / Hugging Face directory (= utils/convert_to_rwkv7.py)'),
+    'export': (main_from_fla, 'fla / Hugging Face directory -> BlinkDL checkpoint (= utils/convert_from_fla_rwkv7.py)'),
+    'verify': (main_verify, 'logits of the directory against the reference on the source (= utils/verify_rwkv7.py)'),
+    'inspect': (main_inspect, 'what a file or directory holds and what converting it would do; writes nothing'),
+}
+CONSOLE_SCRIPTS = {name: f'rwkv7-{name}' for name in COMMANDS}  # setup.py's entry_points (a test compares)
+
+
+def run_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Command `name` with `argv` (default sys.argv[1:]), its --help and errors under `prog`."""
+    return COMMANDS[name][0](argv, prog=prog or CONSOLE_SCRIPTS[name])
+
+
+def usage(prog: str) -> str:
+    width = max(map(len, COMMANDS))
+    return '\n'.join([f'usage: {prog} COMMAND [ARGS]   ({prog} COMMAND --help for its flags)', '', 'commands:',
+                      *[f'  {n:<{width}}  {what} [{CONSOLE_SCRIPTS[n]}]' for n, (_, what) in COMMANDS.items()]])
+
+
+def main(argv: list[str] | None = None, prog: str = 'python -m fla.rwkv7_convert') -> int:
+    """Dispatch `COMMAND [ARGS]`; without a command or with an unknown one, the usage on stderr and exit 1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:], prog=f'{prog} {argv[0]}')
+    if argv[:1] in (['-h'], ['--help']):
+        print(usage(prog))
+        return 0
+    if argv[:1] == ['--version']:
+        print(f'rwkv7_convert {__version__}')
+        return 0
+    print(usage(prog), file=sys.stderr)
+    print(f'{prog}: error: ' + (f'unknown command {argv[0]!r}' if argv else 'no command given'), file=sys.stderr)
+    return 1
+
+
+if __name__ == '__main__':  # python -m fla.rwkv7_convert.cli
+    sys.exit(main(prog='python -m fla.rwkv7_convert.cli'))

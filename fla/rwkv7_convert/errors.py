@@ -13,8 +13,12 @@ class ConversionError(Exception):
         self.path = path
 
     def one_line(self) -> str:
-        text = ' '.join(str(self).split())
+        text = ' '.join(str(self.args[0] if self.args else '').split())
         return f'{self.path}: {text}' if self.path else text
+
+    def __str__(self) -> str:
+        # the path is part of the message: a library caller's traceback names the file, as the command line does
+        return self.one_line()
 
 
 class NotACheckpointError(ConversionError):

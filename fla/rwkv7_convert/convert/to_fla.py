@@ -21,8 +21,9 @@ from fla.rwkv7_convert.formats.safetensors_writer import INDEX_FILE, parse_size,
 from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, FileDigest, write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
+from fla.rwkv7_convert.mapping.engine import directory_layouts
 from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan
-from fla.rwkv7_convert.mapping.schema import Scope
+from fla.rwkv7_convert.mapping.schema import Scope, Side
 from fla.rwkv7_convert.mapping.table import RULES
 
 DEFAULT_MAX_SHARD_SIZE = '5GB'
@@ -37,6 +38,7 @@ class Result:
     seconds: float = 0.0
     bytes_written: int = 0
     dtype: str = ''
+    source_format: str = ''  # what the input was read as: 'pth', 'safetensors', 'hf-directory'
 
 
 def _fla_order(entry: Entry) -> tuple:
@@ -106,12 +108,13 @@ def convert_to_fla(
         if ckpt.kind == 'hf-directory':  # told apart by its weight names (the plan), not by model_type
             arch = ', '.join(map(str, ckpt.config.get('architectures') or [])) or 'no architectures in config.json'
             plan.notes.append(f'Hugging Face directory ({arch}): weights from {", ".join(ckpt.files)}')
+            plan.layouts += directory_layouts(ckpt.tree, Side.BLINKDL)
         kept = sorted(plan.kept, key=_fla_order)
         emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
         model_dtype = precision or emb_dtype
         tensors = [_out_tensor(e, precision or e.source.dtype, allow_nonfinite, shown) for e in kept]
         total = sum(t.nbytes for t in tensors)
-        result = Result(None, plan, dtype=model_dtype, bytes_written=total)
+        result = Result(None, plan, dtype=model_dtype, bytes_written=total, source_format=ckpt.kind)
         if dry_run or output is None:
             return result
         if on_start:

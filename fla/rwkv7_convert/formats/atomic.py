@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fla.rwkv7_convert.errors import OutputExistsError
+from fla.rwkv7_convert.errors import ConversionError, OutputExistsError
 
 # ------------------------------------------------------------------------------------------- atomic output folder
 
@@ -35,6 +35,22 @@ def pid_alive(pid: int) -> bool:
 
 def _scratch_name(target: Path, kind: str) -> Path:
     return target.parent / f'.{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}'
+
+
+def _claim(target: Path, shown: str, make_scratch) -> Path:
+    """The target's folder made and a scratch name beside it claimed by `make_scratch(path)`; a place where nothing
+    can be created (`/proc/x`, a read-only folder, a file as the folder) is one error naming the user's path, never
+    the scratch name the user did not choose."""
+    parent = target.parent
+    if os.path.lexists(parent) and not parent.is_dir():
+        raise ConversionError(f'cannot be created: {parent} is not a directory; nothing was written', shown)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        scratch = _scratch_name(target, 'tmp')
+        make_scratch(scratch)
+    except OSError as e:
+        raise ConversionError(f'cannot be created in {parent} ({e.strerror or e}); nothing was written', shown) from e
+    return scratch
 
 
 def clean_stale(target: Path) -> list[Path]:
@@ -183,12 +199,11 @@ def atomic_directory(target: str | os.PathLike, force: bool = False,
     between them) and deleted after, so at every instant either the old complete model or the new complete
     model sits at `target`, also when runs race for the same `target`. `protect`: see `check_target`.
     """
+    shown = os.fspath(target)
     target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target)
     check_target(target, force, protect)
-    scratch = _scratch_name(target, 'tmp')
-    scratch.mkdir()
+    scratch = _claim(target, shown, Path.mkdir)
     try:
         yield scratch
         fsync_dir(scratch)
@@ -251,12 +266,11 @@ def atomic_file(target: str | os.PathLike, force: bool = False,
     atomic rename over the old file. Scratch files left by killed runs are removed on the next run. `protect`: see
     `check_target_file`.
     """
+    shown = os.fspath(target)
     target = Path(target).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_files(target)
     check_target_file(target, force, protect)
-    scratch = target.parent / f'.{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}'
-    open(scratch, 'xb').close()  # claim the name
+    scratch = _claim(target, shown, lambda path: open(path, 'xb').close())
     try:
         yield scratch
         _fsync_file(scratch)

@@ -107,6 +107,9 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise NotACheckpointError('legacy (pre-1.6) torch.save format is not supported; re-save it with a current torch',
                                       shown)
         raise NotACheckpointError('not a PyTorch zip (.pth) or safetensors file', shown)
+    except OSError as e:  # e.g. EIO from /proc/self/mem: the user's path, not a bare "Input/output error"
+        handle.close()
+        raise NotACheckpointError(f'cannot read: {e.strerror or e}', shown) from e
     except BaseException:
         handle.close()
         raise

@@ -19,7 +19,17 @@ def writer_for(output: str | os.PathLike | None, fmt: str | None) -> Writer:
     if fmt is not None:
         if fmt not in WRITERS:
             raise ConversionError(f'unknown format {fmt!r}; expected one of: {", ".join(WRITERS)}')
-        return WRITERS[fmt]
+        writer = WRITERS[fmt]
+        name = os.fspath(output or '')
+        # a safetensors file named .pth would be handed to torch.load by whoever trusts the name: refused, not warned
+        other = next((w for w in WRITERS.values() if w is not writer and any(name.endswith(s) for s in w.suffixes)
+                      and not any(name.endswith(s) for s in writer.suffixes)), None)
+        if other is not None:
+            suffix = next(s for s in other.suffixes if name.endswith(s))
+            raise ConversionError(f'ends in {suffix}, the {other.name} format\'s suffix, but the format asked for is '
+                                  f'{writer.name}: whoever trusts the name would misread the file; name it '
+                                  f'{name[:-len(suffix)]}{writer.suffixes[0]}, or leave the format to the name', name)
+        return writer
     name = os.fspath(output or '')
     return next((w for w in WRITERS.values() if any(name.endswith(s) for s in w.suffixes)), WRITERS[DEFAULT])
 

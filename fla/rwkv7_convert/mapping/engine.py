@@ -206,36 +206,45 @@ def apply_layouts(tensors: dict[str, TensorRef], side: Side) -> tuple[dict[str, 
                                                                      tuple[tuple[Layout, tuple[str, ...]], ...]]:
     """The prefix layouts of `side`, then its naming layout, applied by their renames. Two naming layouts in one
     file are applied neither: the names stage refuses the file (table.REFUSALS). Returns (tensors, notes, problems:
-    duplicates the renames produced, the naming layouts found with their hits)."""
+    duplicates the renames produced, the prefix and naming layouts found with their hits: the evidence)."""
     notes: list[str] = []
     problems: list[str] = []
     found: tuple[tuple[Layout, tuple[str, ...]], ...] = ()
     for kind in (Kind.PREFIX, Kind.NAMES):
         seen = Seen({n: r.shape for n, r in tensors.items()})
         hits = tuple((x, tuple(h)) for x in LAYOUTS if x.side is side and x.kind is kind and (h := x.detect.hits(seen)))
-        if kind is Kind.NAMES:
-            found = hits
-            if len(hits) > 1:
-                continue
+        found += hits
+        if kind is Kind.NAMES and len(hits) > 1:
+            continue
         for layout, _ in hits:
             tensors, what = _rename(layout, tensors, problems)
             notes.append(_note(layout, what))
     return tensors, notes, problems, found
 
 
-def apply_orientation(tensors: dict[str, TensorRef], side: Side) -> tuple[dict[str, TensorRef], list[str]]:
+def apply_orientation(tensors: dict[str, TensorRef], side: Side) -> tuple[dict[str, TensorRef], list[str],
+                                                                         tuple[tuple[Layout, tuple[str, ...]], ...]]:
     """The orientation layouts of `side` whose predicate holds: each tensor their `Orient` renames apply to turned
-    by the op its stored shape calls for (a shape that cannot tell was refused at the shapes stage)."""
+    by the op its stored shape calls for (a shape that cannot tell was refused at the shapes stage). Returns
+    (tensors, notes, the layouts applied with their hits)."""
     notes = []
+    found: tuple[tuple[Layout, tuple[str, ...]], ...] = ()
     for layout in (x for x in LAYOUTS if x.side is side and x.kind is Kind.ORIENTATION):
         shapes = {n: r.shape for n, r in tensors.items()}
-        if not layout.detect.hits(Seen(shapes)):
+        if not (hits := layout.detect.hits(Seen(shapes))):
             continue
+        found += ((layout, tuple(hits)),)
         _, ops = oriented(layout.renames, shapes)
         tensors = {n: with_op(r, n, ops.get(n) or IDENTITY) for n, r in tensors.items()}
         flipped = sum(1 for op in ops.values() if op is TRANSPOSE)
         notes.append(_note(layout, f'{flipped} tensor(s) stored transposed, transposed back'))
-    return tensors, notes
+    return tensors, notes, found
+
+
+def directory_layouts(tensors: Mapping[str, TensorRef], side: Side) -> tuple[tuple[Layout, tuple[str, ...]], ...]:
+    """The directory layouts of `side` (a Hugging Face directory read as it is) that `tensors` show, with hits."""
+    seen = Seen({n: r.shape for n, r in tensors.items()})
+    return tuple((x, tuple(h)) for x in LAYOUTS if x.side is side and x.kind is Kind.DIRECTORY and (h := x.detect.hits(seen)))
 
 
 # --------------------------------------------------------------------------------------------------------- refusals
@@ -254,4 +263,6 @@ def refuse(side: Side, seen: Seen, shown: str) -> None:
     found = first_refusal(side, seen)
     if found is not None:
         refusal, hits = found
-        raise refusal.error(refusal.text(hits), shown)
+        error = refusal.error(refusal.text(hits), shown)
+        error.refusal = refusal  # which entry of REFUSALS: inspect tells an input of the other direction by it
+        raise error

@@ -18,7 +18,7 @@ from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
 from fla.rwkv7_convert.mapping.config import Dims, config_notes, size_mismatches
 from fla.rwkv7_convert.mapping.engine import apply_layouts, apply_orientation, bind_sizes, expected_blinkdl, lookup_fla, refuse
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
-from fla.rwkv7_convert.mapping.schema import Rule, Seen, Side
+from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side
 from fla.rwkv7_convert.mapping.table import SIZES
 
 
@@ -48,6 +48,7 @@ class ExportPlan:
     weight_files: list[str]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    layouts: list[tuple[Layout, tuple[str, ...]]] = field(default_factory=list)  # detected, with their evidence
 
     @property
     def num_parameters(self) -> int:
@@ -116,8 +117,8 @@ def refuse_fla_input(cfg: dict, tensors: dict[str, TensorRef], shown: str) -> tu
 def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, precision: str | None = None,
                      layer0_v: bool = True, weight_files: list[str] | None = None) -> ExportPlan:
     """Check every name, shape and dtype (no tensor data is read) and list the output tensors in RWKV-LM's order."""
-    tensors, layout_notes, problems, _ = refuse_fla_input(cfg, tensors, shown)
-    tensors, more_notes = apply_orientation(tensors, Side.FLA)
+    tensors, layout_notes, problems, detected = refuse_fla_input(cfg, tensors, shown)
+    tensors, more_notes, oriented = apply_orientation(tensors, Side.FLA)
     notes, warnings = config_notes(cfg)
     notes += layout_notes + more_notes
     dims = _dims(cfg, tensors, problems)
@@ -175,4 +176,4 @@ def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, pr
                  f'FFN {dims.F}', f'LoRA ranks: decay {dims.Dw}, a {dims.Da}, value {dims.Dv}, gate {dims.Dg}']
     notes.append('layer-0 att.v0/v1/v2: written as zeros (RWKV-LM training creates them; no model uses them)'
                  if layer0_v else 'layer-0 att.v0/v1/v2: omitted (--no-layer0-v)')
-    return ExportPlan(dims, cfg, entries, weight_files or [], notes, warnings)
+    return ExportPlan(dims, cfg, entries, weight_files or [], notes, warnings, list(detected) + list(oriented))

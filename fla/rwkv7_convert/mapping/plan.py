@@ -29,7 +29,7 @@ from fla.rwkv7_convert.mapping.engine import (
     strip_prefixes,
 )
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
-from fla.rwkv7_convert.mapping.schema import Rule, Seen, Side
+from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side
 from fla.rwkv7_convert.mapping.table import SIZES, STATE_TENSOR, WRAPPER_KEYS
 
 
@@ -53,6 +53,7 @@ class Plan:
     prefixes: list[str] = field(default_factory=list)  # wrapper prefixes that were stripped
     unwrapped: list[str] = field(default_factory=list)  # wrapper keys that were unwrapped
     notes: list[str] = field(default_factory=list)  # what the detector saw, for --dry-run
+    layouts: list[tuple[Layout, tuple[str, ...]]] = field(default_factory=list)  # detected, with their evidence
 
     @property
     def kept(self) -> list[Entry]:
@@ -224,14 +225,14 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
     which fla cannot hold) instead of refusing the file."""
     tensors, unwrapped = unwrap_state_dict(tree, shown)
     tensors, prefixes, problems = normalize_names(tensors)
-    tensors, layout_notes, more, found = apply_layouts(tensors, Side.BLINKDL)
+    tensors, layout_notes, more, detected = apply_layouts(tensors, Side.BLINKDL)
     problems += more
     states = [n for n in tensors if STATE_TENSOR.match(n)]
     if drop_state and states and len(states) < len(tensors):
         tensors = {n: r for n, r in tensors.items() if n not in states}
         layout_notes.append(f'--drop-state: {len(states)} tuned initial state(s) att.time_state dropped')
-    refuse(Side.BLINKDL, Seen({n: r.shape for n, r in tensors.items()}, found), shown)  # table.REFUSALS, in order
-    tensors, more_notes = apply_orientation(tensors, Side.BLINKDL)
+    refuse(Side.BLINKDL, Seen({n: r.shape for n, r in tensors.items()}, detected), shown)  # table.REFUSALS, in order
+    tensors, more_notes, oriented = apply_orientation(tensors, Side.BLINKDL)
     layout_notes += more_notes
     dims = infer_dims(tensors, head_size, shown)
 
@@ -271,13 +272,20 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
         notes.append('unwrapped nested state dict: ' + ' -> '.join(repr(k) for k in unwrapped))
     if prefixes:
         notes.append('stripped wrapper prefixes: ' + ', '.join(repr(p) for p in prefixes))
-    for layout in {x.name: x for p in prefixes for part in p.split('.') if (x := prefix_layout(part + '.'))}.values():
+    # BlinkDL-side prefix layouts are stripped with the wrapper prefixes (strip_prefixes): the prefix is the evidence
+    by_prefix: dict[str, tuple[Layout, list[str]]] = {}
+    for p in prefixes:
+        for part in p.split('.'):
+            if x := prefix_layout(part + '.'):
+                by_prefix.setdefault(x.name, (x, []))[1].append(f'{p}*')
+    for layout, _ in by_prefix.values():
         notes.append(f'layout {layout.name}: {layout.who}')
+    layouts = [(x, tuple(h)) for x, h in by_prefix.values()] + list(detected) + list(oriented)
     notes += layout_notes
     squeezed = sum(1 for e in entries if e.source.shape != e.canonical_shape)
     if squeezed:
         notes.append(f'{squeezed} tensor(s) stored in a squeezed/flat shape, normalized to RWKV-LM shapes')
-    plan = Plan(dims, entries, prefixes, unwrapped, notes)
+    plan = Plan(dims, entries, prefixes, unwrapped, notes, layouts)
     if plan.dropped:
         notes.append(f'layer-0 att.v0/v1/v2 present: dropped ({len(plan.dropped)} tensors, unused by the model)')
     else:

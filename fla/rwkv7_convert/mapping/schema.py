@@ -338,6 +338,7 @@ class Refusal:
     message: str = 'this is a {variant} checkpoint ({hits}): {reason}'
     error: type[ConversionError] = UnsupportedVariantError
     evidence: tuple[Source, ...] = field(default=())
+    other_direction: bool = False  # the input is one the other direction takes (inspect then reads it that way)
 
     def text(self, hits: list[str]) -> str:
         return self.message.format(*hits, variant=self.variant, reason=self.reason, hits=', '.join(hits[:2]))

@@ -426,7 +426,8 @@ REFUSALS: tuple[Refusal, ...] = (
                       Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT, 'time_state [H,N,N]'))),
     Refusal('fla / Hugging Face RWKV-7 state dict', Stage.NAMES, BLINKDL,
             NamePattern(r'^(model\.(layers|embeddings)\.|lm_head\.)'),
-            'it is already in fla\'s naming; use utils/convert_from_fla_rwkv7.py to go back to RWKV-LM format'),
+            'it is already in fla\'s naming; use utils/convert_from_fla_rwkv7.py to go back to RWKV-LM format',
+            other_direction=True),
     Refusal('anything else', Stage.NAMES, BLINKDL,
             Absent(r'\.att\.(r_k|k_k)\Z', '`blocks.*.att.r_k` / `att.k_k` tensors'), 'not an RWKV-7 checkpoint',
             message='not an RWKV-7 checkpoint: no blocks.*.att.r_k / att.k_k tensors (keys: {0}, ...)'),
@@ -437,7 +438,8 @@ REFUSALS: tuple[Refusal, ...] = (
                     'runtimes do at load time); fla applies ln0 itself, and no LayerNorm can be added that undoes a fold, '
                     'so this file cannot be converted exactly; convert the original training checkpoint instead'),
     Refusal('RWKV-LM names given to the export', Stage.NAMES, FLA, NamePattern(r'^blocks\.', unless=r'^(model|layers)\.'),
-            'nothing to convert', message='the weights already have RWKV-LM names (blocks.*); {reason}'),
+            'nothing to convert', message='the weights already have RWKV-LM names (blocks.*); {reason}',
+            other_direction=True),
     # ----- shapes
     Refusal('web-rwkv / ai00 `.st` whose LoRA rank equals C', Stage.SHAPES, BLINKDL, Unreadable(_ST_RENAMES),
             'the orientation of that factor cannot be read from its shape; convert the original RWKV-LM .pth',

@@ -1,0 +1,141 @@
+"""What a BlinkDL checkpoint or an fla directory holds and what converting it would do: the dry run of its direction
+(to_fla.convert_to_fla or to_blinkdl.convert_from_fla with `dry_run`, hence the plans of mapping/), described.
+
+Nothing is written and no tensor data is read: names, shapes and dtypes only. The direction is the input's: a file
+is a BlinkDL checkpoint (convert); a directory is an fla directory (export) unless the export refuses it as one the
+other direction takes (`Refusal.other_direction`: a Hugging Face directory holding RWKV-LM names), then it is read
+for convert. Everything else either plan refuses is raised as it is (one line, naming the path).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.formats.display import human_bytes, human_count
+from fla.rwkv7_convert.mapping.config import Dims
+
+SCHEMA = 1  # the version of Inspection.to_dict's keys; raised when a key changes meaning or goes away
+EVIDENCE_SHOWN = 8  # names per layout in the dict (the count is given too); the text shows 3
+
+
+@dataclass
+class Inspection:
+    path: str
+    direction: str  # 'convert' (BlinkDL -> fla directory) or 'export' (fla directory -> BlinkDL)
+    format: str  # what the input is read as: 'pth', 'safetensors', 'hf-directory'
+    dims: Dims
+    parameters: int
+    tensors: int  # the stored tensors that carry over
+    dtypes: dict[str, dict[str, int]]  # stored dtype -> {'tensors': n, 'parameters': m}
+    output_dtype: str
+    output_bytes: int
+    layouts: list[dict] = field(default_factory=list)  # {'name', 'kind', 'who', 'evidence', 'evidence_count'}
+    dropped: list[dict] = field(default_factory=list)  # {'name', 'why'}: stored, not carried over
+    added: list[dict] = field(default_factory=list)  # {'name', 'why'}: written without a stored source
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """A stable dict for scripts (`rwkv7-inspect --json`): the keys of SCHEMA."""
+        return {'schema': SCHEMA, 'ok': True, 'path': self.path, 'direction': self.direction, 'format': self.format,
+                'layouts': self.layouts, 'sizes': dict(vars(self.dims)), 'head_size': self.dims.N,
+                'parameters': self.parameters, 'tensors': self.tensors, 'dtypes': self.dtypes,
+                'output': {'dtype': self.output_dtype, 'bytes': self.output_bytes},
+                'dropped': self.dropped, 'added': self.added, 'notes': self.notes, 'warnings': self.warnings}
+
+    def lines(self) -> list[str]:
+        """About a dozen lines for people."""
+        d = self.dims
+        what = {'convert': 'a BlinkDL RWKV-7 checkpoint: rwkv7-convert turns it into an fla directory',
+                'export': 'an fla RWKV-7 directory: rwkv7-export turns it into a BlinkDL checkpoint'}[self.direction]
+        out = [f'{self.path}: {what} (read as {self.format})']
+        for x in self.layouts:
+            shown = ', '.join(x['evidence'][:3]) + (f', ... ({x["evidence_count"]} in all)'
+                                                    if x['evidence_count'] > 3 else '')
+            out.append(f'layout: {x["name"]} ({x["kind"]}), shown by {shown}')
+        if not self.layouts:
+            side = 'RWKV-LM' if self.direction == 'convert' else 'fla'
+            out.append(f'layout: canonical {side} names and shapes (no other layout\'s signature)')
+        out.append(f'sizes: vocab V={d.V}, hidden C={d.C}, layers L={d.L}, heads H={d.H} of head size N={d.N}, '
+                   f'FFN F={d.F}')
+        out.append(f'LoRA ranks: decay Dw={d.Dw}, a Da={d.Da}, value Dv={d.Dv}, gate Dg={d.Dg}')
+        out.append(f'parameters: {human_count(self.parameters)} ({self.parameters:,}) in {self.tensors} tensors')
+        out.append('stored dtypes: ' + ', '.join(f'{k} {v["tensors"]} tensors ({human_count(v["parameters"])})'
+                                                 for k, v in self.dtypes.items()))
+        out.append(f'would write: {human_bytes(self.output_bytes)} of weights in {self.output_dtype}')
+        for what, items in (('dropped', self.dropped), ('added', self.added)):
+            if items:
+                whys = {}
+                for item in items:
+                    whys.setdefault(item['why'], []).append(item['name'])
+                out += [f'{what}: {", ".join(names)} ({why})' for why, names in whys.items()]
+        out += [f'note: {n}' for n in self.notes]
+        out += [f'warning: {w}' for w in self.warnings]
+        out.append('refused: nothing in names, shapes or config; tensor data (NaN/Inf) is checked only when converting')
+        return out
+
+
+def _layouts(found) -> list[dict]:
+    return [{'name': x.name, 'kind': x.kind.value, 'who': x.who, 'evidence': list(hits[:EVIDENCE_SHOWN]),
+             'evidence_count': len(hits)} for x, hits in found]
+
+
+def _dtypes(refs) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for ref in refs:
+        row = out.setdefault(ref.dtype, {'tensors': 0, 'parameters': 0})
+        row['tensors'] += 1
+        row['parameters'] += ref.numel
+    return dict(sorted(out.items()))
+
+
+def _blinkdl(path: str, head_size: int | None) -> Inspection:
+    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+    result = convert_to_fla(path, None, head_size=head_size, dry_run=True)
+    plan = result.plan
+    return Inspection(
+        path, 'convert', result.source_format, plan.dims, plan.num_parameters, len(plan.kept),
+        _dtypes(e.source for e in plan.kept), result.dtype, result.bytes_written, _layouts(plan.layouts),
+        dropped=[{'name': e.source.name, 'why': e.rule.note or 'not carried over'} for e in plan.dropped],
+        notes=plan.notes[2:])  # the first two are the sizes, shown on their own lines
+
+
+def _fla(path: str) -> Inspection:
+    from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
+    result = convert_from_fla(path, None, dry_run=True)
+    plan = result.plan
+    sources = {e.fla: e.source for e in plan.entries if e.source is not None}  # a tied head is the embedding's copy
+    return Inspection(
+        path, 'export', 'hf-directory', plan.dims, plan.num_parameters, len(sources), _dtypes(sources.values()),
+        result.dtype, result.bytes_written, _layouts(plan.layouts),
+        added=[{'name': e.blinkdl, 'why': e.note} for e in plan.entries if e.source is None],
+        notes=plan.notes[2:], warnings=list(plan.warnings))
+
+
+def refused(error: ConversionError, path: str | os.PathLike) -> dict:
+    """The dict `--json` prints when the input is refused: the same keys on every failure."""
+    refusal = getattr(error, 'refusal', None)
+    return {'schema': SCHEMA, 'ok': False, 'path': os.fspath(path), 'error': error.one_line(),
+            'error_type': type(error).__name__, 'refusal': refusal.variant if refusal is not None else None}
+
+
+def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspection:
+    """Describe `path` (a BlinkDL .pth / .safetensors file, an fla directory, or a Hugging Face directory holding
+    RWKV-LM names) from its direction's dry run. Raises the ConversionError that direction would (one line, naming
+    the path) when it would refuse the input."""
+    shown = os.fspath(path)
+    if not Path(shown).is_dir():
+        return _blinkdl(shown, head_size)
+    try:
+        return _fla(shown)
+    except ConversionError as e:
+        refusal = getattr(e, 'refusal', None)
+        if refusal is None or not refusal.other_direction:
+            raise
+    return _blinkdl(shown, head_size)
+
+
+__all__ = ['SCHEMA', 'Inspection', 'inspect', 'refused']
