@@ -2,9 +2,9 @@
 (to_fla.convert_to_fla or to_blinkdl.convert_from_fla with `dry_run`, hence the plans of mapping/), described.
 
 Nothing is written and no tensor data is read: names, shapes and dtypes only. The direction is the input's: a file
-is a BlinkDL checkpoint (convert); a directory is an fla directory (export) unless the export refuses it as one the
-other direction takes (`Refusal.other_direction`: a Hugging Face directory holding RWKV-LM names), then it is read
-for convert. Everything else either plan refuses is raised as it is (one line, naming the path).
+is a BlinkDL checkpoint (convert); a directory is whichever direction's plan takes it (a Hugging Face directory
+holding RWKV-LM names converts, an fla directory exports). What both refuse is raised as the more telling of the two
+errors (one line, naming the path).
 """
 
 from __future__ import annotations
@@ -129,13 +129,29 @@ def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspect
     shown = os.fspath(path)
     if not Path(shown).is_dir():
         return _blinkdl(shown, head_size)
+    try:  # a directory is either direction's: the one whose plan takes it
+        return _blinkdl(shown, head_size)
+    except ConversionError as e:
+        to_fla_error = e
     try:
         return _fla(shown)
     except ConversionError as e:
-        refusal = getattr(e, 'refusal', None)
-        if refusal is None or not refusal.other_direction:
-            raise
-    return _blinkdl(shown, head_size)
+        raise _more_telling(to_fla_error, e) from None
+
+
+def _more_telling(to_fla: ConversionError, to_blinkdl: ConversionError) -> ConversionError:
+    """Both directions refused a directory: the error of the direction it belongs to. A refusal that says the input
+    is the other direction's (`Refusal.other_direction`) points to the other error; else a concrete problem (a key
+    report, an unreadable file: no refusal) tells more than a refusal, which may only mean "not my kind of input";
+    else the export's (directories are mostly fla's)."""
+    def other(e):
+        return getattr(getattr(e, 'refusal', None), 'other_direction', False)
+
+    if other(to_blinkdl) or other(to_fla):
+        return to_fla if other(to_blinkdl) else to_blinkdl
+    if hasattr(to_blinkdl, 'refusal') and not hasattr(to_fla, 'refusal'):
+        return to_fla
+    return to_blinkdl
 
 
 __all__ = ['SCHEMA', 'Inspection', 'inspect', 'refused']

@@ -1,0 +1,121 @@
+"""The Python API: convert, export, verify and inspect RWKV-7 checkpoints from a script, as the commands do.
+
+    from fla.rwkv7_convert.api import convert_from_fla, convert_to_fla, inspect, verify
+
+    info = inspect('model.pth')                  # writes nothing; info.lines() for people, info.to_dict() for JSON
+    result = convert_to_fla('model.pth', 'out/model', precision='bf16')
+    report = verify('model.pth', 'out/model')    # report.passed, print(report.render())
+    convert_from_fla('out/model', 'back.pth')
+
+Every refusal is a `ConversionError` (errors.py: NotACheckpointError, UnsupportedVariantError, KeyMismatchError,
+OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print
+it. Importing this module imports neither torch nor fla's models, triton or transformers (verify imports them
+when it runs). Note that `import fla.rwkv7_convert...` imports the `fla` package first, and fla's own __init__
+imports its models (seconds); a script that wants the fast start of the commands calls
+`rwkv7_convert_entry.light_fla()` before its first `import fla...` (the console commands do).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fla.rwkv7_convert.convert.inspection import Inspection
+from fla.rwkv7_convert.convert.inspection import inspect as _inspect
+from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
+from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla as _convert_to_fla
+from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.formats.dtypes import FLOATING, parse_precision
+from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
+from fla.rwkv7_convert.proof.verify import verify as _verify
+
+PathLike = str | os.PathLike
+
+__all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'convert_from_fla', 'convert_to_fla',
+           'inspect', 'verify']
+
+
+def _precision(precision: str | None) -> str | None:
+    """'bf16', 'bfloat16', 'BF16', ... -> the safetensors name; None keeps each tensor's stored dtype."""
+    if precision is None or precision in FLOATING:
+        return precision
+    try:
+        return parse_precision(precision)
+    except ValueError as e:
+        raise ConversionError(f'precision: {e}') from None
+
+
+def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
+                   max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, head_size: int | None = None,
+                   tokenizer: str = 'auto', allow_nonfinite: bool = False, drop_state: bool = False,
+                   dry_run: bool = False) -> Result:
+    """Convert a BlinkDL RWKV-7 checkpoint into a Hugging Face directory that fla's RWKV7ForCausalLM loads.
+
+    source: a `.pth` or `.safetensors` file in any layout of docs/mapping.md (or a Hugging Face directory holding
+        RWKV-LM names).
+    output: the directory to create; it appears atomically, complete or not at all. A non-empty one is refused
+        unless `force`. None (or `dry_run`) writes nothing and returns the plan.
+    precision: 'bf16', 'fp16', 'fp32' (or 'bfloat16', 'F32', ...); None keeps each tensor's stored dtype.
+    max_shard_size: the largest safetensors shard, with its unit ('5GB', '500MB') or in bytes.
+    head_size: needed only when `att.r_k` is stored flat.
+    tokenizer: 'auto' (the RWKV World tokenizer when the vocabulary has 65536 rows), 'world', 'none', or a path to
+        copy tokenizer files from.
+    allow_nonfinite: convert tensors holding NaN/Inf instead of refusing.
+    drop_state: convert a state-tuned merge without its tuned initial states.
+
+    Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, and `plan` (`plan.dims`:
+    the sizes; `plan.notes`: what was detected). Raises ConversionError (one line, naming the path).
+    """
+    return _convert_to_fla(source, output, precision=_precision(precision), force=force, max_shard_size=max_shard_size,
+                           head_size=head_size, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite,
+                           drop_state=drop_state, dry_run=dry_run)
+
+
+def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision: str | None = None,
+                     fmt: str | None = None, force: bool = False, layer0_v: bool = True, allow_nonfinite: bool = False,
+                     dry_run: bool = False) -> ExportResult:
+    """Export an fla / Hugging Face RWKV-7 directory as a BlinkDL RWKV-LM checkpoint.
+
+    model_dir: a directory with config.json and model.safetensors (or shards and their index).
+    output: the file to write, atomically; an existing one is refused unless `force`. None (or `dry_run`) writes
+        nothing and returns the plan.
+    precision: as for `convert_to_fla`.
+    fmt: 'pth' (torch.save's format: what RWKV-LM and BlinkDL's rwkv package load) or 'safetensors'; None picks it
+        by the output's suffix, else pth. A name carrying the other format's suffix is refused.
+    layer0_v: write the unused layer-0 att.v0/v1/v2 as zeros, so that RWKV-LM loads the file strictly.
+
+    Returns an `ExportResult`: `output`, `fmt`, `dtype`, `bytes_written`, `seconds`, `plan` (`plan.warnings`: what
+    BlinkDL's runtimes compute differently, e.g. an eps). Raises ConversionError (one line, naming the path).
+    """
+    return _convert_from_fla(model_dir, output, precision=_precision(precision), fmt=fmt, force=force,
+                             layer0_v=layer0_v, allow_nonfinite=allow_nonfinite, dry_run=dry_run)
+
+
+def verify(source: PathLike, model_dir: PathLike, *, device: str = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
+           text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
+           head_size: int | None = None, quiet: bool = True) -> Report:
+    """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
+
+    device: 'cpu' (fla under Triton's interpreter; float32, pieces under 64 tokens) or 'cuda'.
+    dtype: what fla runs in: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
+    tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
+    per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
+
+    Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
+    it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
+    """
+    return _verify(source, model_dir, device=device, dtype=dtype, tokens=tokens,
+                   text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
+                   head_size=head_size, quiet=quiet)
+
+
+def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection:
+    """What a BlinkDL file or an fla directory holds and what converting it would do; writes nothing.
+
+    Returns an `Inspection`: `direction` ('convert' or 'export'), `layouts` (each with the names that show it),
+    `dims` (V, C, L, H, N, F and the LoRA ranks), `parameters`, `dtypes` (tensors and parameters per stored dtype),
+    `dropped` / `added` (with why), `notes`, `warnings`; `lines()` for people and `to_dict()` for JSON (the keys of
+    `rwkv7-inspect --json`). Raises the ConversionError converting it would (one line, naming the path).
+    """
+    return _inspect(path, head_size=head_size)
