@@ -50,6 +50,21 @@ def test_a_writer_is_picked_by_its_declared_suffix_or_by_name(name):
     assert writers.suffix_warning('model.bin', w).startswith('model.bin does not end in ')
 
 
+@pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in writers.WRITERS])
+def test_a_format_asked_for_under_another_formats_suffix_is_refused(name):
+    """`--format safetensors --output x.pth` would put safetensors bytes where torch.load is expected: refused in one
+    line naming the file and the name to use; a suffix no format declares (.bin) is only warned about."""
+    w = writers.WRITERS[name]
+    others = [(o, s) for o in writers.WRITERS.values() if o is not w for s in o.suffixes]
+    assert others
+    for other, suffix in others:
+        with pytest.raises(ConversionError) as e:
+            writers.writer_for(f'out/model{suffix}', name)
+        assert e.value.one_line().startswith(f'out/model{suffix}: ends in {suffix}, the {other.name} format')
+        assert f'name it out/model{w.suffixes[0]}' in e.value.one_line()
+    assert writers.writer_for('model.bin', name) is w
+
+
 def test_no_suffix_gives_the_default_and_an_unknown_format_is_refused():
     assert writers.writer_for('model', None) is writers.WRITERS[writers.DEFAULT]
     with pytest.raises(ConversionError, match="unknown format 'gguf'; expected one of: pth, safetensors"):

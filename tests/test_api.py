@@ -1,0 +1,94 @@
+"""The Python API (fla.rwkv7_convert.api): light to import, typed and documented, errors naming the path, and the
+same results as the commands. No fla forward runs here (verify's own tests run it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from fla.rwkv7_convert import api
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / 'examples' / 'rwkv7-goose-mini.pth'
+FUNCTIONS = ('convert_to_fla', 'convert_from_fla', 'verify', 'inspect')
+
+
+def test_importing_the_api_pulls_no_heavy_module():
+    """After the commands' light start, `import fla.rwkv7_convert.api` imports neither torch nor fla's models,
+    triton or transformers (verify imports them when it runs)."""
+    code = ('import sys\n'
+            'import rwkv7_convert_entry\n'
+            'rwkv7_convert_entry.light_fla()\n'
+            'import fla.rwkv7_convert.api\n'
+            "print(sorted(m for m in ('fla.models', 'triton', 'transformers', 'torch') if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '[]'
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in FUNCTIONS])
+def test_each_function_is_typed_and_documented(name):
+    f = getattr(api, name)
+    hints = typing.get_type_hints(f)
+    params = [p for p in f.__code__.co_varnames[:f.__code__.co_argcount + f.__code__.co_kwonlyargcount]]
+    assert 'return' in hints and all(p in hints for p in params), (name, set(params) - set(hints))
+    assert f.__doc__ and len(f.__doc__.split()) > 30 and name in api.__all__
+
+
+@pytest.fixture(scope='module')
+def dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp('api')
+    (root / 'empty').mkdir()
+    api.convert_to_fla(BUNDLED, root / 'model', tokenizer='none')
+    return {'empty': root / 'empty', 'model': root / 'model', 'root': root}
+
+
+def _cases(d: dict[str, Path]) -> list[tuple]:
+    missing = d['root'] / 'missing.pth'
+    # (function, args, the path the message must name)
+    return [
+        (api.convert_to_fla, (missing, d['root'] / 'o1'), missing),
+        (api.convert_from_fla, (d['root'] / 'missing-dir', d['root'] / 'o.pth'), d['root'] / 'missing-dir'),
+        (api.verify, (missing, d['model']), missing),
+        (api.verify, (BUNDLED, d['root'] / 'missing-dir'), d['root'] / 'missing-dir'),
+        (api.inspect, (missing,), missing),
+        # a directory where a file is expected, a file where a directory is
+        (api.convert_to_fla, (d['empty'], d['root'] / 'o2'), d['empty']),
+        (api.convert_from_fla, (BUNDLED, d['root'] / 'o.pth'), BUNDLED),
+        (api.verify, (d['empty'], d['model']), d['empty']),
+        (api.verify, (BUNDLED, BUNDLED), BUNDLED),
+        (api.inspect, (d['empty'],), d['empty']),
+    ]
+
+
+def test_errors_name_the_path_in_their_message(dirs):
+    for f, args, shown in _cases(dirs):
+        with pytest.raises(api.ConversionError) as e:
+            f(*args)
+        assert str(shown) in str(e.value) and '\n' not in str(e.value), (f.__name__, args, str(e.value))
+    assert sorted(p.name for p in dirs['root'].iterdir()) == ['empty', 'model']  # nothing written
+
+
+def test_a_round_trip_through_the_api(dirs, tmp_path):
+    info = api.inspect(BUNDLED)
+    assert (info.direction, info.dims.L, info.dims.N, info.parameters) == ('convert', 2, 64, 586880)
+    result = api.convert_to_fla(BUNDLED, tmp_path / 'm', precision='fp32', tokenizer='none')
+    assert result.dtype == 'F32' and result.output == tmp_path / 'm' and 'model.safetensors' in result.files
+    assert api.inspect(tmp_path / 'm').to_dict()['dtypes'] == {'F32': {'tensors': 69, 'parameters': 586880}}
+    back = api.convert_from_fla(tmp_path / 'm', tmp_path / 'back.safetensors', precision='bfloat16')
+    assert (back.fmt, back.dtype) == ('safetensors', 'BF16')
+    assert api.inspect(back.output).to_dict()['sizes'] == info.to_dict()['sizes']
+
+
+def test_dry_runs_write_nothing_and_bad_precision_is_one_line(tmp_path):
+    assert api.convert_to_fla(BUNDLED, tmp_path / 'm', dry_run=True).bytes_written > 0
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(api.ConversionError, match='precision: .*int8'):
+        api.convert_to_fla(BUNDLED, tmp_path / 'm', precision='int8')
