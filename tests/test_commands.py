@@ -92,7 +92,8 @@ def _console(script: str, *args) -> tuple[int, str, list[str], bool]:
     scripts = _entry_points()
     func = scripts[script].split(':')[1]
     r = python('-c', _WRAPPER.format(prog=script, args=[str(a) for a in args], func=func, heavy=HEAVY))
-    *err, last = r.stderr.strip().splitlines()
+    *err, last = r.stderr.strip().splitlines() or ['']
+    assert r.returncode == 0 and last.startswith('{'), r.stderr  # the probe ran to its end
     probe = json.loads(last)
     return probe['code'], r.stdout + '\n'.join(err), probe['heavy'], probe['light']
 
