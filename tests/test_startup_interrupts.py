@@ -30,7 +30,13 @@ print('still running', flush=True)
 def _child(sig: str, ignore_hup: bool = False) -> subprocess.CompletedProcess:
     code = _CHILD.format(utils=str(UTILS), sig=sig, ignore_hup=ignore_hup, wait=0 if ignore_hup else 30)
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    # as from a terminal, even where the tests run as a background job (SIGINT ignored) or under nohup (SIGHUP)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize('sig', [pytest.param(s, id=s) for s in ('SIGINT', 'SIGTERM', 'SIGHUP')])

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 
 import pytest
 
-from fla.rwkv7_convert.mapping.config import CONFIG_SIZES, Dims, config_sizes, fla_config, size_mismatches
+from fla.rwkv7_convert.mapping.config import CONFIG_SIZES, DERIVED_WHEN_NULL, Dims, config_sizes, fla_config, size_mismatches
 
 DIMS = Dims(V=61, C=64, L=2, H=2, N=32, F=96, Dw=8, Da=16, Dv=24, Dg=12)
 
@@ -39,3 +39,10 @@ def test_each_key_stated_otherwise_is_the_one_mismatch(symbol, key):
 def test_a_size_that_is_not_an_integer_is_a_mismatch(value):
     cfg = {**fla_config(DIMS, 'F32'), 'head_dim': value}
     assert size_mismatches(cfg, asdict(DIMS)) == [('head_dim', value, 'N', 32)]
+
+
+@pytest.mark.parametrize('symbol, key', [pytest.param(s, k, id=k) for s, k in CONFIG_SIZES])
+def test_null_is_a_mismatch_unless_fla_derives_the_size(symbol, key):
+    cfg = {**fla_config(DIMS, 'F32'), key: None}
+    expected = [] if key in DERIVED_WHEN_NULL else [(key, None, symbol, getattr(DIMS, symbol))]
+    assert size_mismatches(cfg, asdict(DIMS)) == expected

@@ -48,12 +48,22 @@ def config_sizes(dims: Dims) -> dict[str, int]:
     return {key: getattr(dims, symbol) for symbol, key in CONFIG_SIZES}
 
 
+# fla's RWKV7Config derives these when they are null (from hidden_ratio, num_heads, head_dim); any other null size
+# is not a size fla can build from
+DERIVED_WHEN_NULL = frozenset({'intermediate_size', 'head_dim', 'num_heads'})
+
+
 def size_mismatches(cfg: dict, sizes: dict[str, int]) -> list[tuple[str, object, str, int]]:
     """(key, config value, symbol, size) for each size known in `sizes` (symbol -> value; 0 = unknown) that a
     config.json key states otherwise, or as something other than an integer (fla builds its modules from these:
-    32.0 or "32" is not 32 there); keys the config does not have are not a mismatch."""
+    32.0 or "32" is not 32 there); keys the config does not have, or leaves null for fla to derive, are not a
+    mismatch."""
+    def wrong(key: str, size: int) -> bool:
+        if key not in cfg or (cfg[key] is None and key in DERIVED_WHEN_NULL):
+            return False
+        return not is_int(cfg[key]) or cfg[key] != size
     return [(key, cfg[key], symbol, sizes[symbol]) for symbol, key in CONFIG_SIZES
-            if sizes.get(symbol) and cfg.get(key) is not None and (not is_int(cfg[key]) or cfg[key] != sizes[symbol])]
+            if sizes.get(symbol) and wrong(key, sizes[symbol])]
 
 
 def norm_eps_for(head_size: int) -> float:
