@@ -333,6 +333,30 @@ def test_a_pair_that_is_not_a_pair_fails_at_the_embedding(hf, audit, other_conve
     tally("verify's own cases", 'FAIL', 'the directory of another file of the same shapes, --any-source')
 
 
+def _record(path: Path, what: str) -> None:
+    if what == 'a FIFO':
+        os.mkfifo(path)  # a blocking read would hang verify
+    elif what == 'a symlink to /dev/zero':
+        path.symlink_to('/dev/zero')
+    elif what == 'not JSON':
+        path.write_bytes(b'{"source": {"bytes": 1,')
+    else:  # a record of the right shape with the wrong types
+        path.write_text('{"source": {"bytes": "1234", "sha256": null}}')
+
+
+@pytest.mark.parametrize('what', ['a FIFO', 'a symlink to /dev/zero', 'not JSON', 'wrong types'])
+def test_a_hostile_source_record_is_skipped_with_a_note(tmp_path, hf, audit, what):
+    """rwkv7_convert.json is the directory's word, not ours: anything but the converter's record is no record; the
+    right model passes, saying the source was not checked."""
+    model = tmp_path / 'm'
+    shutil.copytree(hf['dir'], model)
+    (model / 'rwkv7_convert.json').unlink()
+    _record(model / 'rwkv7_convert.json', what)
+    outcome, text = library(hf['source'], model, tmp_path)
+    assert outcome == 'PASS' and 'note: source file not checked against the directory: rwkv7_convert.json' in text, text
+    tally('hostile rwkv7_convert.json (the source record)', outcome, what)
+
+
 def test_hostile_directories_through_the_script(tmp_path, hf):
     """A sample through utils/verify_rwkv7.py in a fresh process: exit 1, one line, no traceback."""
     sample = {'config.json not JSON': export.write_dir(tmp_path / 'raw', export.RAW_CONFIGS['not JSON'], hf['tensors']),
