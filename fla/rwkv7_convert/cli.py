@@ -308,8 +308,8 @@ def build_verify_parser() -> argparse.ArgumentParser:
                         'which fla needs (< 64); the whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
     p.add_argument('--seed', type=int, default=0, action=Once)
     p.add_argument('--any-source', dest='check_source', action='store_false',
-                   help="verify even when OUTDIR's rwkv7_convert.json records another source file (size or sha256) "
-                        'than IN; by default that is refused before any compute')
+                   help="verify even when OUTDIR's rwkv7_convert.json records a source file other than IN (by size "
+                        'or sha256); by default that is refused before any compute')
     return p
 
 
