@@ -12,8 +12,9 @@ precision. KL(ref‖fla) and top-1 agreement are reported, not judged. The resid
 compared as well; `per_layer` shows and judges each, and a failing run always names where the models part first.
 
 `verify` is the entry point (the command line, the converter's --verify and tests call it). The parts: files.py
-(the two files and the pair check), streaming.py (the pair walked layer by layer), backends.py (where fla runs:
-the --device choices), report.py (the Report and its rendering). Their names stay importable from here.
+(the two files, the pair check, the check of the recorded source), streaming.py (the pair walked layer by layer),
+backends.py (where fla runs: the --device choices), report.py (the Report, its rendering and the perplexity on a
+text). Their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
 
             (want, ref_p), got, _ = pair.run(ids, on_step=on_step)
             report = _report(src, out, backend, dtype, precision, ids, want, ref_p, got, steps, per_layer)
-            if text is not None:
+            if text is not None and ids.shape[1] > 1:  # a next token to predict
                 (ref_ppl, ref_top1), (fla_ppl, fla_top1) = perplexity(want, ids), perplexity(got, ids)
                 report.perplexity = Perplexity(text, ids.shape[1], ref_ppl, fla_ppl, ref_top1, fla_top1)
             report.notes += [origin.note] if origin.note else []
