@@ -107,7 +107,8 @@ def corrupt(good: Path, bad: Path, action: tuple) -> None:
 
 
 def run_verify(source: Path, model: Path, tokens: int, per_layer: bool, extra: list[str]) -> dict:
-    argv = [sys.executable, str(VERIFY), '--rwkv7', str(source), '--model', str(model), '--tokens', str(tokens), '-q',
+    # not -q: that prints the verdict line alone, and the table is parsed below (no bar: stdout is not a terminal)
+    argv = [sys.executable, str(VERIFY), '--rwkv7', str(source), '--model', str(model), '--tokens', str(tokens),
             *(['--per-layer'] if per_layer else []), *extra]
     start = time.perf_counter()
     with tempfile.TemporaryFile('w+') as out:
@@ -128,7 +129,8 @@ def run_verify(source: Path, model: Path, tokens: int, per_layer: bool, extra: l
     row['kl'] = float(m.group(1)) if m else None
     m = re.search(r'top-1 agreement\s+(\S+)%', text)
     row['top1'] = float(m.group(1)) if m else None
-    row['verdict'] = 'PASS' if '  PASS  ' in text else 'FAIL' if '  FAIL  ' in text else 'error'
+    m = re.search(r'^(PASS|FAIL): ', text, re.M)
+    row['verdict'] = m.group(1) if m else 'error'
     m = re.search(r'the models part first at .*\((\S+)\)', text)
     row['first_divergence'] = m.group(1) if m else None
     return row

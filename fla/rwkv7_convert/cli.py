@@ -107,8 +107,14 @@ def _termination_as_interrupt() -> Iterator[None]:
                 signal.signal(s, handler)
 
 
-def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run `body`, turning every expected failure into one line on stderr."""
+# What an interrupted command says after `interrupted (SIGINT): `; the converters' output is atomic
+CONVERT_INTERRUPTED = ('no partial output was left (the output is as it was, or the complete new one if the interrupt '
+                       'came after it was in place)')
+
+
+def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+            interrupted: str = CONVERT_INTERRUPTED) -> int:
+    """Run `body`, turning every expected failure into one line on stderr (`interrupted`: what Ctrl-C left)."""
     try:
         with _termination_as_interrupt():
             return body(args)
@@ -123,8 +129,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         return _quiet_broken_pipe()
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        print(f'interrupted ({signal.Signals(signum).name}): no partial output was left (the output is as it was, or '
-              'the complete new one if the interrupt came after it was in place)', file=sys.stderr)
+        print(f'interrupted ({signal.Signals(signum).name}): {interrupted}', file=sys.stderr)
         return 128 + signum
     except OSError as e:
         where = f'{e.filename}: ' if e.filename else ''
@@ -285,9 +290,10 @@ def main_to_fla(argv: list[str] | None = None, prog: str = 'convert_to_rwkv7.py'
 def verify_after_convert(source, model_dir, *, tokens: int = DEFAULT_TOKENS, head_size: int | None = None,
                          quiet: bool = False) -> int:
     """The converter's --verify: the same `verify` as verify_rwkv7.py (plus greedy tokens for small models); the
-    finished directory's model card then records the verdict."""
-    report = verify(source, model_dir, tokens=tokens, head_size=head_size, quiet=quiet, greedy=8)
-    print(report.render())
+    finished directory's model card then records the verdict. The directory's source record was written from
+    this file a moment ago: not hashed again. `quiet`: the verdict line only."""
+    report = verify(source, model_dir, tokens=tokens, head_size=head_size, quiet=quiet, greedy=8, check_source=False)
+    print(report.verdict_line() if quiet else report.render())
     write_model_card(Path(model_dir), (bool(report.passed), report.render(source_name=Path(source).name, model_name='.')))
     return 0 if report.passed else 1
 
@@ -317,6 +323,9 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
                    help=f'feed tokens in pieces of this size through the cache (default: {CPU_PIECE} on the CPU, '
                         'which fla needs (< 64); the whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
     p.add_argument('--seed', type=int, default=0, action=Once)
+    p.add_argument('--any-source', dest='check_source', action='store_false',
+                   help="verify even when OUTDIR's rwkv7_convert.json records a source file other than IN (by size "
+                        'or sha256); by default that is refused before any compute')
     return p
 
 
@@ -325,16 +334,16 @@ def _verify_body(args) -> int:
         report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
                         tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
                         per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size,
-                        quiet=args.quiet)
+                        quiet=args.quiet, check_source=args.check_source)
     except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
         raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
-    print(report.render())
+    print(report.verdict_line() if args.quiet else report.render())
     return 0 if report.passed else 1
 
 
 def main_verify(argv: list[str] | None = None, prog: str = 'verify_rwkv7.py') -> int:
     args = build_verify_parser(prog).parse_args(argv)
-    return run_cli(_verify_body, args)
+    return run_cli(_verify_body, args, interrupted='verify stopped; nothing was written')
 
 
 # fla / Hugging Face directory -> BlinkDL RWKV-LM checkpoint (the reverse direction)

@@ -107,6 +107,9 @@ def test_corruption_is_named_without_per_layer(converted, tmp_path, edit_weights
     report = verify(source, corrupt(converted, tmp_path, edit_weights, edit_config), tokens=20)
     assert not report.passed and report.first_divergence == where
     assert f'({where})' in report.render() and 'per sub-step' not in report.render()
+    assert report.verdict_line().startswith("FAIL: fla's error is ") and report.verdict_line().endswith(
+        "this directory does not compute the file's function") and report.verdict_line() in report.render()
+    assert '  what to do: convert the file again' in report.render()
 
 
 def test_cli_exit_status_and_table(converted, tmp_path):

@@ -305,16 +305,56 @@ def test_nan_weights_fail_and_say_where(tmp_path, hf, audit, name, where):
     tally("verify's own cases", outcome, f'NaN in {name}')
 
 
-def test_a_pair_that_is_not_a_pair_fails_at_the_embedding(tmp_path, hf, audit):
-    """A directory converted from another file of the same shapes: every check before compute passes (it is a
-    valid conversion, of another file), and the verdict fails where the models first differ."""
-    other = save(make_state_dict(export.BASE, torch.bfloat16, seed=16), tmp_path / 'other.pth')
-    convert_to_fla(other, tmp_path / 'm', tokenizer='none')
-    outcome, text = library(hf['source'], tmp_path / 'm', tmp_path)
-    assert outcome == 'FAIL' and 'the models part first at ln0 (embedding LayerNorm) (ln0)' in text, text
-    code, out, err = cli('--rwkv7', hf['source'], '--model', tmp_path / 'm', '--tokens', TOKENS)
-    assert code == 1 and 'FAIL' in out and 'Traceback' not in err, (code, err)
-    tally("verify's own cases", outcome, 'the directory of another file of the same shapes')
+@pytest.fixture(scope='module')
+def other_conversion(tmp_path_factory, hf) -> Path:
+    """A directory converted from another file of the same shapes: a valid conversion, of another file."""
+    tmp = tmp_path_factory.mktemp('other')
+    other = save(make_state_dict(export.BASE, torch.bfloat16, seed=16), tmp / 'other.pth')
+    convert_to_fla(other, tmp / 'm', tokenizer='none')
+    return tmp / 'm'
+
+
+def test_a_pair_that_is_not_a_pair_is_refused_by_the_recorded_source(hf, audit, no_compute, other_conversion):
+    """Every check of names, shapes and config.json passes; rwkv7_convert.json records another file."""
+    line = refused(hf['source'], other_conversion, other_conversion.parent, "verify's own cases",
+                   'the directory of another file of the same shapes')
+    assert f'was not converted from {hf["source"]}: its rwkv7_convert.json records \'other.pth\'' in line, line
+
+
+def test_a_pair_that_is_not_a_pair_fails_at_the_embedding(hf, audit, other_conversion):
+    """Verified anyway (check_source=False), the verdict fails where the models first differ."""
+    with opened() as paths:
+        report = verify(hf['source'], other_conversion, tokens=TOKENS, check_source=False)
+    assert outside(paths, other_conversion.parent, other_conversion) == []
+    text = report.render()
+    assert not report.passed and 'the models part first at ln0 (embedding LayerNorm) (ln0)' in text, text
+    code, out, err = cli('--rwkv7', hf['source'], '--model', other_conversion, '--tokens', TOKENS, '--any-source', '-q')
+    assert code == 1 and out.startswith('FAIL: ') and len(out.splitlines()) == 1 and err == '', (code, out, err)
+    tally("verify's own cases", 'FAIL', 'the directory of another file of the same shapes, --any-source')
+
+
+def _record(path: Path, what: str) -> None:
+    if what == 'a FIFO':
+        os.mkfifo(path)  # a blocking read would hang verify
+    elif what == 'a symlink to /dev/zero':
+        path.symlink_to('/dev/zero')
+    elif what == 'not JSON':
+        path.write_bytes(b'{"source": {"bytes": 1,')
+    else:  # a record of the right shape with the wrong types
+        path.write_text('{"source": {"bytes": "1234", "sha256": null}}')
+
+
+@pytest.mark.parametrize('what', ['a FIFO', 'a symlink to /dev/zero', 'not JSON', 'wrong types'])
+def test_a_hostile_source_record_is_skipped_with_a_note(tmp_path, hf, audit, what):
+    """rwkv7_convert.json is the directory's word, not ours: anything but the converter's record is no record; the
+    right model passes, saying the source was not checked."""
+    model = tmp_path / 'm'
+    shutil.copytree(hf['dir'], model)
+    (model / 'rwkv7_convert.json').unlink()
+    _record(model / 'rwkv7_convert.json', what)
+    outcome, text = library(hf['source'], model, tmp_path)
+    assert outcome == 'PASS' and 'note: source file not checked against the directory: rwkv7_convert.json' in text, text
+    tally('hostile rwkv7_convert.json (the source record)', outcome, what)
 
 
 def test_hostile_directories_through_the_script(tmp_path, hf):
@@ -359,7 +399,7 @@ def test_interrupted_verify_exits_130_and_writes_nothing(tmp_path, hf):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, err)
-    assert out == '' and len(err.strip().splitlines()) == 1 and err.startswith('interrupted (SIGINT)'), err
+    assert out == '' and err == 'interrupted (SIGINT): verify stopped; nothing was written\n', err
     after = {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob('*')) if p.is_file()}
     assert after == before
     tally('interrupted verify', f'SIGINT: exit {proc.returncode}, one line, nothing written')

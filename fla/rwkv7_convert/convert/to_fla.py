@@ -16,10 +16,11 @@ from fla.rwkv7_convert.formats.atomic import atomic_directory, check_target, cle
 from fla.rwkv7_convert.formats.checkpoint import RawSpan, check_span
 from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite
 from fla.rwkv7_convert.formats.outputs import OutTensor
+from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.formats.safetensors_writer import INDEX_FILE, parse_size, write_sharded
 from fla.rwkv7_convert.hub.chat import generation_config
-from fla.rwkv7_convert.hub.model_card import PROVENANCE_FILE, FileDigest, write_model_card
+from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.engine import directory_layouts
 from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan

@@ -9,52 +9,14 @@ folder can be published as it is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 
 from fla.rwkv7_convert.formats.display import human_count
+from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE
 
 CARD_FILE = 'README.md'
-PROVENANCE_FILE = 'rwkv7_convert.json'
-
-
-class FileDigest:
-    """sha256 of a file (or of a directory's weight files, read one after another in `files` order), computed on a
-    thread while the conversion reads the same bytes (hashlib releases the GIL, so on two cores it costs little wall
-    time)."""
-
-    def __init__(self, path: str | os.PathLike, files: list[str] | None = None):
-        path = Path(path)
-        self.paths = [path / f for f in files] if path.is_dir() and files else [path]
-        self._digest: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name='sha256', daemon=True)
-        self._thread.start()
-
-    @property
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
-
-    def _run(self) -> None:
-        try:
-            h = hashlib.sha256()
-            for path in self.paths:
-                with open(path, 'rb') as f:
-                    while chunk := f.read(8 << 20):
-                        h.update(chunk)
-            self._digest = h.hexdigest()
-        except BaseException as e:  # re-raised in the converting thread by result()
-            self._error = e
-
-    def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._digest is not None
-        return self._digest
 
 
 def _tokenizer_section(meta: dict) -> list[str]:

@@ -131,3 +131,57 @@ def check_pair(src: SourceFile, out: ConvertedDir) -> None:
     if problems:
         more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
         raise ConversionError(f'{out.path} does not match {src.path}: {problems[0]}{more}')
+
+
+class SourceCheck:
+    """Before any compute: the directory is the conversion of this very file, by the converter's record
+    (formats.provenance: rwkv7_convert.json's source size and sha256).
+
+    The sizes are compared at once (a mismatch is refused without hashing); the sha256 is then computed on a thread
+    while verify prepares the backend and the tokens, and `finish()` compares it before the first layer runs. No
+    readable record (another tool's directory, a hostile or broken file): nothing is checked, and `note` says why.
+    With `enabled=False` only the free size comparison runs, and a mismatch is a note instead of a refusal."""
+
+    def __init__(self, src: SourceFile, out: ConvertedDir, enabled: bool = True):
+        from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest, read_source_record
+        self.src, self.out, self.note = src, out, None
+        self.digest: FileDigest | None = None
+        self.record, why = read_source_record(out.path)
+        if self.record is None:
+            self.note = f'source file not checked against the directory: {why}'
+            return
+        digest = FileDigest(src.path, src.ckpt.files, start=False)
+        size = digest.size
+        self.recorded = f'its {PROVENANCE_FILE} records {self._named()}{self.record.bytes:,} bytes'
+        if size != self.record.bytes:
+            self._refuse(f'{self.recorded}, and {src.path} has {size:,} bytes', enabled)
+        elif enabled:
+            self.digest = digest
+            digest.start()
+
+    def _named(self) -> str:
+        name = self.record.name
+        return f'{name[:120]!r}, ' if name else ''
+
+    def _refuse(self, what: str, enabled: bool) -> None:
+        if enabled:
+            raise ConversionError(f'{self.out.path} was not converted from {self.src.path}: {what} (--any-source, or '
+                                  'check_source=False, verifies anyway)')
+        self.note = f'not the recorded source (verified anyway): {what}'
+
+    def finish(self) -> None:
+        """Wait for the sha256 and refuse a mismatch (one line naming both files and both digests)."""
+        if self.digest is None:
+            return
+        digest, self.digest = self.digest, None
+        try:
+            got = digest.result()
+        except OSError as e:
+            raise ConversionError(f'cannot read {self.src.path} to hash it ({e.strerror or e})') from e
+        if got != self.record.sha256:
+            self._refuse(f'{self.recorded} with sha256 {self.record.sha256}, and {self.src.path} has sha256 {got}',
+                         True)
+
+    def cancel(self) -> None:
+        if self.digest is not None:
+            self.digest.cancel()

@@ -5,6 +5,7 @@ Nothing here runs a model; `compare` turns two tensors into a Comparison, with v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 SUBSTEP_NAMES = {'ln0': 'ln0 (embedding LayerNorm)', 'att': 'time mix (attention)', 'ffn': 'channel mix (FFN)',
@@ -29,6 +30,24 @@ class Step:
 
 
 @dataclass
+class Perplexity:
+    """Both models on a text (verify's --text), from the logits verify compares: perplexity = exp(mean NLL of each
+    next token), and how often each model's top-1 is that next token."""
+
+    text: str  # the file, as given
+    tokens: int  # fed, token 0 included; tokens - 1 next tokens are predicted
+    reference: float  # the float64 reference's perplexity
+    fla: float
+    reference_top1: float  # fraction of next tokens that are the reference's top-1
+    fla_top1: float
+
+    def render(self) -> str:
+        return (f'perplexity on {self.text} ({self.tokens} tokens, token 0 first): reference {self.reference:.6g}, fla '
+                f'{self.fla:.6g} (top-1 next-token agreement: reference {100 * self.reference_top1:.1f}%, fla '
+                f'{100 * self.fla_top1:.1f}%)')
+
+
+@dataclass
 class Report:
     source: str
     model: str
@@ -45,6 +64,7 @@ class Report:
     first_divergence: str | None = None  # first step whose judgement fails
     notes: list[str] = field(default_factory=list)
     backend: str = ''  # what ran fla (backends.Backend.name), e.g. 'fla Triton kernels, CUDA'
+    perplexity: Perplexity | None = None  # with --text
 
     @property
     def passed(self) -> bool:
@@ -74,13 +94,45 @@ class Report:
                 mark = '  <- first divergence' if s.key == self.first_divergence else ''
                 lines.append(f'  {s.key:<24}{s.fla.rel_rms:>12.3e}{s.ref.rel_rms:>16.3e}{s.judgement.ratio:>9.2f}'
                              f'{mark}')
-        verdict = 'PASS' if self.passed else 'FAIL'
-        lines.append(f'  {"verdict":<24}{verdict:>12}   (fla within {cal.factor:g}x the error of the reference in '
-                     f'{self.precision} on {self.device}: {cal.why})')
-        if self.first_divergence and not self.passed:
-            lines.append(f'  the models part first at {describe_step(self.first_divergence)}')
+        if self.perplexity is not None:
+            lines.append(f'  {self.perplexity.render()}')
+        lines.append(self.verdict_line())
+        if not self.passed:
+            if self.first_divergence:
+                lines.append(f'  the models part first at {describe_step(self.first_divergence)}')
+            lines.append('  what to do: convert the file again (the directory may have been changed or damaged); check '
+                         'that this is the file that was converted' + ('' if self.per_layer else
+                                                                      '; --per-layer shows every sub-step'))
         lines += [f'  note: {n}' for n in self.notes]
         return '\n'.join(lines)
+
+    def verdict_line(self) -> str:
+        """The verdict in one line, as `verify -q` prints it: PASS or FAIL, fla's error as a multiple of the
+        reference's own in the same precision, and the bound."""
+        from fla.rwkv7_convert.proof.verdict import calibration
+        cal = calibration(self.precision)
+        j, where = self.judgement, "fla's error"
+        if j.passed and not self.passed:  # --per-layer: the logits agree, a sub-step does not
+            j = next(s.judgement for s in self.steps if s.key == self.first_divergence)
+            where = f"at {self.first_divergence} fla's error"
+        if not math.isfinite(j.fla_error):
+            times = f"{where} is not finite (NaN or Inf in fla's values)"
+        elif j.ref_error > 0:
+            times = f"{where} is {j.ratio:.3g} times the reference's own"
+        else:  # tiny sub-steps can round to exactly nothing in the precision under test
+            times = f"{where} is {j.fla_error:.3g} (relative RMS) where the reference's own is 0"
+        said = f'{times} in {self.precision} on {self.device} (bound {cal.factor:g}x + {cal.floor:.0e})'
+        if self.passed:
+            return f'PASS: {said}'
+        return f"FAIL: {said}: this directory does not compute the file's function"
+
+
+def perplexity(logits, ids) -> tuple[float, float]:
+    """(exp(mean NLL of ids[:, t + 1] under logits[:, t]), fraction of those next tokens that are the top-1)."""
+    import torch
+    logits, ids = logits[:, :-1].double().cpu(), ids[:, 1:].cpu()
+    nll = -torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return math.exp(nll.mean().item()), (logits.argmax(-1) == ids).double().mean().item()
 
 
 def describe_step(key: str) -> str:

@@ -12,23 +12,35 @@ precision. KL(ref‖fla) and top-1 agreement are reported, not judged. The resid
 compared as well; `per_layer` shows and judges each, and a failing run always names where the models part first.
 
 `verify` is the entry point (the command line, the converter's --verify and tests call it). The parts: files.py
-(the two files and the pair check), streaming.py (the pair walked layer by layer), backends.py (where fla runs:
-the --device choices), report.py (the Report and its rendering). Their names stay importable from here.
+(the two files, the pair check, the check of the recorded source), streaming.py (the pair walked layer by layer),
+backends.py (where fla runs: the --device choices), report.py (the Report, its rendering and the perplexity on a
+text). Their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof.backends import BACKENDS, CPU_PIECE, Backend, backend_for
-from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, check_pair, load_blinkdl_weights
-from fla.rwkv7_convert.proof.report import SUBSTEP_NAMES, Comparison, Report, Step, compare, describe_step
+from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile, check_pair, load_blinkdl_weights
+from fla.rwkv7_convert.proof.report import (
+    SUBSTEP_NAMES,
+    Comparison,
+    Perplexity,
+    Report,
+    Step,
+    compare,
+    describe_step,
+    perplexity,
+)
 from fla.rwkv7_convert.proof.streaming import HEAD_ROWS, Progress, StreamingPair
 
 __all__ = ['BACKENDS', 'CPU_PIECE', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend', 'Comparison',
-           'ConvertedDir', 'Progress', 'Report', 'SourceFile', 'Step', 'StreamingPair', 'backend_for', 'check_pair',
-           'check_run', 'compare', 'describe_step', 'load_blinkdl_weights', 'precision_for', 'prepare', 'verify']
+           'ConvertedDir', 'Perplexity', 'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step', 'StreamingPair',
+           'backend_for', 'check_pair', 'check_run', 'compare', 'describe_step', 'load_blinkdl_weights', 'perplexity',
+           'precision_for', 'prepare', 'verify']
 
 # The same default for verify_rwkv7.py and the converter's --verify (its --verify-tokens default; a test keeps the
 # two equal).
@@ -60,23 +72,28 @@ def prepare(device: str) -> None:
 
 def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
            text: str | None = None, batch: int = 1, per_layer: bool = False, piece: int | None = None, seed: int = 0,
-           head_size: int | None = None, quiet: bool = True, greedy: int = 0) -> Report:
+           head_size: int | None = None, quiet: bool = True, greedy: int = 0, check_source: bool = True) -> Report:
     """Compare the converted directory with the reference on the source file; see the module docstring.
 
     `device` names a backend (backends.BACKENDS: 'cpu', 'cuda') or is one. With `greedy` > 0 the report's notes
-    also hold that many greedy tokens from both models after token 0. Everything refused (unreadable or hostile
+    also hold that many greedy tokens from both models after token 0. With `text` (a file) the tokens are token 0
+    and the text's, and the report holds both models' perplexity on it. Everything refused (unreadable or hostile
     files, a directory that is not the source's conversion, a run the backend cannot do) is a one-line
-    ConversionError before any compute."""
+    ConversionError before any compute; that includes a directory whose rwkv7_convert.json records another source
+    file (size, then sha256) unless `check_source` is False."""
     backend = device if isinstance(device, Backend) else backend_for(device)
     piece = check_run(backend, dtype, piece, tokens, batch)
     from fla.rwkv7_convert.proof.verdict import judge
     with SourceFile(source, head_size) as src, ConvertedDir(model_dir) as out:
         check_pair(src, out)
-        backend.prepare()  # a refused pair costs no torch or triton import
-        ids = _tokens(model_dir, src.plan.dims.V, tokens, text, batch, seed)
-        precision = backend.precision(dtype, min(piece, ids.shape[1]))
-        progress = Progress(src.plan.dims.L + 2, quiet)
+        origin = SourceCheck(src, out, check_source)  # the sizes now; the sha256 on a thread, while we prepare
+        progress = None
         try:
+            backend.prepare()  # a refused pair costs no torch or triton import
+            ids = _tokens(model_dir, src.plan.dims.V, tokens, text, batch, seed)
+            origin.finish()  # before any compute
+            precision = backend.precision(dtype, min(piece, ids.shape[1]))
+            progress = Progress(src.plan.dims.L + 2, quiet)
             pair = StreamingPair(src, out, device=backend.device, dtype=dtype, precision=precision, piece=piece,
                                  progress=progress)
             steps: list[Step] = []
@@ -87,10 +104,16 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
 
             (want, ref_p), got, _ = pair.run(ids, on_step=on_step)
             report = _report(src, out, backend, dtype, precision, ids, want, ref_p, got, steps, per_layer)
+            if text is not None and ids.shape[1] > 1:  # a next token to predict
+                (ref_ppl, ref_top1), (fla_ppl, fla_top1) = perplexity(want, ids), perplexity(got, ids)
+                report.perplexity = Perplexity(text, ids.shape[1], ref_ppl, fla_ppl, ref_top1, fla_top1)
+            report.notes += [origin.note] if origin.note else []
             if greedy:
                 report.notes.append(_greedy_note(pair, out, greedy))
         finally:
-            progress.close()
+            origin.cancel()
+            if progress is not None:
+                progress.close()
     return report
 
 
@@ -133,23 +156,67 @@ def _greedy_note(pair: StreamingPair, out: ConvertedDir, steps: int) -> str:
 
 
 def _tokens(model_dir, vocab: int, count: int, text: str | None, batch: int, seed: int):
+    """`count` random ids, or token 0 and then the text's ids (at most `count` in all)."""
     import torch
     if text is None:
         return torch.randint(0, vocab, (batch, count), generator=torch.Generator().manual_seed(seed))
+    tokenizer = _tokenizer(model_dir)
+    try:
+        with open(text, encoding='utf-8') as f:
+            content = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f'--text: cannot read it as UTF-8 text ({getattr(e, "strerror", None) or e})', text) from e
+    with _transformers_quiet():
+        encoded = tokenizer(content)['input_ids']
+    if not encoded:
+        raise ConversionError('the text encodes to no tokens', text)
+    # BlinkDL's convention: each document follows token 0, the end-of-text id, as RWKV-LM's LAMBADA evaluation
+    # feeds it (BlinkDL/RWKV-LM, RWKV-v7/rwkv_v7_demo.py: the context is [0] and then the encoded text)
+    return torch.tensor([[0, *encoded[:count - 1]]] * batch)
+
+
+# what transformers reads a tokenizer from; a directory with none of them has no tokenizer
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'vocab.json', 'vocab.txt')
+
+
+def _tokenizer(model_dir):
+    """The directory's tokenizer, loaded without transformers' warnings reaching the user; one line when there is
+    none or it does not load."""
+    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in TOKENIZER_FILES):
+        raise ConversionError('--text: the directory has no tokenizer (convert with --tokenizer world for the RWKV '
+                              'World vocabulary, or --tokenizer PATH; or verify on random ids with --tokens N)',
+                              str(model_dir))
     from transformers import AutoTokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except Exception as e:
-        raise ConversionError(f'--text needs a tokenizer in the model directory ({type(e).__name__}: {e})') from e
-    with open(text, encoding='utf-8') as f:
-        ids = tokenizer(f.read())['input_ids'][:count]
-    if not ids:
-        raise ConversionError('the text encodes to no tokens', text)
-    return torch.tensor([ids] * batch)
+        with _transformers_quiet():
+            return AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:  # whatever a tokenizer folder makes transformers raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise ConversionError(f'--text: the directory\'s tokenizer does not load ({type(e).__name__}: {first})',
+                              str(model_dir)) from e
+
+
+@contextmanager
+def _transformers_quiet():
+    """transformers' log lines and warnings off for the call, as they were afterwards: loading a tokenizer from a
+    directory whose config says model_type rwkv7 logs "You are using a model of type rwkv7 to instantiate a model
+    of type ...", which says nothing about the tokenizer."""
+    import warnings
+
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _decode(model_dir, ids: list[int]) -> str:
     if not os.path.exists(os.path.join(model_dir, 'tokenizer.json')):
         return ''
-    from transformers import AutoTokenizer
-    return f' = {AutoTokenizer.from_pretrained(str(model_dir)).decode(ids)!r}'
+    tokenizer = _tokenizer(model_dir)
+    with _transformers_quiet():
+        return f' = {tokenizer.decode(ids)!r}'
