@@ -71,3 +71,19 @@ def test_a_tokenizer_folder_saved_by_transformers_keeps_its_chat_template(tmp_pa
     tok = AutoTokenizer.from_pretrained(tmp_path / 'out')
     rendered = tok.apply_chat_template([{'role': 'user', 'content': 'xxx'}], tokenize=False, add_generation_prompt=True)
     assert rendered == 'User: xxx\n\nAssistant:'
+
+
+def test_a_tokenizer_path_with_more_ids_than_the_model_has_rows_is_refused(tmp_path, world_checkpoint):
+    """A 65536-token World tokenizer copied next to a 512-row model would index past the embedding: one line, as
+    --tokenizer world on that model is refused; a tokenizer that fits is copied."""
+    convert_to_fla(world_checkpoint, tmp_path / 'world')
+    small = save(make_state_dict(Goose(vocab=512, layers=1)), tmp_path / 'small.pth')
+    for choice in (tmp_path / 'world', tmp_path / 'world' / 'tokenizer.json'):
+        for dry_run in (True, False):
+            with pytest.raises(ConversionError, match='the model has 512 embedding rows, this tokenizer has token ids '
+                                                      'up to 65529') as e:
+                convert_to_fla(small, tmp_path / 'small-out', tokenizer=str(choice), dry_run=dry_run)
+            assert '\n' not in str(e.value) and str(small) in str(e.value)
+    assert not (tmp_path / 'small-out').exists()
+    result = convert_to_fla(world_checkpoint, tmp_path / 'fits', tokenizer=str(tmp_path / 'world'))
+    assert 'tokenizer.json' in result.files

@@ -154,11 +154,18 @@ def convert_to_fla(
 
 
 def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
-    """--tokenizer world on a model whose embedding is not the World vocabulary would pair ids with the wrong text."""
-    from fla.rwkv7_convert.hub.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab
+    """A tokenizer whose ids do not fit the embedding (--tokenizer world on another vocabulary, or a PATH holding more
+    tokens than the model has rows) would pair ids with the wrong text, or with no row at all."""
+    from fla.rwkv7_convert.hub.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab, token_id_span
     if choice == 'world' and not is_world_vocab(vocab_size):
         raise ConversionError(f'--tokenizer world: the model has {vocab_size} embedding rows, the RWKV World tokenizer '
                               f'needs {WORLD_VOCAB_SIZE}; use --tokenizer none or a tokenizer PATH', shown)
+    if choice not in ('auto', 'world', 'none'):
+        need = token_id_span(choice)
+        if need is not None and need > vocab_size:
+            raise ConversionError(f'--tokenizer {choice}: the model has {vocab_size} embedding rows, this tokenizer '
+                                  f'has token ids up to {need - 1}; use --tokenizer none or a tokenizer of this model',
+                                  shown)
 
 
 def tokenizer_kind(choice: str, vocab_size: int) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     'build_tokenizer_json',
     'is_world_vocab',
     'read_world_vocab',
+    'token_id_span',
     'tokenizer_config',
     'write_world_tokenizer',
 ]
@@ -150,6 +151,25 @@ def tokenizer_config() -> dict:
         'split_special_tokens': True,
         'chat_template': CHAT_TEMPLATE,
     }
+
+
+def token_id_span(path: str | os.PathLike) -> int | None:
+    """Embedding rows a tokenizer needs (its highest token id + 1), read from the tokenizer.json at `path` (the file
+    or a folder holding it); None when there is no tokenizer.json to read it from."""
+    path = Path(path)
+    path = path / 'tokenizer.json' if path.is_dir() else path
+    if path.name != 'tokenizer.json' or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    vocab = (data.get('model') or {}).get('vocab') or {}
+    # BPE/WordPiece/WordLevel map piece -> id; Unigram lists [piece, score] in id order
+    ids = list(vocab.values()) if isinstance(vocab, dict) else [len(vocab) - 1] if vocab else []
+    ids += [t.get('id', -1) for t in data.get('added_tokens') or []]
+    ids = [i for i in ids if isinstance(i, int)]
+    return max(ids) + 1 if ids else None
 
 
 def write_world_tokenizer(outdir: str | os.PathLike) -> list[str]:
