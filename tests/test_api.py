@@ -15,7 +15,7 @@ from fla.rwkv7_convert import api
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / 'examples' / 'rwkv7-goose-mini.pth'
-FUNCTIONS = ('convert_to_fla', 'convert_from_fla', 'verify', 'inspect')
+FUNCTIONS = ('convert_to_fla', 'convert_from_fla', 'verify', 'inspect', 'load_model', 'generate')
 
 
 def test_importing_the_api_pulls_no_heavy_module():

@@ -6,6 +6,8 @@
     result = convert_to_fla('model.pth', 'out/model', precision='bf16')
     report = verify('model.pth', 'out/model')    # report.passed, print(report.render())
     convert_from_fla('out/model', 'back.pth')
+    model, tokenizer = load_model('out/model')   # device='cpu' (Triton's interpreter, float32) or 'cuda'
+    print(generate(model, tokenizer, 16, prompt='Hello'))
 
 Every refusal is a `ConversionError` (errors.py: NotACheckpointError, UnsupportedVariantError, KeyMismatchError,
 OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print
@@ -27,13 +29,14 @@ from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla as _convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.dtypes import FLOATING, parse_precision
+from fla.rwkv7_convert.proof.run import generate, load_model
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
 __all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'convert_from_fla', 'convert_to_fla',
-           'inspect', 'verify']
+           'generate', 'inspect', 'load_model', 'verify']
 
 
 def _precision(precision: str | None) -> str | None:
