@@ -1,0 +1,146 @@
+"""Running a converted directory: load_model / generate (proof/run.py), examples/generate.py, the README's CPU
+example as written, and the World-vocabulary sample end to end (tokenizer, chat template, stop tokens)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fla.rwkv7_convert.api import ConversionError, convert_to_fla, generate, load_model
+from fla.rwkv7_convert.hub.chat import TURN_END_TOKENS
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / 'examples' / 'rwkv7-goose-mini.pth'
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path: the interpreter, float32')
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
+    # `python` in the README's snippet is the interpreter running the tests
+    env['PATH'] = os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')])
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def goose(tmp_path_factory) -> Path:
+    """The bundled model converted to out/goose-mini, as the README's first command does."""
+    root = tmp_path_factory.mktemp('run')
+    convert_to_fla(BUNDLED, root / 'out' / 'goose-mini')
+    return root
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory) -> Path:
+    """The World-vocabulary sample, written by its example command and converted with --tokenizer world."""
+    root = tmp_path_factory.mktemp('world')
+    r = _run([sys.executable, str(REPO / 'examples' / 'make_goose_world.py'), '--output', 'world.pth'], root)
+    assert r.returncode == 0, r.stderr
+    convert_to_fla(root / 'world.pth', root / 'out', tokenizer='world')
+    return root
+
+
+@no_cuda
+@pytest.mark.parametrize('dtype', [pytest.param(d, id=str(d)) for d in (torch.bfloat16, torch.float16, 'bf16')])
+def test_half_precisions_are_refused_on_the_cpu_with_the_reason_and_the_fix(goose, dtype):
+    with pytest.raises(ConversionError, match='numpy, which has no bfloat16.*dtype=float32.*GPU') as e:
+        load_model(goose / 'out' / 'goose-mini', device='cpu', dtype=dtype)
+    assert '\n' not in str(e.value) and 'goose-mini' in str(e.value)
+
+
+@no_cuda
+def test_an_interpreter_chosen_too_late_is_one_line_with_the_fix(goose, monkeypatch):
+    # triton is imported in this process: with TRITON_INTERPRET unset it can no longer be chosen
+    assert 'triton' in sys.modules
+    monkeypatch.delenv('TRITON_INTERPRET')
+    with pytest.raises(ConversionError, match='TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0') as e:
+        load_model(goose / 'out' / 'goose-mini')
+    assert '\n' not in str(e.value)
+
+
+def test_not_a_directory_and_unknown_devices_are_refused(goose, tmp_path):
+    with pytest.raises(ConversionError, match='config.json is missing'):
+        load_model(tmp_path)
+    with pytest.raises(ConversionError, match="expected 'cpu' or 'cuda'"):
+        load_model(goose / 'out' / 'goose-mini', device='tpu')
+
+
+def test_a_long_prompt_goes_through_the_cache_in_pieces_and_greedy_picks_the_argmax(goose):
+    """70 prompt tokens: one call would be refused on the CPU (cpu_guard, 64 or more); generate cuts it in pieces."""
+    from fla.rwkv7_convert.proof.runtime import fla_logits
+    model, tokenizer = load_model(goose / 'out' / 'goose-mini')
+    assert tokenizer is None and (model.dtype == torch.float32 or torch.cuda.is_available())
+    ids = torch.randint(0, 512, (1, 70), generator=torch.Generator().manual_seed(0))
+    out = generate(model, ids, 1, eos_token_id=[])
+    assert out.shape == (1, 71) and torch.equal(out[:, :70], ids)
+    assert int(out[0, -1]) == int(fla_logits(model, ids)[0, -1].argmax())
+    with pytest.raises(ConversionError, match=r'token ids must be in 0\.\.511'):
+        generate(model, [1, 2, 600], 1)
+
+
+def test_the_readme_cpu_example_runs_as_written(goose):
+    readme = (REPO / 'README.md').read_text().splitlines()
+    start = readme.index('<!-- cpu-example -->') + 1
+    assert readme[start] == '```bash'
+    snippet = '\n'.join(readme[start + 1:readme.index('```', start + 1)])
+    assert "'out/goose-mini'" in snippet
+    r = _run(['bash', '-c', snippet], goose)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ids = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(ids) == 1 and ids[0][:3] == [1, 2, 3] and len(ids[0]) == 3 + 8 and all(0 <= i < 512 for i in ids[0])
+
+
+def test_the_world_sample_is_reproducible_and_its_help_writes_nothing(world, tmp_path):
+    # the same name: torch.save records the file's stem inside the zip
+    r = _run([sys.executable, str(REPO / 'examples' / 'make_goose_world.py'), '--output', 'world.pth'], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'world.pth').read_bytes() == (world / 'world.pth').read_bytes()
+    assert (tmp_path / 'world.pth').stat().st_size < 20e6
+    examples = sorted(p.name for p in (REPO / 'examples').iterdir())
+    for script in ('make_goose_world.py', 'generate.py'):
+        r = _run([sys.executable, str(REPO / 'examples' / script), '--help'], tmp_path)
+        assert r.returncode == 0 and 'usage:' in r.stdout, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['world.pth']
+    assert sorted(p.name for p in (REPO / 'examples').iterdir()) == examples
+
+
+def test_the_world_sample_loads_with_its_tokenizer_chat_template_and_stop_tokens(world):
+    model, tokenizer = load_model(world / 'out')
+    assert tokenizer is not None and model.get_input_embeddings().weight.shape[0] == 65536
+    rendered = tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hello'}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert rendered == 'User: Hello\n\nAssistant:'
+    config = json.loads((world / 'out' / 'generation_config.json').read_text())
+    assert config['eos_token_id'] == [0, *TURN_END_TOKENS]
+    assert list(model.generation_config.eos_token_id) == [0, *TURN_END_TOKENS]
+
+
+def test_generate_py_chats_with_the_world_sample_end_to_end(world):
+    """Random weights write noise: the structure is checked, not the text."""
+    from transformers import AutoTokenizer
+    r = _run([sys.executable, str(REPO / 'examples' / 'generate.py'), '--model', 'out', '--prompt', 'Hello', '--chat',
+              '--max-new-tokens', '3', '--json'], world)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(world / 'out')
+    chat = tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hello'}], add_generation_prompt=True)
+    assert out['prompt_ids'] == list(getattr(chat, 'input_ids', chat))
+    new = out['new_ids']
+    assert 1 <= len(new) <= 3 and all(0 <= i < 65536 for i in new)
+    assert not any(i in (0, *TURN_END_TOKENS) for i in new[:-1])  # a stop token ends the reply
+    assert out['text'] == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_generate_py_says_in_one_line_when_a_prompt_has_no_tokenizer(goose):
+    r = _run([sys.executable, str(REPO / 'examples' / 'generate.py'), '--model', 'out/goose-mini', '--prompt', 'hi'],
+             goose)
+    assert r.returncode == 1 and re.search(r'error: .*goose-mini: the directory has no tokenizer', r.stderr), r.stderr
