@@ -122,6 +122,14 @@ def test_the_world_sample_loads_with_its_tokenizer_chat_template_and_stop_tokens
     config = json.loads((world / 'out' / 'generation_config.json').read_text())
     assert config['eos_token_id'] == [0, *TURN_END_TOKENS]
     assert list(model.generation_config.eos_token_id) == [0, *TURN_END_TOKENS]
+    # text in, text out: the chat turn through the template, greedy, the new tokens decoded
+    text = generate(model, tokenizer, 2, prompt='Hello', chat=True)
+    ids = tokenizer.apply_chat_template([{'role': 'user', 'content': 'Hello'}], add_generation_prompt=True,
+                                        return_tensors='pt', return_dict=True)['input_ids']
+    assert isinstance(text, str) and text == tokenizer.decode(generate(model, ids, 2)[0, ids.shape[1]:],
+                                                              skip_special_tokens=True)
+    with pytest.raises(ConversionError, match='prompt='):
+        generate(model, tokenizer, 2)
 
 
 def test_generate_py_chats_with_the_world_sample_end_to_end(world):
