@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from benchmark_convert import SIZES, Shape, generate_checkpoint  # noqa: E402
+from benchmark_convert import SIZES  # noqa: E402
 
 SIZES = {**SIZES, '7.2B': (4096, 32)}
 VERIFY = REPO / 'utils' / 'verify_rwkv7.py'
@@ -141,7 +141,13 @@ def prepare_size(name: str, workdir: Path, say) -> tuple[Path, Path]:
     source, out = workdir / f'{name}.pth', workdir / f'{name}-out'
     if not source.exists():
         say(f'{name}: writing {source}')
-        generate_checkpoint(Shape(C, L), source)
+        # in a process of its own: Linux passes a parent's peak RSS on to every child it starts (the high-water mark
+        # survives fork and exec), so a parent that held the generated state dict inflated verify's measured peak
+        # RSS to the file's size (3.07 GiB at 1.5B instead of 1.22 GiB)
+        subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]); '
+                        'from pathlib import Path; from benchmark_convert import Shape, generate_checkpoint; '
+                        'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]))',
+                        str(HERE), str(C), str(L), str(source)], check=True)
     if not (out / 'config.json').exists():
         say(f'{name}: converting to {out}')
         shutil.rmtree(out, ignore_errors=True)
