@@ -28,7 +28,6 @@ from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_fr
 from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla as _convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.formats.dtypes import FLOATING, parse_precision
 from fla.rwkv7_convert.proof.run import generate, load_model
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
@@ -37,16 +36,6 @@ PathLike = str | os.PathLike
 
 __all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'convert_from_fla', 'convert_to_fla',
            'generate', 'inspect', 'load_model', 'verify']
-
-
-def _precision(precision: str | None) -> str | None:
-    """'bf16', 'bfloat16', 'BF16', ... -> the safetensors name; None keeps each tensor's stored dtype."""
-    if precision is None or precision in FLOATING:
-        return precision
-    try:
-        return parse_precision(precision)
-    except ValueError as e:
-        raise ConversionError(f'precision: {e}') from None
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
@@ -70,7 +59,7 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
     Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, and `plan` (`plan.dims`:
     the sizes; `plan.notes`: what was detected). Raises ConversionError (one line, naming the path).
     """
-    return _convert_to_fla(source, output, precision=_precision(precision), force=force, max_shard_size=max_shard_size,
+    return _convert_to_fla(source, output, precision=precision, force=force, max_shard_size=max_shard_size,
                            head_size=head_size, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite,
                            drop_state=drop_state, dry_run=dry_run)
 
@@ -91,7 +80,7 @@ def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision:
     Returns an `ExportResult`: `output`, `fmt`, `dtype`, `bytes_written`, `seconds`, `plan` (`plan.warnings`: what
     BlinkDL's runtimes compute differently, e.g. an eps). Raises ConversionError (one line, naming the path).
     """
-    return _convert_from_fla(model_dir, output, precision=_precision(precision), fmt=fmt, force=force,
+    return _convert_from_fla(model_dir, output, precision=precision, fmt=fmt, force=force,
                              layer0_v=layer0_v, allow_nonfinite=allow_nonfinite, dry_run=dry_run)
 
 

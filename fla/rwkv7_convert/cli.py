@@ -25,7 +25,7 @@ from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count, progress_bar
-from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, parse_precision
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, output_precision
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
@@ -237,10 +237,7 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
 
 
 def precision_arg(args: argparse.Namespace) -> str | None:
-    try:
-        return parse_precision(args.precision)
-    except ValueError as e:
-        raise ConversionError(f'--precision: {e}') from None
+    return output_precision(args.precision, '--precision')
 
 
 def progress_callbacks(args: argparse.Namespace):

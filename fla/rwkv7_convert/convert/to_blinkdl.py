@@ -29,11 +29,10 @@ import numpy as np
 
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.errors import (
-    ConversionError,
     NonFiniteError,
 )
 from fla.rwkv7_convert.formats.atomic import atomic_file, check_target_file
-from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, cast, is_finite, parse_precision
+from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite, output_precision
 from fla.rwkv7_convert.formats.hf_directory import read_config
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_hf_directory
@@ -74,15 +73,6 @@ def _input_files(model_dir: Path) -> tuple[Path, ...]:
         return ()
 
 
-def _precision(precision: str | None) -> str | None:
-    if precision is None or precision in FLOATING:
-        return precision
-    try:
-        return parse_precision(precision)
-    except ValueError as e:
-        raise ConversionError(f'precision: {e}') from None
-
-
 def plan_export(model_dir: str | os.PathLike, *, precision: str | None = None, layer0_v: bool = True) -> ExportPlan:
     """The checked plan for exporting `model_dir`, without reading any tensor data (the export's dry run)."""
     return convert_from_fla(model_dir, None, precision=precision, layer0_v=layer0_v, dry_run=True).plan
@@ -112,7 +102,7 @@ def convert_from_fla(
     start = time.perf_counter()
     model_dir = Path(model_dir)
     shown = str(model_dir)
-    precision = _precision(precision)
+    precision = output_precision(precision)
     writer = writer_for(output, fmt)
     protect = _input_files(model_dir) if output is not None else ()
     if output is not None and not dry_run:

@@ -14,7 +14,7 @@ from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
 from fla.rwkv7_convert.formats.atomic import atomic_directory, check_target, clean_stale, write_json
 from fla.rwkv7_convert.formats.checkpoint import RawSpan, check_span
-from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite
+from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite, output_precision
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint
@@ -93,12 +93,14 @@ def convert_to_fla(
     """Convert `source` (.pth or .safetensors, or a Hugging Face directory, in any layout of table.LAYOUTS) into the
     Hugging Face directory `output`.
 
-    `precision` is a safetensors dtype name ('BF16', 'F16', 'F32') or None to keep each tensor's stored dtype.
+    `precision` is a safetensors dtype name ('BF16', 'F16', 'F32') or an alias ('bf16', 'fp32', ...; formats.dtypes
+    .output_precision), or None to keep each tensor's stored dtype.
     With `dry_run` nothing is written and the plan is returned. `on_start(plan, total_bytes)` and
     `on_tensor(name, nbytes)` report progress. `drop_state` converts a state-tuned merge without its tuned states.
     """
     start = time.perf_counter()
     shown = str(source)
+    precision = output_precision(precision)
     limit = parse_size(max_shard_size)
     if output is not None and not dry_run:
         clean_stale(Path(output).absolute())  # what killed runs left, also when this run stops at the next line

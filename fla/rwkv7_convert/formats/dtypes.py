@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fla.rwkv7_convert.errors import ConversionError
+
 # safetensors dtype name -> (numpy carrier dtype, bytes per element)
 CARRIER: dict[str, np.dtype] = {
     'F64': np.dtype('<f8'),
@@ -53,6 +55,17 @@ def parse_precision(text: str | None) -> str | None:
     except KeyError:
         choices = ', '.join(sorted(PRECISION_ALIASES))
         raise ValueError(f'unknown precision {text!r}; expected one of: {choices} (or keep)') from None
+
+
+def output_precision(precision: str | None, what: str = 'precision') -> str | None:
+    """What a converter takes as `precision`: a safetensors name ('BF16'), an alias ('bf16', 'bfloat16', 'fp32', ...)
+    or None (keep each tensor's stored dtype); the safetensors name, or one line naming `what`."""
+    if precision is None or precision in FLOATING:
+        return precision
+    try:
+        return parse_precision(precision)
+    except ValueError as e:
+        raise ConversionError(f'{what}: {e}') from None
 
 
 def itemsize(dtype: str) -> int:
