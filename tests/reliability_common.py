@@ -105,16 +105,27 @@ def check_published_counts() -> None:
                                          'rerun with RELIABILITY_UPDATE_DOCS=1 and review the diff')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def campaign_summary(request):
-    yield
-    lines = ['', f'reliability campaign ({Path(request.module.__file__).relative_to(REPO)}, counts so far):']
-    for section, s in STATS.items():
+def print_summary(request, title: str, stats: dict, *, per_mutation: bool = False, total: bool = False) -> None:
+    """A campaign's counts on the terminal, past pytest's capture: each section's outcomes, optionally each
+    mutation's and the number of inputs in all."""
+    lines = ['', f'reliability campaign, {title}:']
+    for section, s in stats.items():
         outcomes = ', '.join(f'{k} {v}' for k, v in sorted(s['outcomes'].items(), key=lambda kv: -kv[1]))
         lines.append(f'  {section}: {s["inputs"]} inputs: {outcomes}')
+        if per_mutation:
+            lines += [f'    {name}: ' + ', '.join(f'{k} {v}' for k, v in sorted(c.items()))
+                      for name, c in sorted(s['by'].items())]
+    if total:
+        lines.append(f'  in all: {sum(s["inputs"] for s in stats.values())} inputs')
     capture = request.config.pluginmanager.getplugin('capturemanager')
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print('\n'.join(lines))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def campaign_summary(request):
+    yield
+    print_summary(request, f'{Path(request.module.__file__).relative_to(REPO)} (counts so far)', STATS)
     target = Path(os.environ.get('RELIABILITY_STATS', REPO / 'out' / 'reliability-stats.json'))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

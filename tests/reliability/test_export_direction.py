@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_common import start_script, tmpfs
+from reliability_common import print_summary, start_script, tmpfs
 from reliability_common import tally as common_tally
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
@@ -52,15 +52,7 @@ def tally(section: str, outcome: str, by: str | list[str] | None = None) -> None
 @pytest.fixture(scope='module', autouse=True)
 def campaign_summary(request):
     yield
-    lines = ['', 'reliability campaign, export direction (tests/reliability/test_export_direction.py):']
-    for section, s in STATS.items():
-        outcomes = ', '.join(f'{k} {v}' for k, v in sorted(s['outcomes'].items(), key=lambda kv: -kv[1]))
-        lines.append(f'  {section}: {s["inputs"]} inputs: {outcomes}')
-        for name, c in sorted(s['by'].items()):
-            lines.append(f'    {name}: ' + ', '.join(f'{k} {v}' for k, v in sorted(c.items())))
-    capture = request.config.pluginmanager.getplugin('capturemanager')
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print('\n'.join(lines))
+    print_summary(request, 'export direction (tests/reliability/test_export_direction.py)', STATS, per_mutation=True)
 
 
 # ------------------------------------------------------------------------------------------------------- helpers

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import test_export_direction as export
 import torch
-from reliability_common import start_script
+from reliability_common import print_summary, start_script
 from reliability_common import tally as common_tally
 from rwkv7_factory import make_state_dict, save
 
@@ -51,14 +51,7 @@ def tally(section: str, outcome: str, by: str | list[str] | None = None) -> None
 @pytest.fixture(scope='module', autouse=True)
 def campaign_summary(request):
     yield
-    lines = ['', 'reliability campaign, verify (tests/reliability/test_verify_hostile.py):']
-    for section, s in STATS.items():
-        outcomes = ', '.join(f'{k} {v}' for k, v in sorted(s['outcomes'].items(), key=lambda kv: -kv[1]))
-        lines.append(f'  {section}: {s["inputs"]} inputs: {outcomes}')
-    lines.append(f'  in all: {sum(s["inputs"] for s in STATS.values())} inputs')
-    capture = request.config.pluginmanager.getplugin('capturemanager')
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print('\n'.join(lines))
+    print_summary(request, 'verify (tests/reliability/test_verify_hostile.py)', STATS, total=True)
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
