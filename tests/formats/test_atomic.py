@@ -9,6 +9,7 @@ import pytest
 from fla.rwkv7_convert.errors import (
     OutputExistsError,
 )
+from fla.rwkv7_convert.formats import atomic
 from fla.rwkv7_convert.formats.atomic import atomic_file
 
 
@@ -36,3 +37,32 @@ def test_atomic_file_never_damages(tmp_path):
     with atomic_file(tmp_path / 'out.pth', force=True) as scratch:
         scratch.write_bytes(b'newer')
     assert not dead.exists() and live.exists()
+
+
+@pytest.mark.parametrize('target_before', [pytest.param(False, id='no-target'), pytest.param(True, id='empty-folder')])
+def test_a_model_landing_right_after_the_last_check_is_not_replaced_without_force(tmp_path, monkeypatch, target_before):
+    """A racing run renames its complete model into OUTDIR between our last check and our swap: without --force we
+    must refuse, never exchange its model out (as a plain rename onto a non-empty folder refuses)."""
+    target = tmp_path / 'out'
+    if target_before:
+        target.mkdir()
+    real_check = atomic.check_target
+    landed = []
+
+    def check_then_rival_lands(t, force, protect=()):
+        real_check(t, force, protect)
+        if not landed:  # the rival's model appears just after our check passed
+            rival = tmp_path / '.rival'
+            rival.mkdir()
+            (rival / 'config.json').write_text('{"rival": true}')
+            if t.exists():
+                t.rmdir()
+            rival.rename(t)
+            landed.append(True)
+    scratch = tmp_path / '.out.tmp-ours'  # our complete model, as atomic_directory hands it to _commit
+    scratch.mkdir()
+    (scratch / 'config.json').write_text('{"ours": true}')
+    monkeypatch.setattr(atomic, 'check_target', check_then_rival_lands)
+    with pytest.raises(OutputExistsError, match='exists and is not empty'):
+        atomic._commit(scratch, target, False, ())
+    assert (target / 'config.json').read_text() == '{"rival": true}'

@@ -163,7 +163,9 @@ def _commit(scratch: Path, target: Path, force: bool, protect: tuple) -> None:
     """Put the complete `scratch` at `target`; an existing model there is swapped out and deleted afterwards."""
     for _attempt in range(3):
         check_target(target, force, protect)  # another process may have written it meanwhile
-        if target.is_dir():
+        # without --force only rename(2), which replaces nothing but an empty folder, in one step: a racing run may
+        # put its model at `target` right after the check above, and exchanging would then replace it unasked
+        if force and target.is_dir():
             if exchange(scratch, target):  # one step: `target` is the old model, then the new one
                 fsync_dir(target.parent)
                 _remove(scratch)  # now holds the old model (or the symlink OUTDIR was)
