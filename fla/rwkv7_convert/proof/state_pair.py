@@ -163,8 +163,11 @@ def load_states(src, out, *, state=None, model_state=None, drop_state: bool = Fa
 
 
 def _as_torch(data, dtype: str):
-    from fla.rwkv7_convert.proof.files import to_torch
-    return to_torch(data, dtype).reshape(data.shape)
+    """A carrier array as a float torch tensor: float64 kept, everything else float32 (as files.to_torch)."""
+    import torch
+
+    from fla.rwkv7_convert.formats.dtypes import to_float32
+    return torch.from_numpy(data if dtype == 'F64' else to_float32(data, dtype)).reshape(data.shape)
 
 
 def _load(ref):
