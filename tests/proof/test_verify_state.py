@@ -152,12 +152,12 @@ def test_pairs_of_states_that_do_not_match_are_refused_in_one_line(tuned, tmp_pa
                                '--state: not a state file'),
     }
     wrong_heads = save(time_states(torch.zeros(2, 4, 32, 32)), tmp_path / 'heads.pth')
-    cases['state of other heads'] = (tuned['base'], tuned['base_dir'], {'state': wrong_heads, 'model_state': tuned['state_dir']},
-                                     'but the model has 2 heads of 64: expected [2, 64, 64]')
+    cases['state of other heads'] = (tuned['base'], tuned['base_dir'], {'state': wrong_heads, 'model_state':
+                                     tuned['state_dir']}, 'but the model has 2 heads of 64: expected [2, 64, 64]')
     three = save(time_states(make_tuned_state(SHAPE.but(layers=3))), tmp_path / 'three.pth')
     write_state_conversion(three, tmp_path / 'three')
-    cases['converted state of 3 layers'] = (tuned['base'], tuned['base_dir'], {'state': tuned['bare'],
-                                            'model_state': tmp_path / 'three'}, '3 layer(s) of [2, 64, 64], but the model has 2')
+    cases['converted state of 3 layers'] = (tuned['base'], tuned['base_dir'], {'state': tuned['bare'], 'model_state':
+                                            tmp_path / 'three'}, '3 layer(s) of [2, 64, 64], but the model has 2')
     for what, (source, model, kwargs, says) in cases.items():
         with SourceFile(source) as src, ConvertedDir(model) as out, pytest.raises(ConversionError) as e:
             load_states(src, out, **kwargs)
