@@ -9,7 +9,9 @@ the budget); this driver builds the models, runs it, and writes the report.
 Cells: kernel (chunk, fused_recurrent) x precision (float32 with IEEE dots, float32 as users run it = TF32 dots,
 bf16, fp16) x head size 32/64/128 x T 1, 63, 64, 257, 1024, 4096 (batch 2), plus left padding (rows of
 different lengths, attention_mask), prefill then cached one-token decode, packed batches of different lengths
-(cu_seqlens), and the released 0.1B and 1.5B shapes (random weights) at T = 2048; then
+(cu_seqlens), from a tuned initial state (T257-state: chunk in one call, recurrent in pieces of 63; decode-state:
+prefill then decode; the reference from a time_state file, fla from its conversion), and the released 0.1B and
+1.5B shapes (random weights) at T = 2048; then
 `utils/verify_rwkv7.py --device cuda --dtype bfloat16` on the 1.5B shape, timed. To fit one cold GPU session
 (<= 6 minutes): Triton's autotuner keeps the first config that fits, untimed (parity, not speed); every precision
 compiles in its own worker process while the truth worker computes the float64 references; at the --budget
@@ -48,11 +50,12 @@ light_fla()  # the parent converts and judges: fla's models (and triton) are for
 from fla.rwkv7_convert.proof.parity import make_plan, select_runtime  # noqa: E402
 from fla.rwkv7_convert.proof.parity_workers import device_name, judge_cells, markdown, run_matrix, versions  # noqa: E402
 
-CORRUPTIONS = ('swap-kk-ka',)
+CORRUPTIONS = ('swap-kk-ka', 'transpose-state')
 
 
 def prepare(case, source: Path, model_dir: Path, corrupt: str | None = None) -> None:
-    """Write the RWKV-LM checkpoint and convert it with the project's converter."""
+    """Write the RWKV-LM checkpoint and convert it with the project's converter; for a case with state layouts also
+    a tuned state as RWKV-PEFT saves it (a bare time_state file, [H, V, K] per layer) and its conversion."""
     import torch
 
     from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -65,7 +68,15 @@ def prepare(case, source: Path, model_dir: Path, corrupt: str | None = None) -> 
         shape = Goose(vocab=case.vocab, hidden=case.hidden, layers=case.layers, head_size=case.head_size)
         torch.save(make_state_dict(shape, dtype=torch.float32, seed=zlib.crc32(case.name.encode())), source)
     convert_to_fla(source, model_dir, force=True, tokenizer='none')
-    if corrupt:
+    if any(lay.state for lay in case.layouts):
+        from rwkv7_factory import make_tuned_state, time_states, write_state_conversion
+
+        from fla.rwkv7_convert.proof.parity_workers import case_state_paths
+        state, state_dir = case_state_paths(source.parent.parent, case)
+        torch.save(time_states(make_tuned_state(shape, seed=zlib.crc32(f'{case.name}/state'.encode()))), state)
+        # the converter writes bare states later (issue 21): the state file is written as formats/states.py says
+        write_state_conversion(state, state_dir, transposed=corrupt != 'transpose-state')
+    if corrupt == 'swap-kk-ka':
         corrupt_conversion(model_dir, corrupt)
 
 

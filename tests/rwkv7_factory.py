@@ -265,3 +265,34 @@ def to_fla_x_x(fla_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 FLA_LAYOUT_WRITERS = {'fla-jan2025': to_fla_jan2025, 'fla-x_x': to_fla_x_x}
+
+
+# ----------------------------------------------------------------------------------------------- tuned states
+
+def make_tuned_state(shape: Goose, seed: int = 5, scale: float = 0.5) -> torch.Tensor:
+    """[L, H, N, N] tuned initial wkv states in BlinkDL's orientation ([head, value, key], RWKV-PEFT's time_state),
+    scaled like a trained state (entries of order 0.1 to 1) and far from symmetric, so a transpose shows."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape.layers, shape.heads, shape.head_size, shape.head_size, generator=gen) * scale
+
+
+def time_states(state: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`state` [L, H, V, K] as RWKV-PEFT names it: `blocks.N.att.time_state`, alone (a bare state file) or to add to
+    the weights (a state-tuned merge, as merge/merge_state.py writes it)."""
+    return {f'blocks.{i}.att.time_state': s.clone() for i, s in enumerate(state)}
+
+
+def write_state_conversion(source: str | Path, outdir: str | Path, transposed: bool = True) -> Path:
+    """The converted state file (formats.states: rwkv7_state.safetensors, [H, K, V] per layer) of the time_state
+    tensors in `source`, into `outdir` (made if missing). `transposed=False` writes them untransposed, the wrong
+    orientation. Tests write it themselves until the converter does."""
+    from fla.rwkv7_convert.formats.readers import open_checkpoint
+    from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
+    from fla.rwkv7_convert.formats.states import METADATA, STATE_FILE, state_out_tensors
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with open_checkpoint(source) as ckpt:
+        refs = sorted(((int(n.split('.')[1]), r) for n, r in ckpt.tree.items() if n.endswith('.att.time_state')))
+        write_safetensors(outdir / STATE_FILE, state_out_tensors([r for _, r in refs], to_fla=transposed), METADATA)
+    return outdir / STATE_FILE

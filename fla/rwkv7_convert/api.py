@@ -86,20 +86,26 @@ def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision:
 
 def verify(source: PathLike, model_dir: PathLike, *, device: str = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
            text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
-           head_size: int | None = None, quiet: bool = True) -> Report:
+           head_size: int | None = None, quiet: bool = True, state: PathLike | None = None,
+           model_state: PathLike | None = None, drop_state: bool = False) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
     device: 'cpu' (fla under Triton's interpreter; float32, pieces under 64 tokens) or 'cuda'.
     dtype: what fla runs in: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
+    state / model_state: a bare RWKV-PEFT state file beside the base model `source`, and its conversion (a directory
+    holding rwkv7_state.safetensors, or the file; default: the one in `model_dir`). A state-tuned merge as `source`
+    needs neither: both sides start from their tuned states, checked to be the same state first.
+    drop_state: verify the weights alone, both sides from zero states.
 
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
     return _verify(source, model_dir, device=device, dtype=dtype, tokens=tokens,
                    text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
-                   head_size=head_size, quiet=quiet)
+                   head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
+                   model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
 
 
 def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection:

@@ -320,6 +320,19 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
                    help=f'feed tokens in pieces of this size through the cache (default: {CPU_PIECE} on the CPU, '
                         'which fla needs (< 64); the whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
     p.add_argument('--seed', type=int, default=0, action=Once)
+    tuned = p.add_argument_group('tuned initial states (state tuning)', (
+        'A state-tuned merge given as IN (blocks.N.att.time_state beside the weights) is verified from its state: the '
+        'reference from it, fla from OUTDIR/rwkv7_state.safetensors, after checking that this is the state transposed '
+        'per head ([key, value], fla\'s orientation). A bare RWKV-PEFT state file: --rwkv7 BASE.pth --state STATE.pth '
+        '--model BASE_OUTDIR --model-state STATE_OUTDIR.'))
+    tuned.add_argument('--state', action=Once, metavar='STATE.pth',
+                       help='a bare state file (blocks.N.att.time_state only) that IN, its base model, runs from')
+    tuned.add_argument('--model-state', action=Once, metavar='STATE_DIR',
+                       help='the converted state (a directory holding rwkv7_state.safetensors, or the file); default: '
+                            "OUTDIR's own")
+    tuned.add_argument('--drop-state', action='store_true',
+                       help='verify the weights alone, both sides from zero states, whatever the files carry (for a '
+                            'merge converted with --drop-state)')
     p.add_argument('--any-source', dest='check_source', action='store_false',
                    help="verify even when OUTDIR's rwkv7_convert.json records a source file other than IN (by size "
                         'or sha256); by default that is refused before any compute')
@@ -331,7 +344,8 @@ def _verify_body(args) -> int:
         report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
                         tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
                         per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size,
-                        quiet=args.quiet, check_source=args.check_source)
+                        quiet=args.quiet, check_source=args.check_source, state=args.state,
+                        model_state=args.model_state, drop_state=args.drop_state)
     except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
         raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
     print(report.verdict_line() if args.quiet else report.render())

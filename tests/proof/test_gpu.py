@@ -1,8 +1,8 @@
 """GPU parity through the one GPU parity path, benchmarks/gpu_parity.py (marker `gpu`; skipped without CUDA).
 
 The full matrix (head sizes 32/64/128 x T up to 4096 x chunk/fused_recurrent x fp32 IEEE/TF32/bf16/fp16, left
-padding, prefill then decode, packed batches, the released 0.1B/1.5B shapes, the timed verify run) is one
-command for a cold GPU session: `bash benchmarks/gpu_parity.sh` (README, "GPU matrix"). Here pytest runs its
+padding, prefill then decode, packed batches, a tuned initial state, the released 0.1B/1.5B shapes, the timed
+verify run) is one command for a cold GPU session: `bash benchmarks/gpu_parity.sh` (README, "GPU matrix"). Here pytest runs its
 quick form (T <= 257, no released shapes) in a subprocess, so that the script's patched autotuner and
 TRITON_F32_DEFAULT stay out of this process. Its CPU path runs in CI: tests/proof/test_gpu_parity_cpu.py; single
 cells through the library (proof.parity.run_cell), per precision on CUDA: tests/proof/test_parity_api.py.
@@ -32,3 +32,6 @@ def test_quick_gpu_matrix_passes(tmp_path):
     assert proc.returncode == 0 and not failed, failed[:5]
     assert {c['precision'] for c in report['cells']} == {'float32', 'tf32', 'bfloat16', 'float16'}
     assert {c['kernel'] for c in report['cells']} == {'chunk', 'fused_recurrent'}
+    # from a tuned initial state, both kernels: chunk in one call of 257 tokens, recurrent in pieces of 63
+    state = [c for c in report['cells'] if c['state']]
+    assert {(c['layout'], c['kernel']) for c in state} >= {('T257-state', 'chunk'), ('T257-state', 'fused_recurrent')}

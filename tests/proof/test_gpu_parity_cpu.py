@@ -34,6 +34,8 @@ def test_cpu_matrix_has_every_planned_cell_and_all_pass(tmp_path):
     got = {(c['case'], c['layout'], c['kernel'], c['precision']) for c in report['cells']}
     assert got == expected
     assert {c['kind'] for c in report['cells']} == {'tokens', 'leftpad', 'decode', 'varlen'}
+    # from a tuned initial state (the reference from a time_state file, fla from its conversion): recurrent kernel
+    assert {c['layout'] for c in report['cells'] if c['state']} == {'T9-state', 'decode-state'}
     for cell in report['cells']:
         assert cell['status'] == 'PASS', cell
         # float32 with IEEE arithmetic: the conversion-exactness bar, and about the reference's own error
@@ -51,6 +53,16 @@ def test_swapped_k_k_and_k_a_fail_the_verdict(tmp_path):
         # a wrong tensor is orders of magnitude above what float32 rounding explains
         assert cell['status'] == 'FAIL' and cell['ratio'] > 1e3, cell
     assert 'FAIL' in proc.stdout
+
+
+def test_a_state_converted_untransposed_fails_only_the_state_cells(tmp_path):
+    """--corrupt transpose-state: the converted state stored in BlinkDL's [value, key] orientation; the cell from
+    it fails by orders of magnitude, the same model from zero states passes."""
+    proc, report = run_script(tmp_path, '--corrupt', 'transpose-state', '--only', 'T9,T9-state')
+    assert proc.returncode == 1, proc.stdout
+    cells = {c['layout']: c for c in report['cells']}
+    assert cells['T9']['status'] == 'PASS', cells
+    assert cells['T9-state']['status'] == 'FAIL' and cells['T9-state']['ratio'] > 1e3, cells
 
 
 def test_gpu_worker_layout_hands_the_truths_over_through_files(tmp_path):

@@ -39,10 +39,13 @@ def test_gpu_plan_is_the_issues_matrix():
     small = [c for c in cases if c.kind == 'goose']
     assert sorted(c.head_size for c in small) == [32, 64, 128]
     for c in small:
-        tokens = [lay for lay in c.layouts if lay.kind == 'tokens']
+        tokens = [lay for lay in c.layouts if lay.kind == 'tokens' and not lay.state]
         assert [lay.lengths[0] for lay in tokens] == [1, 63, 64, 257, 1024, 4096]
         assert all(lay.kernels == ('chunk', 'fused_recurrent') for lay in tokens)
         assert {lay.kind for lay in c.layouts} == {'tokens', 'leftpad', 'decode', 'varlen'}
+        # a tuned initial state on both kernels: >= 64 tokens per chunk call, < 64 per recurrent piece
+        assert {(lay.name, lay.kind, lay.lengths) for lay in c.layouts if lay.state} == {
+            ('T257-state', 'tokens', (257,)), ('decode-state', 'decode', (256, 44))}
     released = {c.size: c for c in cases if c.kind == 'released'}
     assert {s: c.shape for s, c in released.items()} == {'0.1B': '0.1B (C768 L12 N64 V65536)',
                                                          '1.5B': '1.5B (C2048 L24 N64 V65536)'}
@@ -104,6 +107,26 @@ def test_run_cell_on_the_cpu(tmp_path):
     assert (cell.case, cell.layout, cell.kernel, cell.precision) == ('N64', 'leftpad', 'fused_recurrent', 'float32')
     assert cell.status == 'PASS' and cell.passed, cell
     assert cell.fla_error <= parity.IEEE_BAR and cell.ratio < 3 and cell.top1 == 1.0, cell
+
+
+@pytest.mark.parametrize('transposed, status', [pytest.param(True, 'PASS', id='converted'),
+                                                 pytest.param(False, 'FAIL', id='stored-untransposed')])
+def test_run_cell_from_a_tuned_state_on_the_cpu(tmp_path, transposed, status):
+    """A state layout: the reference from a bare time_state file, fla from its conversion; stored untransposed
+    (BlinkDL's [value, key]) the same cell fails by orders of magnitude."""
+    from rwkv7_factory import make_tuned_state, time_states, write_state_conversion
+    source, model_dir = converted(tmp_path)
+    state = save(time_states(make_tuned_state(Goose())), tmp_path / 'state.pth')
+    write_state_conversion(state, tmp_path / 'fla-state', transposed=transposed)
+    layout = Layout('T9-state', 'tokens', (9,), 2, ('fused_recurrent',), state=True)
+    cell = run_cell(model_dir, source, layout, 'fused_recurrent', 'float32', case='N64', device='cpu', state=state,
+                    model_state=tmp_path / 'fla-state')
+    assert cell.status == status, cell
+    assert cell.ratio < 3 if transposed else cell.ratio > 1e3, cell
+    with pytest.raises(ValueError, match='no tuned state'):  # a state layout without a state
+        run_cell(model_dir, source, layout, 'fused_recurrent', 'float32', device='cpu')
+    with pytest.raises(ValueError, match='tokens or decode layouts, not leftpad'):
+        Layout('x', 'leftpad', (9, 4), state=True)
 
 
 def test_run_cell_catches_swapped_k_k_and_k_a(tmp_path):

@@ -365,6 +365,130 @@ def test_hostile_directories_through_the_script(tmp_path, hf):
         tally('through utils/verify_rwkv7.py', 'refused (exit 1, one line)', what)
 
 
+# --------------------------------------------------------------------------------------------- 4. tuned states
+
+@pytest.fixture(scope='module')
+def tuned_hf(tmp_path_factory) -> dict:
+    """A state-tuned merge of the base shape, converted with --drop-state plus its state file (formats/states.py,
+    until the converter writes it), and a bare state file beside the base source with its own conversion."""
+    from rwkv7_factory import make_tuned_state, time_states, write_state_conversion
+    root = tmp_path_factory.mktemp('tuned')
+    sd = make_state_dict(export.BASE, torch.bfloat16, seed=15)
+    state = make_tuned_state(export.BASE)
+    merge = save({**sd, **time_states(state)}, root / 'merge.pth')
+    model = root / 'case' / 'model'  # its own folder: `library` checks that nothing else in 'case' is opened
+    convert_to_fla(merge, model, drop_state=True, tokenizer='none')
+    write_state_conversion(merge, model)
+    bare = save(time_states(state), root / 'state.pth')
+    write_state_conversion(bare, root / 'state')
+    return {'source': merge, 'dir': model, 'state': state, 'bare': bare, 'state_dir': root / 'state'}
+
+
+def _state_tensors(state: torch.Tensor, name: str = 'model.layers.{}.attn.initial_state') -> dict:
+    return {name.format(i): s.transpose(-1, -2).contiguous() for i, s in enumerate(state)}
+
+
+def _hostile_state(path: Path, what: str, state: torch.Tensor) -> None:
+    """Writes the hostile rwkv7_state.safetensors `what` at `path` (which holds the right one)."""
+    from safetensors.torch import save_file
+    good = path.read_bytes()
+    L, H, N = state.shape[0], state.shape[1], state.shape[2]
+    path.unlink()
+    if what == 'truncated in its header':
+        path.write_bytes(good[:20])
+    elif what == 'truncated in its data':
+        path.write_bytes(good[:-7])
+    elif what == 'wrong names':
+        save_file(_state_tensors(state, 'model.layers.{}.attn.init_state'), str(path))
+    elif what == 'a layer missing':
+        save_file(_state_tensors(state[:1]), str(path))
+    elif what == 'a layer too many':
+        save_file(_state_tensors(torch.cat([state, state[:1]])), str(path))
+    elif what == 'not square':
+        save_file({f'model.layers.{i}.attn.initial_state': torch.zeros(H, N, N + 1) for i in range(L)}, str(path))
+    elif what == 'int dtype':
+        save_file({f'model.layers.{i}.attn.initial_state': torch.zeros(H, N, N, dtype=torch.int32) for i in range(L)},
+                  str(path))
+    elif what == 'other heads':
+        save_file({f'model.layers.{i}.attn.initial_state': torch.zeros(H * 2, N // 2, N // 2) for i in range(L)},
+                  str(path))
+    elif what == 'a .pth under its name':
+        torch.save(_state_tensors(state), path)
+    elif what == 'a FIFO':
+        os.mkfifo(path)  # a blocking read would hang verify: it is no state file
+    elif what == 'a directory':
+        path.mkdir()
+    else:  # a symlink to /dev/zero
+        path.symlink_to('/dev/zero')
+
+
+HOSTILE_STATES = ['truncated in its header', 'truncated in its data', 'wrong names', 'a layer missing', 'a layer too many',
+                  'not square', 'int dtype', 'other heads', 'a .pth under its name', 'a FIFO', 'a directory',
+                  'a symlink to /dev/zero']
+
+
+@pytest.mark.parametrize('what', HOSTILE_STATES)
+def test_hostile_state_file_is_refused(tmp_path, tuned_hf, audit, no_compute, what):
+    """The directory's rwkv7_state.safetensors, hostile: one line naming it (or, for what is no regular file, saying
+    the directory has none), before any compute."""
+    model = tmp_path / 'm'
+    shutil.copytree(tuned_hf['dir'], model)
+    _hostile_state(model / 'rwkv7_state.safetensors', what, tuned_hf['state'])
+    line = refused(tuned_hf['source'], model, tmp_path, 'hostile rwkv7_state.safetensors', what)
+    if what in ('a FIFO', 'a directory', 'a symlink to /dev/zero'):
+        assert 'has no rwkv7_state.safetensors' in line, line
+    else:
+        assert 'rwkv7_state.safetensors' in line, line
+
+
+def _hostile_source_state(path: Path, what: str, state: torch.Tensor) -> None:
+    L, H, N = state.shape[0], state.shape[1], state.shape[2]
+    names = [f'blocks.{i}.att.time_state' for i in range(L)]
+    if what == 'truncated':
+        torch.save(dict(zip(names, state)), path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif what == 'weights in it':
+        torch.save({**dict(zip(names, state)), 'emb.weight': torch.zeros(3, 4)}, path)
+    elif what == 'wrong names':
+        torch.save({n + '_x': s for n, s in zip(names, state)}, path)
+    elif what == 'not square':
+        torch.save({n: torch.zeros(H, N, N + 1) for n in names}, path)
+    elif what == 'int dtype':
+        torch.save({n: torch.zeros(H, N, N, dtype=torch.int32) for n in names}, path)
+    elif what == 'a layer missing':
+        torch.save({names[0]: state[0]}, path)
+    else:  # a FIFO
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize('what', ['truncated', 'weights in it', 'wrong names', 'not square', 'int dtype',
+                                  'a layer missing', 'a FIFO'])
+def test_hostile_state_given_with_state_is_refused(tmp_path, hf, tuned_hf, no_compute, what):
+    """--state FILE beside the base model, hostile: one line naming FILE, before any compute; through the command line
+    exit 1, one `error: ` line, nothing on stdout."""
+    bad = tmp_path / 'state.pth'
+    _hostile_source_state(bad, what, tuned_hf['state'])
+    with pytest.raises(ConversionError) as e:
+        verify(hf['source'], hf['dir'], tokens=TOKENS, state=bad, model_state=tuned_hf['state_dir'])
+    line = e.value.one_line()
+    assert '\n' not in line and str(bad) in line, line
+    code, out, err = cli('--rwkv7', hf['source'], '--state', bad, '--model', hf['dir'], '--model-state',
+                         tuned_hf['state_dir'], '--tokens', TOKENS)
+    lines = err.strip().splitlines()
+    assert code == 1 and out == '' and len(lines) == 1 and lines[0].startswith('error: ') and str(bad) in lines[0], err
+    tally('hostile --state files', type(e.value).__name__, what)
+
+
+def test_the_tuned_pair_itself_passes(tuned_hf, hf, audit):
+    """The controls: the merge against its directory, and the bare state beside the base model, both PASS."""
+    outcome, text = library(tuned_hf['source'], tuned_hf['dir'], tuned_hf['dir'].parent)
+    assert outcome == 'PASS' and 'from the tuned initial state' in text, text
+    report = verify(hf['source'], hf['dir'], tokens=TOKENS, state=tuned_hf['bare'], model_state=tuned_hf['state_dir'])
+    assert report.passed and report.state is not None, report.render()
+    tally('hostile rwkv7_state.safetensors', 'PASS', 'the state as converted (control)')
+    tally('hostile --state files', 'PASS', 'the state as converted (control)')
+
+
 # ------------------------------------------------------------------------------------------ 3. interrupted verify
 
 def _holds_open(pid: int, path: Path) -> bool:

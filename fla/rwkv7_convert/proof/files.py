@@ -34,15 +34,19 @@ def to_torch(data, dtype: str):
 
 class SourceFile:
     """The BlinkDL checkpoint, one tensor at a time, through the converter's reader and plan (canonical names and
-    RWKV-LM shapes; float32, or float64 when stored so)."""
+    RWKV-LM shapes; float32, or float64 when stored so). A state-tuned merge's weights are planned without its tuned
+    states (as --drop-state converts them), which `states` holds: layer -> (name, TensorRef), empty for a plain
+    checkpoint (state_pair.py reads and checks them)."""
 
     def __init__(self, path: str | os.PathLike, head_size: int | None = None):
         from fla.rwkv7_convert.formats.readers import open_checkpoint
         from fla.rwkv7_convert.mapping.plan import make_plan
+        from fla.rwkv7_convert.proof.state_pair import find_states
         self.path = str(path)
         self.ckpt = open_checkpoint(path)
         try:
-            self.plan = make_plan(self.ckpt.tree, self.path, head_size=head_size)
+            self.plan = make_plan(self.ckpt.tree, self.path, head_size=head_size, drop_state=True)
+            self.states = find_states(self.ckpt.tree, self.path)
         except BaseException:
             self.ckpt.close()
             raise

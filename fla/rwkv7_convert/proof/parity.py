@@ -1,6 +1,6 @@
 """The GPU parity matrix: converted RWKV-7 checkpoints in fla's Triton kernels against the float64 reference.
 
-One cell is one (model, token layout, kernel, precision):
+One cell is one (model, token layout, kernel, precision), the layout from zero states or from a tuned initial state:
 
   truth      the reference in float64 on the device, computed once per (model, layout) by the matrix and reused by
              every precision and kernel
@@ -15,9 +15,16 @@ fla 0.6.0 picks its kernel per call: chunk for >= 64 tokens or with grad enabled
 without grad. So 'chunk' cells make one call over the sequence (grad enabled when it is shorter than 64);
 'fused_recurrent' cells feed it through the cache in pieces of <= RECURRENT_PIECE tokens (no grad).
 
+State cells (`Layout.state`): both sides start every sequence from a tuned initial state, the reference from the
+BlinkDL time_state file ([H, V, K] per layer), fla from its conversion ([H, K, V], proof.states.initial_cache);
+token layouts and prefill-then-decode only (a left-padded row would run its padding through the state; a packed
+batch would need one state per sequence). The T257-state cells run the chunk kernel in one call of 257 tokens and
+the recurrent one in pieces of 63.
+
 `run_cell` runs one cell in this process (after `select_runtime`); `parity_workers` runs a whole plan in worker
 processes under a time budget. TRITON_F32_DEFAULT is read when a kernel is compiled and is not part of Triton's
-in-process kernel cache key, so float32-IEEE cells need a process of their own on a GPU (`runtime_env`).
+in-process kernel cache key, so float32-IEEE cells need a process of their own on a GPU (`runtime_env`, in
+parity_runtime.py with the device set-up and the autotuner patch).
 Nothing here imports triton or fla's models at module level: the runtime is chosen first.
 """
 
@@ -30,6 +37,14 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+# the runtime (per-process variables, the device, the autotuner) lives in parity_runtime.py; its names are ours too
+from fla.rwkv7_convert.proof.parity_runtime import (  # noqa: F401
+    check_process_precision,
+    keep_first_fitting_config,
+    runtime_env,
+    select_runtime,
+)
 
 KERNELS = ('chunk', 'fused_recurrent')
 GPU_PRECISIONS = ('float32', 'tf32', 'bfloat16', 'float16')
@@ -47,6 +62,11 @@ class Layout:
     lengths: tuple[int, ...]  # tokens: (T,); leftpad/varlen: one per sequence; decode: (prefill, steps)
     batch: int = 1
     kernels: tuple[str, ...] = KERNELS
+    state: bool = False  # every sequence starts from the case's tuned initial state (the module docstring)
+
+    def __post_init__(self):
+        if self.state and self.kind not in ('tokens', 'decode'):
+            raise ValueError(f'layout {self.name}: a tuned initial state runs with tokens or decode layouts, not {self.kind}')
 
     @property
     def tokens(self) -> int:
@@ -101,6 +121,8 @@ def _full_plan(cpu: bool, quick: bool) -> tuple[list[Case], tuple[str, ...]]:
             Layout('leftpad', 'leftpad', (9, 4), kernels=rec),
             Layout('decode', 'decode', (5, 3), 2, rec),
             Layout('varlen', 'varlen', (6, 1, 3), kernels=rec),
+            Layout('T9-state', 'tokens', (9,), 2, rec, state=True),
+            Layout('decode-state', 'decode', (5, 3), 2, rec, state=True),
         )
         return [Case('N64', 'goose', vocab=256, hidden=128, layers=2, head_size=64, layouts=layouts)], ('float32',)
     lengths = (1, 63, 64, 257) if quick else (1, 63, 64, 257, 1024, 4096)
@@ -109,6 +131,9 @@ def _full_plan(cpu: bool, quick: bool) -> tuple[list[Case], tuple[str, ...]]:
         Layout('decode', 'decode', (256, 44), 2),
         Layout('varlen57', 'varlen', (30, 1, 17, 9)),  # < 64 tokens: both kernels (chunk with grad)
         Layout('varlen268', 'varlen', (100, 37, 130, 1), kernels=('chunk',)),  # >= 64: fla only runs chunk
+        # from a tuned state: chunk in one call of 257 (>= 64), recurrent in pieces of 63; prefill then decode
+        Layout('T257-state', 'tokens', (257,), 2, state=True),
+        Layout('decode-state', 'decode', (256, 44), 2, state=True),
     )
     cases = [Case(f'N{n}', 'goose', vocab=1024, hidden=256, layers=3, head_size=n, layouts=layouts)
              for n in (64, 32, 128)]
@@ -120,83 +145,6 @@ def _full_plan(cpu: bool, quick: bool) -> tuple[list[Case], tuple[str, ...]]:
 
 def cell_ids(cases: list[Case], precisions) -> list[tuple[str, str, str, str]]:
     return [(c.name, lay.name, k, p) for c in cases for lay in c.layouts for p in precisions for k in lay.kernels]
-
-
-# ------------------------------------------------------------------------------------------------ the runtime
-
-def runtime_env(cpu: bool, precision: str | None = None) -> dict[str, str]:
-    """Variables triton and fla read at import or compile time, for a process that runs `precision`'s cells."""
-    env = {'FLA_CACHE_RESULTS': '0'}  # never store untimed "timings" where a benchmark would find them
-    if cpu:
-        env['TRITON_INTERPRET'] = '1'
-    elif precision == 'float32':
-        env['TRITON_F32_DEFAULT'] = 'ieee'  # IEEE float32 dots; read when a kernel is compiled
-    return env
-
-
-def select_runtime(cpu: bool):
-    """The parity run's device, set up by verify's own backend (backends.py: the interpreter on the CPU, the device's
-    presence on CUDA) after this run's variables; returns the torch device.
-
-    On CUDA, fla's autotune cache is off and Triton's autotuner keeps the first config that fits
-    (keep_first_fitting_config): parity, not speed.
-    """
-    from fla.rwkv7_convert.proof.backends import backend_for
-    os.environ.update(runtime_env(cpu))
-    backend = backend_for('cpu' if cpu else 'cuda')
-    backend.prepare()
-    if not cpu:
-        keep_first_fitting_config()
-    import torch
-    return torch.device(backend.device)
-
-
-def keep_first_fitting_config() -> None:
-    """Triton's autotuner keeps the first config that compiles and fits, launched once untimed (parity, not speed).
-
-    Benchmarking every config costs minutes on a cold machine; which config runs changes speed, not what is
-    computed. A config that does not fit (out of shared memory, ...) is skipped as the autotuner itself would.
-    """
-    from triton.runtime import autotuner
-
-    original = autotuner.Autotuner._bench
-
-    def untimed(kernel_call, quantiles=None, **kwargs):
-        kernel_call()  # compiles the config and proves it launches
-        return [1.0, 1.0, 1.0]
-
-    def first_fitting(self, *args, config, **meta):
-        try:
-            first = self.prune_configs(meta)[0]
-        except Exception:  # noqa: BLE001 - older/newer autotuners: fall back to the declared order
-            first = self.configs[0]
-        if config is first:  # a new tuning round begins
-            self._parity_found = False
-        if getattr(self, '_parity_found', False):
-            return [2.0, 2.0, 2.0]  # never compiled: an earlier config fits
-        slot = 'do_bench' if 'do_bench' in self.__dict__ else '_do_bench'
-        saved = self.__dict__.get(slot)
-        self.__dict__[slot] = untimed
-        try:
-            timing = original(self, *args, config=config, **meta)
-        finally:
-            self.__dict__[slot] = saved
-        if math.isfinite(timing[0]):
-            self._parity_found = True
-        return timing
-
-    autotuner.Autotuner._bench = first_fitting
-
-
-def check_process_precision(precision: str, device) -> None:
-    """On CUDA, float32 (IEEE) and tf32 cells need a process compiled for them (TRITON_F32_DEFAULT)."""
-    if getattr(device, 'type', str(device)) != 'cuda' or precision not in ('float32', 'tf32'):
-        return
-    ieee = os.environ.get('TRITON_F32_DEFAULT') == 'ieee'
-    if ieee != (precision == 'float32'):
-        raise ValueError(f'precision {precision!r}: this process compiles float32 dots as '
-                         f'{"IEEE" if ieee else "TF32"}; run it in a process started with runtime_env(False, '
-                         f'{precision!r}) (TRITON_F32_DEFAULT {"=ieee" if precision == "float32" else "unset"})')
 
 
 # ---------------------------------------------------------------------------------------- inputs and logits
@@ -238,12 +186,32 @@ def load_reference(source: str | os.PathLike, model_dir: str | os.PathLike, dtyp
     return RWKV7Reference(weights, dtype=dtype, norm_eps=cfg['norm_eps'], ln_x_eps=cfg['norm_eps'] * cfg['head_dim'])
 
 
-def reference_logits(ref, layout: Layout, inputs: dict, device):
-    """The reference's logits at every compared position, [positions, vocab] (sequences run one by one)."""
+def load_tuned(source, model_dir, state, model_state) -> tuple[list, object]:
+    """A case's tuned initial state, both sides, read and checked as verify reads them (state_pair.load_states):
+    (the source's per layer [H, V, K], the converted [L, H, K, V] float32). The direct check's findings are not
+    raised here: the cell is judged by its logits, as any other (a transposed state fails them by orders)."""
+    import torch
+
+    from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile
+    from fla.rwkv7_convert.proof.state_pair import load_states
+    with SourceFile(source) as src, ConvertedDir(model_dir) as out:
+        tuned = load_states(src, out, state=state, model_state=model_state)
+    if tuned is None:
+        raise ValueError(f'{source}: no tuned state to start from (state={state!r}, model_state={model_state!r})')
+    return tuned.blinkdl, torch.stack(tuned.fla)
+
+
+def reference_logits(ref, layout: Layout, inputs: dict, device, state=None):
+    """The reference's logits at every compared position, [positions, vocab] (sequences run one by one); with
+    `state` (per layer [H, V, K], BlinkDL's orientation) every sequence starts from it."""
     import torch
     ids = inputs['ids'].to(device)
+    if state is not None and layout.kind not in ('tokens', 'decode'):
+        raise ValueError(f'layout {layout.name}: a tuned initial state runs with tokens or decode layouts')
 
     def run(part):
+        if state is not None:
+            return ref(part, ref.tuned_state(state, part.shape[0], device))[0]
         # a zero state made on `device` (not under `with torch.device`, whose mode costs ~30% more per op)
         s = ref.zero_state(part.shape[0])
         s = type(s)(*[[t.to(device) for t in ts] for ts in (s.att_x_prev, s.wkv, s.ffn_x_prev)])
@@ -258,10 +226,17 @@ def reference_logits(ref, layout: Layout, inputs: dict, device):
     return torch.cat([run(ids[:, s:e])[0] for s, e in zip(bounds[:-1], bounds[1:])])
 
 
-def fla_layout_logits(model, layout: Layout, inputs: dict, kernel: str, device):
-    """fla's logits at the same positions, through the kernel named (see the module docstring)."""
+def fla_layout_logits(model, layout: Layout, inputs: dict, kernel: str, device, state=None):
+    """fla's logits at the same positions, through the kernel named (see the module docstring); with `state`
+    ([L, H, K, V], fla's orientation) every sequence starts from it."""
     import torch
     ids = inputs['ids'].to(device)
+    start = None
+    if state is not None:
+        if layout.kind not in ('tokens', 'decode'):
+            raise ValueError(f'layout {layout.name}: a tuned initial state runs with tokens or decode layouts')
+        from fla.rwkv7_convert.proof.states import initial_cache
+        start = initial_cache(model, state, batch_size=ids.shape[0], device=device)
     mask = inputs.get('mask')
     mask = mask.to(device) if mask is not None else None
     vocab = model.config.vocab_size
@@ -287,14 +262,14 @@ def fla_layout_logits(model, layout: Layout, inputs: dict, kernel: str, device):
         return torch.cat(outs, 1), cache
 
     if layout.kind == 'tokens':
-        return whole_or_pieces(ids)[0].reshape(-1, vocab)
+        return whole_or_pieces(ids, start)[0].reshape(-1, vocab)
     if layout.kind == 'leftpad':
         logits = whole_or_pieces(ids)[0]
         T = ids.shape[1]
         return torch.cat([logits[b, T - n:] for b, n in enumerate(layout.lengths)])
     if layout.kind == 'decode':
         prefill = layout.lengths[0]
-        logits, cache = whole_or_pieces(ids[:, :prefill])
+        logits, cache = whole_or_pieces(ids[:, :prefill], start)
         steps = [logits]
         for t in range(prefill, ids.shape[1]):
             logits, cache = call(ids[:, t:t + 1], cache)
@@ -318,11 +293,11 @@ def timed(device, fn, *args):
     return out, time.time() - t
 
 
-def run_kernel(model, layout: Layout, inputs: dict, kernel: str, device) -> tuple[object, dict]:
+def run_kernel(model, layout: Layout, inputs: dict, kernel: str, device, state=None) -> tuple[object, dict]:
     """(fla's logits or None, the row's fla_s and, if the call failed, its error) for one kernel."""
     t = time.time()
     try:
-        logits, fla_s = timed(device, fla_layout_logits, model, layout, inputs, kernel, device)
+        logits, fla_s = timed(device, fla_layout_logits, model, layout, inputs, kernel, device, state)
     except Exception as e:  # noqa: BLE001 - a failing cell is a result, not the end of the run
         return None, {'error': f'{type(e).__name__}: {e}'[:300], 'fla_s': round(time.time() - t, 3)}
     return logits, {'fla_s': round(fla_s, 3)}
@@ -386,11 +361,14 @@ def judge_row(row: dict) -> Cell:
 
 
 def run_cell(model_dir: str | os.PathLike, source: str | os.PathLike, layout: Layout, kernel: str, precision: str,
-             *, case: str = 'cell', device=None) -> Cell:
+             *, case: str = 'cell', device=None, state: str | os.PathLike | None = None,
+             model_state: str | os.PathLike | None = None) -> Cell:
     """One cell in this process: the converted `model_dir` in fla against the reference on the BlinkDL `source`.
 
     Call `select_runtime` first (or run under tests/conftest.py's interpreter). `case` names the cell and seeds
-    its tokens; `device` defaults to CUDA where there is one.
+    its tokens; `device` defaults to CUDA where there is one. A state layout (`layout.state`) starts from a tuned
+    state: the source's own (a merge) or `state` (a bare time_state file), fla from `model_dir`'s state file or
+    `model_state`.
     """
     import torch
 
@@ -402,17 +380,18 @@ def run_cell(model_dir: str | os.PathLike, source: str | os.PathLike, layout: La
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     check_process_precision(precision, device)
     dtype = storage_dtype(precision)
+    ref_state, fla_state = load_tuned(source, model_dir, state, model_state) if layout.state else (None, None)
     with matmul_precision('float32'):
         ref = load_reference(source, model_dir, torch.float64, device)
         inputs = layout_inputs(case, layout, ref.vocab)
-        truth = reference_logits(ref, layout, inputs, device)
+        truth = reference_logits(ref, layout, inputs, device, ref_state)
         del ref
     with matmul_precision(precision):
         ref = load_reference(source, model_dir, dtype, device)
-        mine, ref_s = timed(device, reference_logits, ref, layout, inputs, device)
+        mine, ref_s = timed(device, reference_logits, ref, layout, inputs, device, ref_state)
         del ref
         model = load_fla_model(model_dir, dtype=dtype, device=device)
-        logits, row = run_kernel(model, layout, inputs, kernel, device)
+        logits, row = run_kernel(model, layout, inputs, kernel, device, fla_state)
         if logits is not None:
             row.update(measure(logits, truth))
     return judge_row({**row, 'case': case, 'layout': layout.name, 'kernel': kernel, 'precision': precision,

@@ -3,6 +3,7 @@
 The work folder (the caller writes each case's two model files through `prepare`; this module writes the rest):
 
   <case>/model.pth, <case>/fla/   the BlinkDL checkpoint and its conversion; <case>/READY once both are there
+  <case>/state.pth, <case>/fla-state/   for a case with state layouts: a bare time_state file and its conversion
   plan.json                       the cases the workers run
   <case>/truth-<layout>.pt        float64 truths, handed from the truth worker to the precision workers
   results-<worker>.jsonl          one measured row per cell; <worker>.log its log
@@ -35,6 +36,7 @@ from fla.rwkv7_convert.proof.parity import (
     judge_row,
     layout_inputs,
     load_reference,
+    load_tuned,
     measure,
     reference_logits,
     run_kernel,
@@ -54,6 +56,12 @@ def case_paths(workdir: Path, case: Case) -> tuple[Path, Path]:
     """(the BlinkDL checkpoint, the converted directory) of `case` in the work folder."""
     d = Path(workdir) / case.name
     return d / 'model.pth', d / 'fla'
+
+
+def case_state_paths(workdir: Path, case: Case) -> tuple[Path, Path]:
+    """(the bare time_state file, the directory of its conversion) of `case`: its state layouts start from them."""
+    d = Path(workdir) / case.name
+    return d / 'state.pth', d / 'fla-state'
 
 
 def wait_for(path: Path, deadline: float, what: str) -> None:
@@ -92,12 +100,17 @@ def worker_main(argv: list[str] | None = None) -> int:
         source, model_dir = case_paths(workdir, case)
         wait_for(source.parent / 'READY', deadline, f'{case.name} to be converted')
         truths = {}
+        tuned = load_tuned(source, model_dir, *case_state_paths(workdir, case)) if any(
+            lay.state for lay in case.layouts) else (None, None)
+        # per layout: (the reference's state, fla's) or none
+        states = {lay.name: tuned if lay.state else (None, None) for lay in case.layouts}
+
         if 'truth' in roles:
             with matmul_precision('float32'):
                 ref = load_reference(source, model_dir, torch.float64, device)
                 for layout in case.layouts:
                     inputs = layout_inputs(case, layout, ref.vocab)
-                    truth, seconds = timed(device, reference_logits, ref, layout, inputs, device)
+                    truth, seconds = timed(device, reference_logits, ref, layout, inputs, device, states[layout.name][0])
                     if len(roles) > 1:
                         truths[layout.name] = truth
                     else:
@@ -115,9 +128,10 @@ def worker_main(argv: list[str] | None = None) -> int:
                 log(f'{case.name}: fla model loaded in {time.time() - t:.1f}s')
                 for layout in case.layouts:
                     inputs = layout_inputs(case, layout, ref.vocab)
-                    mine, ref_s = timed(device, reference_logits, ref, layout, inputs, device)
+                    mine, ref_s = timed(device, reference_logits, ref, layout, inputs, device, states[layout.name][0])
                     # fla runs before the truth is awaited: the truth worker computes it meanwhile
-                    got = {kernel: run_kernel(model, layout, inputs, kernel, device) for kernel in layout.kernels}
+                    got = {kernel: run_kernel(model, layout, inputs, kernel, device, states[layout.name][1])
+                           for kernel in layout.kernels}
                     if layout.name in truths:
                         truth = truths[layout.name]
                     else:
@@ -220,7 +234,8 @@ def judge_cells(cases: list[Case], precisions, workdir: Path) -> list[dict]:
     for key in cell_ids(cases, precisions):
         case, layout = shapes[key[0]], layouts[key[:2]]
         cell = {'case': key[0], 'shape': case.shape, 'layout': key[1], 'kind': layout.kind,
-                'lengths': list(layout.lengths), 'batch': layout.batch, 'kernel': key[2], 'precision': key[3]}
+                'lengths': list(layout.lengths), 'batch': layout.batch, 'state': layout.state, 'kernel': key[2],
+                'precision': key[3]}
         r = found.get(key)
         cell.update(judge_row(r).as_dict() if r is not None else {'status': 'not run', 'passed': False})
         cells.append(cell)
@@ -260,7 +275,7 @@ def markdown(report: dict) -> str:
     lines = [f'Device: {report["device"]}; {report["versions_line"]}; wall {report["wall_s"]:.0f} s '
              f'(budget {report["budget_s"]:.0f} s); {report["passed_cells"]}/{len(cells)} cells pass.', '',
              'Each entry: fla rel. RMS vs float64 (ratio to the reference\'s own error in that precision); '
-             '**FAIL** / not run marked.', '',
+             '**FAIL** / not run marked; `-state` layouts start from a tuned initial state.', '',
              '| model | layout | ' + ' | '.join(f'{short[k]} {label[p]}' for k, p in cols) + ' |',
              '|---|---|' + '---|' * len(cols)]
     rows: dict[tuple[str, str], dict] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,6 +151,26 @@ class RWKV7Reference:
             att_x_prev=[torch.zeros(batch, C, dtype=self.dtype) for _ in range(self.layers)],
             wkv=[torch.zeros(batch, H, N, N, dtype=self.state_dtype) for _ in range(self.layers)],
             ffn_x_prev=[torch.zeros(batch, C, dtype=self.dtype) for _ in range(self.layers)],
+        )
+
+    def tuned_state(self, wkv: Sequence[torch.Tensor], batch: int, device=None) -> RWKV7State:
+        """The state a state-tuned model starts from, for each of `batch` sequences: layer i's wkv state is `wkv[i]`
+        ([H, N, N] indexed [head, value, key], as RWKV-PEFT's `blocks.N.att.time_state` and BlinkDL's rwkv package
+        hold it: JL-er/RWKV-PEFT @5b8aac9c rwkvt/operator/rwkvop.py transposes it to fla's [K, V] before
+        chunk_rwkv7; BlinkDL/ChatRWKV @965e40b8 rwkv_pip_package/src/rwkv/model.py RWKV_x070_TMix_one computes
+        `state @ r` on it as is), in this reference's state dtype, on `device` (default: the tensors'); both token
+        shifts zero (no previous token)."""
+        C, H, N = self.hidden, self.heads, self.head_size
+        layers = list(wkv)
+        if len(layers) != self.layers or any(tuple(t.shape) != (H, N, N) for t in layers):
+            shapes = sorted({tuple(t.shape) for t in layers})
+            raise ValueError(f'tuned state: {len(layers)} layer(s) of {[list(s) for s in shapes]}, expected '
+                             f'{self.layers} of [H={H}, N={N}, N={N}]')
+        device = layers[0].device if device is None else device
+        return RWKV7State(
+            att_x_prev=[torch.zeros(batch, C, dtype=self.dtype, device=device) for _ in range(self.layers)],
+            wkv=[t.detach().to(device, self.state_dtype).expand(batch, H, N, N).clone() for t in layers],
+            ffn_x_prev=[torch.zeros(batch, C, dtype=self.dtype, device=device) for _ in range(self.layers)],
         )
 
     @torch.no_grad()

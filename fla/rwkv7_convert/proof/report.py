@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SUBSTEP_NAMES = {'ln0': 'ln0 (embedding LayerNorm)', 'att': 'time mix (attention)', 'ffn': 'channel mix (FFN)',
                  'ln_out': 'final LayerNorm'}
@@ -65,10 +66,12 @@ class Report:
     notes: list[str] = field(default_factory=list)
     backend: str = ''  # what ran fla (backends.Backend.name), e.g. 'fla Triton kernels, CUDA'
     perplexity: Perplexity | None = None  # with --text
+    state: object = None  # state_pair.TunedStates: both sides ran from a tuned initial state
+    state_problems: list[str] = field(default_factory=list)  # its direct check: a converted state that is not the source's
 
     @property
     def passed(self) -> bool:
-        return self.judgement.passed and not (self.per_layer and self.first_divergence)
+        return self.judgement.passed and not (self.per_layer and self.first_divergence) and not self.state_problems
 
     def render(self, source_name: str | None = None, model_name: str | None = None) -> str:
         """The report as text; the model card passes names for the two files (no local paths published)."""
@@ -79,6 +82,9 @@ class Report:
         lines = [f'verify {source} (reference: float64, and {self.precision} for calibration) vs {model} '
                  f'(fla, {self.device}, {self.dtype}), {self.batch} x {self.tokens} tokens',
                  *([f'  {"backend":<24}{self.backend}'] if self.backend else []),
+                 *([f'  {"initial state":<24}' + self.state.describe(
+                     source_name and Path(self.state.source).name, model_name and Path(self.state.converted).name)]
+                   if self.state is not None else []),
                  f'  {"logits":<24}{"fla":>12}{"ref-" + self.precision:>16}']
         lines += [f'  {name:<24}{a:>12}{b:>16}' for name, a, b in (
             ('relative RMS error', f'{c.rel_rms:.3e}', f'{r.rel_rms:.3e}'),
@@ -97,6 +103,7 @@ class Report:
         if self.perplexity is not None:
             lines.append(f'  {self.perplexity.render()}')
         lines.append(self.verdict_line())
+        lines += [f'  state: {p}' for p in self.state_problems]
         if not self.passed:
             if self.first_divergence:
                 lines.append(f'  the models part first at {describe_step(self.first_divergence)}')
@@ -122,9 +129,17 @@ class Report:
         else:  # tiny sub-steps can round to exactly nothing in the precision under test
             times = f"{where} is {j.fla_error:.3g} (relative RMS) where the reference's own is 0"
         said = f'{times} in {self.precision} on {self.device} (bound {cal.factor:g}x + {cal.floor:.0e})'
+        if self.state is not None:
+            said += ', from the tuned initial state'
         if self.passed:
             return f'PASS: {said}'
-        return f"FAIL: {said}: this directory does not compute the file's function"
+        state = ''
+        if self.state_problems:  # named in the one line -q prints too
+            more = len(self.state_problems) - 1
+            state = f'; {self.state_problems[0]}' + (f' (and {more} more layer(s))' if more else '')
+        if j.passed:  # the logits agree within the bound, the stored state does not
+            return f'FAIL: {said}, but the converted state is not the source\'s{state}'
+        return f"FAIL: {said}: this directory does not compute the file's function{state}"
 
 
 def perplexity(logits, ids) -> tuple[float, float]:

@@ -39,10 +39,11 @@ def use_interpreter() -> bool:
     return True
 
 
-def fla_logits(model, tokens, piece: int | None = None, hook=None):
+def fla_logits(model, tokens, piece: int | None = None, hook=None, cache=None):
     """Logits [B, T, V] of `model` for tokens [B, T]; in pieces through the cache on the CPU (or when `piece` is set).
 
-    `hook(start)` is called before each piece, so callers can tag what forward hooks capture.
+    `hook(start)` is called before each piece, so callers can tag what forward hooks capture. `cache`: where the
+    sequences start (a tuned state: proof.states.initial_cache); it is consumed. Default: zero states.
     """
     import torch
 
@@ -51,7 +52,7 @@ def fla_logits(model, tokens, piece: int | None = None, hook=None):
         piece = 48 if device.type == 'cpu' else tokens.shape[1]
     if device.type == 'cpu' and not 1 <= piece <= RECURRENT_MAX_TOKENS:
         raise ValueError(f'piece={piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
-    cache, outs = None, []
+    outs = []
     with torch.no_grad():
         for start in range(0, tokens.shape[1], piece):
             if hook is not None:

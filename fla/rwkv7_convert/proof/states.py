@@ -52,9 +52,6 @@ def initial_cache(model: Any, state: StateLike, batch_size: int = 1, device: Any
     [L, H, K, V] tensor, or a list of [H, K, V] tensors, fla's orientation), for `model(..., past_key_values=cache,
     use_cache=True)` or `model.generate(..., past_key_values=cache)`. The state's layer count, head count and head
     size must be the model's (one-line ConversionError otherwise). A cache is consumed by the run it seeds."""
-    import torch
-    from fla.models.utils import Cache
-
     cfg = model.config
     layers = _as_layers(state)
     heads = cfg.hidden_size // cfg.head_dim
@@ -68,6 +65,16 @@ def initial_cache(model: Any, state: StateLike, batch_size: int = 1, device: Any
         raise ConversionError(f'initial state: batch_size={batch_size}, expected 1 or more')
     if device is None:
         device = next(model.parameters()).device
+    return seeded_cache(layers, batch_size, device)
+
+
+def seeded_cache(layers: Sequence[Any], batch_size: int, device: Any):
+    """A fresh fla Cache whose layer i starts from `layers[i]` ([H, K, V], fla's orientation) for each of `batch_size`
+    sequences, in float32 as fla keeps it; no checks (initial_cache checks against a model; verify's streaming
+    pair, which runs fla's blocks one at a time, has checked the state against the directory's config)."""
+    import torch
+    from fla.models.utils import Cache
+
     # every key fla's layers index, the token shifts None (= zeros: no previous token)
     seeded = [{'recurrent_state': t.to(device=device, dtype=torch.float32).unsqueeze(0).expand(batch_size, *t.shape)
                .contiguous(), 'attn_state': None, 'conv_state': None, 'ffn_state': None} for t in layers]

@@ -68,10 +68,12 @@ class Progress:
 
 class StreamingPair:
     """The reference (float64, plus optional `lanes` in other precisions) and fla, walked one layer at a time over
-    the same tokens. `state` carries both sides' recurrent states, so a later call continues the sequence."""
+    the same tokens. `state` carries both sides' recurrent states, so a later call continues the sequence. With
+    `initial` (state_pair.TunedStates) both start from a tuned state: every reference lane from the source's
+    [H, V, K] tensors, fla from the converted [H, K, V] ones (proof.states.seeded_cache), token shifts zero."""
 
     def __init__(self, src: SourceFile, out: ConvertedDir, *, device: str, dtype: str, precision: str | None,
-                 piece: int, progress: Progress | None = None):
+                 piece: int, progress: Progress | None = None, initial=None):
         import torch
 
         from fla.rwkv7_convert.mapping.config import norm_eps_for
@@ -87,6 +89,7 @@ class StreamingPair:
         warnings.filterwarnings('ignore', message='According to Bo')  # fla's per-layer port warning: our job
 
         self.src, self.out, self.device, self.piece = src, out, torch.device(device), piece
+        self.initial = initial
         self.fla_dtype = getattr(torch, dtype)
         self.progress = progress or Progress(0, True)
         d = src.plan.dims
@@ -112,15 +115,25 @@ class StreamingPair:
     def zero_state(self, batch: int):
         return {'ref': [r.zero_state(batch) for r in self.refs], 'fla': [None] * self.dims.L}
 
+    def start_state(self, batch: int):
+        """Where a sequence starts: the tuned state (`initial`) if there is one, else zeros. A fresh one each call:
+        fla's cache is consumed by the run it seeds."""
+        if self.initial is None:
+            return self.zero_state(batch)
+        from fla.rwkv7_convert.proof.states import seeded_cache
+        cache = seeded_cache(self.initial.fla, batch, self.device)  # one Cache: block i reads and updates its layer i
+        return {'ref': [r.tuned_state(self.initial.blinkdl, batch, self.device) for r in self.refs],
+                'fla': [cache] * self.dims.L}
+
     def run(self, ids, state=None, on_step=None):
-        """Logits [B, T, V] of each reference lane and of fla for `ids` [B, T] after `state`; returns
-        (ref logits list, fla logits, new state). `on_step(key, [reference values...], fla value)` sees the residual
-        stream after every sub-step as soon as both sides have it (compared there, not kept)."""
+        """Logits [B, T, V] of each reference lane and of fla for `ids` [B, T] after `state` (default: start_state);
+        returns (ref logits list, fla logits, new state). `on_step(key, [reference values...], fla value)` sees the
+        residual stream after every sub-step as soon as both sides have it (compared there, not kept)."""
         import torch
         from fla.models.cache_utils import Cache
 
         from fla.rwkv7_convert.proof.verdict import matmul_precision
-        state = state or self.zero_state(ids.shape[0])
+        state = state or self.start_state(ids.shape[0])
         new = {'ref': [type(s)([], [], []) for s in state['ref']], 'fla': []}
         dev, p = self.device, self.progress
 

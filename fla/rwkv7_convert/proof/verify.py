@@ -23,6 +23,7 @@ import os
 from contextlib import contextmanager
 
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.formats.states import has_state
 from fla.rwkv7_convert.proof.backends import BACKENDS, CPU_PIECE, Backend, backend_for
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile, check_pair, load_blinkdl_weights
 from fla.rwkv7_convert.proof.report import (
@@ -35,10 +36,12 @@ from fla.rwkv7_convert.proof.report import (
     describe_step,
     perplexity,
 )
+from fla.rwkv7_convert.proof.state_pair import TunedStates, load_states
 from fla.rwkv7_convert.proof.streaming import HEAD_ROWS, Progress, StreamingPair
 
 __all__ = ['BACKENDS', 'CPU_PIECE', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend', 'Comparison',
            'ConvertedDir', 'Perplexity', 'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step', 'StreamingPair',
+           'TunedStates', 'load_states',
            'backend_for', 'check_pair', 'check_run', 'compare', 'describe_step', 'load_blinkdl_weights', 'perplexity',
            'precision_for', 'prepare', 'verify']
 
@@ -72,7 +75,8 @@ def prepare(device: str) -> None:
 
 def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
            text: str | None = None, batch: int = 1, per_layer: bool = False, piece: int | None = None, seed: int = 0,
-           head_size: int | None = None, quiet: bool = True, greedy: int = 0, check_source: bool = True) -> Report:
+           head_size: int | None = None, quiet: bool = True, greedy: int = 0, check_source: bool = True,
+           state=None, model_state=None, drop_state: bool = False) -> Report:
     """Compare the converted directory with the reference on the source file; see the module docstring.
 
     `device` names a backend (backends.BACKENDS: 'cpu', 'cuda') or is one. With `greedy` > 0 the report's notes
@@ -80,12 +84,19 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
     and the text's, and the report holds both models' perplexity on it. Everything refused (unreadable or hostile
     files, a directory that is not the source's conversion, a run the backend cannot do) is a one-line
     ConversionError before any compute; that includes a directory whose rwkv7_convert.json records another source
-    file (size, then sha256) unless `check_source` is False."""
+    file (size, then sha256) unless `check_source` is False.
+
+    Tuned states (state_pair.py): a source that carries them (a state-tuned merge), or a bare state file `state`
+    beside the base model `source`, is verified from its state: the reference from the source's, fla from the
+    converted one (the directory's rwkv7_state.safetensors, or `model_state`, a directory or file), after a direct
+    check that the converted state is the source's transposed per head (a mismatch FAILs, named). `drop_state`:
+    both from zero states, whatever the files carry."""
     backend = device if isinstance(device, Backend) else backend_for(device)
     piece = check_run(backend, dtype, piece, tokens, batch)
     from fla.rwkv7_convert.proof.verdict import judge
     with SourceFile(source, head_size) as src, ConvertedDir(model_dir) as out:
         check_pair(src, out)
+        tuned = load_states(src, out, state=state, model_state=model_state, drop_state=drop_state)
         origin = SourceCheck(src, out, check_source)  # the sizes now; the sha256 on a thread, while we prepare
         progress = None
         try:
@@ -95,7 +106,7 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
             precision = backend.precision(dtype, min(piece, ids.shape[1]))
             progress = Progress(src.plan.dims.L + 2, quiet)
             pair = StreamingPair(src, out, device=backend.device, dtype=dtype, precision=precision, piece=piece,
-                                 progress=progress)
+                                 progress=progress, initial=tuned)
             steps: list[Step] = []
 
             def on_step(key, refs, fla_value):
@@ -104,6 +115,10 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
 
             (want, ref_p), got, _ = pair.run(ids, on_step=on_step)
             report = _report(src, out, backend, dtype, precision, ids, want, ref_p, got, steps, per_layer)
+            if tuned is not None:
+                report.state, report.state_problems = tuned, list(tuned.problems)
+            elif drop_state and (src.states or state is not None or model_state is not None or has_state(out.path)):
+                report.notes.append('tuned initial states ignored (--drop-state): the weights verified from zero states')
             if text is not None and ids.shape[1] > 1:  # a next token to predict
                 (ref_ppl, ref_top1), (fla_ppl, fla_top1) = perplexity(want, ids), perplexity(got, ids)
                 report.perplexity = Perplexity(text, ids.shape[1], ref_ppl, fla_ppl, ref_top1, fla_top1)
