@@ -11,8 +11,9 @@ $RWKV7_BENCH_COUNTS when the process ends:
   lang_patches    calls of the interpreter's _patch_lang (stock Triton: one per launch and one per helper call)
   attrs_patched   attributes of triton.language those calls set (_LangPatchScope.set_attr): the patching work
 
-A backend that never sets the interpreter up writes {"interpreted": false}. Each counter costs a dict update per
-call, small against the milliseconds an interpreted launch takes.
+$RWKV7_BENCH_INTERPRETER installs proof.interpreter with other options (see _reinstall), so that each of its
+changes can be measured alone. A backend that never sets the interpreter up writes {"interpreted": false}. Each
+counter costs a dict update per call, small against the milliseconds an interpreted launch takes.
 
     RWKV7_BENCH_COUNTS=counts.json python benchmarks/verify_counted.py --rwkv7 F --model D --tokens 16
 """
@@ -93,10 +94,23 @@ def _wrap_use_interpreter() -> None:
     def use_interpreter(*args, **kwargs):
         result = original(*args, **kwargs)
         if result and not COUNTS['interpreted']:
+            _reinstall(os.environ.get('RWKV7_BENCH_INTERPRETER', ''))
             install_counters()
         return result
 
     runtime.use_interpreter = use_interpreter
+
+
+def _reinstall(how: str) -> None:
+    """$RWKV7_BENCH_INTERPRETER, e.g. `fewest_programs=0,keep_lang_patched=1`: proof.interpreter installed with those
+    options instead of its defaults, to measure each change alone (empty: as use_interpreter left it)."""
+    if not how:
+        return
+    from fla.rwkv7_convert.proof import interpreter
+    options = {k: bool(int(v)) for k, v in (item.split('=') for item in how.split(','))}
+    interpreter.restore()
+    interpreter.install(**options)
+    COUNTS['interpreter_options'] = options
 
 
 def _write() -> None:
