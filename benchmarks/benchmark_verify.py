@@ -73,11 +73,12 @@ def cpu_backends(wanted: str) -> dict:
     return {k: b for k, b in BACKENDS.items() if not str(getattr(b, 'device', k)).startswith('cuda')}
 
 
-def run_verify(source: Path, model: Path, tokens: int, device: str, per_layer: bool, plain: bool) -> dict:
+def run_verify(source: Path, model: Path, tokens: int, device: str, per_layer: bool, plain: bool,
+               piece: int | None = None) -> dict:
     # not -q: that prints the verdict line alone, and the table is parsed below (no bar: stdout is not a terminal)
     script = VERIFY if plain else COUNTED
     argv = [sys.executable, str(script), '--rwkv7', str(source), '--model', str(model), '--tokens', str(tokens),
-            '--device', device, *(['--per-layer'] if per_layer else [])]
+            '--device', device, *(['--per-layer'] if per_layer else []), *(['--piece', str(piece)] if piece else [])]
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile('w+') as out:
         counts_file = Path(tmp) / 'counts.json'
@@ -177,7 +178,8 @@ def table(rows: list[dict]) -> str:
         counts = (f"{r['launches']} / {r['programs']} / {r['helper_calls']}" if 'launches' in r else '-')
         verdict = r['verdict'] + (f" at {r['first_divergence']}" if r['verdict'] == 'FAIL' and r['first_divergence']
                                   else '')
-        lines.append(f"| {r['size']} (C{r['C']} L{r['L']}) | {r['backend']} | {r['case']} | {r['tokens']} | {verdict} | "
+        lines.append(f"| {r['size']} (C{r['C']} L{r['L']}) | {r['backend']} | {r['case']} | {r['tokens']}"
+                     f"{' (piece ' + str(r['piece']) + ')' if r.get('piece') else ''} | {verdict} | "
                      f"{r['ratio']} | {r.get('fla_rel_rms', '-')} | {r.get('ref_rel_rms', '-')} | {r['wall_s']} s | "
                      f"{r['cpu_s']} s | {r['peak_rss_gib']} GiB | {counts} | {r['load']} | "
                      f"{r['expected']}: {'met' if r['met'] else 'NOT met'} |")
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--backends', default='', help='comma-separated --device keys (default: every CPU backend)')
     p.add_argument('--tokens', type=int, default=16)
     p.add_argument('--per-layer', action='store_true')
+    p.add_argument('--piece', type=int, default=None, help="tokens per fla call (default: the backend's)")
     p.add_argument('--corruptions', default='', help='"all" or comma-separated names; also runs the clean model')
     p.add_argument('--no-clean', action='store_true', help='with --corruptions, skip the clean run')
     p.add_argument('--plain', action='store_true', help='run utils/verify_rwkv7.py itself (no launch counts)')
@@ -236,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                 corrupt(out, model, corruption[0])
             for key, backend in chosen.items():
                 say(f'{name} {what}, {backend.name}: verifying ({args.tokens} tokens, load {os.getloadavg()[0]:.2f})')
-                row = {'size': name, 'C': C, 'L': L, 'case': what, 'tokens': args.tokens, 'backend': backend.name,
-                       'device': key, **run_verify(source, model, args.tokens, key, args.per_layer, args.plain)}
+                row = {'size': name, 'C': C, 'L': L, 'case': what, 'tokens': args.tokens, 'piece': args.piece,
+                       'backend': backend.name,
+                       'device': key, **run_verify(source, model, args.tokens, key, args.per_layer, args.plain,
+                                                      args.piece)}
                 judge_row(row, name, getattr(backend, 'fast', False), corruption)
                 ok &= row['met']
                 rows.append(row)
