@@ -22,6 +22,7 @@ class Backend:
 
     device = ''  # torch device type, and the --device name
     name = ''  # shown in the report
+    fast = False  # runs at the speed of the arithmetic (no interpreter): benchmarks/benchmark_verify.py runs 7.2B with it
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         """Refuse what cannot work here from the arguments alone (one line, nothing imported or read); returns the
