@@ -14,7 +14,10 @@ import os
 
 from fla.rwkv7_convert.errors import ConversionError
 
-CPU_PIECE = 32  # on the CPU 48 tokens (verify's default) are two pieces, so the cache between calls is exercised too
+# On the CPU as many tokens per fla call as its recurrent path takes (runtime.RECURRENT_MAX_TOKENS): fewer interpreted
+# launches. The cache between calls is exercised from 64 tokens on, and by the tests that set a smaller piece
+# (tests/proof/test_verify.py, test_interpreter.py).
+CPU_PIECE = 63
 
 
 class Backend:
