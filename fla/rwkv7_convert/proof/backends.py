@@ -14,7 +14,10 @@ import os
 
 from fla.rwkv7_convert.errors import ConversionError
 
-CPU_PIECE = 32  # on the CPU 48 tokens (verify's default) are two pieces, so the cache between calls is exercised too
+# On the CPU as many tokens per fla call as its recurrent path takes (runtime.RECURRENT_MAX_TOKENS): fewer interpreted
+# launches. The cache between calls is exercised from 64 tokens on, and by the tests that set a smaller piece
+# (tests/proof/test_verify.py, test_interpreter.py).
+CPU_PIECE = 63
 
 
 class Backend:
@@ -22,6 +25,7 @@ class Backend:
 
     device = ''  # torch device type, and the --device name
     name = ''  # shown in the report
+    fast = False  # runs at the speed of the arithmetic (no interpreter): benchmarks/benchmark_verify.py runs 7.2B with it
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         """Refuse what cannot work here from the arguments alone (one line, nothing imported or read); returns the
