@@ -224,17 +224,17 @@ def test_inspect_shows_a_layout_and_the_names_that_show_it(tmp_path, capsys):
 
 def test_inspect_of_a_refused_file_is_one_line_and_exit_1_and_json_says_so(tmp_path, capsys):
     import torch
-    from rwkv7_factory import Goose, make_state_dict, save
-    sd = make_state_dict(Goose(layers=2), dtype=torch.float32)
-    sd['blocks.0.att.time_state'] = torch.zeros(2, 64, 64)
+    from rwkv7_factory import save
+    sd = {f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)}  # a bare state: no base to fit
     path = save(sd, tmp_path / 'state.pth')
     assert cli.main_inspect([str(path)]) == 1
     out, err = capsys.readouterr()
     assert out == '' and len(err.strip().splitlines()) == 1 and err.startswith(f'error: {path}: ')
-    assert '--drop-state' in err
+    assert '--base' in err
     assert cli.main_inspect([str(path), '--json']) == 1
     got = json.loads(capsys.readouterr().out)
-    assert (got['ok'], got['refusal'], got['error_type']) == (False, 'state-tuned merge', 'UnsupportedVariantError')
+    assert (got['ok'], got['refusal'], got['error_type']) == (False, 'RWKV state-tuning file without its base model',
+                                                               'UnsupportedVariantError')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['state.pth']  # nothing written
 
 

@@ -64,8 +64,10 @@ REFUSED = [
     pytest.param(lambda: with_extra(base(), **{'blocks.0.att.receptance.lora_A': torch.zeros(8, C),
                                               'blocks.0.att.receptance.lora_B': torch.zeros(C, 8)}),
                  'unmerged LoRA', id='lora'),
-    pytest.param(lambda: {f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)}, 'state-tuning',
-                 id='state-tuning'),
+    pytest.param(lambda: {f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)},
+                 'holds only tuned initial states.*--base BASE_OUTDIR', id='state-tuning-without-base'),
+    pytest.param(lambda: {f'init_state.{i}.wkv': torch.zeros(2, 64, 64) for i in range(2)},
+                 'holds only tuned initial states .blocks.0.att.time_state', id='rwkv-block-state-without-base'),
     pytest.param(lambda: {k: v for k, v in base().items() if not k.startswith('blocks.0.ln0')}, 'ln0 was probably folded',
                  id='ln0-folded'),
     pytest.param(lambda: {'model.embeddings.weight': torch.zeros(256, C), 'model.layers.0.attn.r_k': torch.zeros(2, 64)},
@@ -77,15 +79,11 @@ REFUSED = [
                  id='pissa-init'),
     pytest.param(lambda: with_extra(base(), **{'blocks.0.att.key.disha': torch.zeros(8, C)}),
                  'DiSHA adapter.*merge_disha', id='disha'),
-    pytest.param(lambda: with_extra(base(), **{f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)}),
-                 'state-tuned merge.*--drop-state', id='state-tuned-merge'),
     pytest.param(lambda: {'model.embed_tokens.weight': torch.zeros(256, C), 'model.layers.0.self_attn.x_r': torch.zeros(C),
                           'model.layers.0.self_attn.q_proj.weight': torch.zeros(C, C)}, 'RWKV7-Qwen2 hybrid',
                  id='rwkv7-qwen2-hybrid'),
     pytest.param(lambda: with_extra(base(), **{'blocks.0.qkv.emm.weight': torch.zeros(256, C)}), 'RWKV-8 hybrid',
                  id='rwkv8-hybrid'),
-    pytest.param(lambda: with_extra(base(), **{f'init_state.{i}.wkv': torch.zeros(2, 64, 64) for i in range(2)}),
-                 'state-tuned merge.*init_state', id='rwkv-block-init-state'),
     pytest.param(mixed_layouts, 'mixes two layouts, rc4a training names .* and rc4a demo names', id='mixed-layouts'),
 ]
 
@@ -109,6 +107,7 @@ def test_state_tuned_merge_converts_without_its_state_when_asked(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert plain.plan.dims == dropped.plan.dims
     assert any('--drop-state: 2 tuned initial state(s)' in n for n in dropped.plan.notes)
+    assert not (tmp_path / 'b' / 'rwkv7_state.safetensors').exists() and dropped.state_file is None
 
 
 def test_rwkv_package_dump_is_refused(tmp_path):

@@ -21,12 +21,15 @@ from pathlib import Path
 
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.convert.inspection import inspect, refused
-from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla, plan_export
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.convert.tuned_state import convert_state, export_state
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count, progress_bar
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, output_precision
+from fla.rwkv7_convert.formats.hf_directory import has_config
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
+from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
@@ -227,8 +230,15 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
     p.add_argument('--tokenizer', default='auto', action=Once, metavar='world|none|auto|PATH',
                    help='auto (default): RWKV World tokenizer when the vocabulary has 65536 rows; or a tokenizer '
                         'file/folder to copy')
-    p.add_argument('--drop-state', action='store_true',
-                   help='convert a state-tuned merge without its tuned initial states (att.time_state; fla has none)')
+    tuned = p.add_argument_group('tuned initial states (state tuning)', (
+        'A state-tuned merge (blocks.N.att.time_state or init_state.N.wkv beside the weights) converts with its state: '
+        'OUTDIR/rwkv7_state.safetensors, fla\'s [H, K, V] per layer; config.json and the weights are the base '
+        'model\'s. A bare state file converts against its base model\'s converted directory: --rwkv7 STATE.pth '
+        '--base BASE_OUTDIR --output STATE_OUTDIR (the state file alone).'))
+    tuned.add_argument('--base', action=Once, metavar='BASE_OUTDIR',
+                       help='IN is a bare state file tuned for the model converted in BASE_OUTDIR (read, never written)')
+    tuned.add_argument('--drop-state', action='store_true',
+                       help='convert a state-tuned merge\'s weights alone, without its tuned state')
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
     p.add_argument('--verify-tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
@@ -249,7 +259,31 @@ def progress_callbacks(args: argparse.Namespace):
     return on_start, on_tensor, close
 
 
+def _state_body(args: argparse.Namespace) -> int:
+    """convert --base: a bare state file against its base model's directory."""
+    if args.verify or args.drop_state or args.precision or args.tokenizer != 'auto':
+        flag = next(f for f, on in (('--verify', args.verify), ('--drop-state', args.drop_state),
+                                    ('--precision', args.precision), ('--tokenizer', args.tokenizer != 'auto')) if on)
+        raise ConversionError(f'{flag} does not apply with --base (a bare state converts alone, in its stored dtype); '
+                              'verify it with verify_rwkv7.py --rwkv7 BASE.pth --state STATE.pth --model BASE_OUTDIR '
+                              '--model-state STATE_OUTDIR')
+    _, verbose_tensor, _ = progress_callbacks(args)
+    result = convert_state(args.rwkv7, args.output, args.base, force=args.force, allow_nonfinite=args.allow_nonfinite,
+                           dry_run=args.dry_run, on_tensor=verbose_tensor if args.verbose else None)
+    if args.dry_run or not args.quiet:
+        for note in result.notes:
+            print(f'  {note}' if args.dry_run else note)
+    if args.dry_run:
+        print(f'dry run: would write {human_bytes(result.bytes_written)} of tuned state to {args.output}; nothing written')
+    elif not args.quiet:
+        print(f'converted {args.rwkv7} -> {args.output}/{STATE_FILE}: {len(result.entries)} layers, '
+              f'{human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+    return 0
+
+
 def _convert_body(args: argparse.Namespace) -> int:
+    if args.base is not None:
+        return _state_body(args)
     precision = precision_arg(args)
     try:
         max_shard_size = parse_size(args.max_shard_size)
@@ -375,6 +409,14 @@ def build_from_fla_parser(prog: str = 'convert_from_fla_rwkv7.py') -> argparse.A
     p.add_argument('--no-layer0-v', dest='layer0_v', action='store_false',
                    help='omit the layer-0 att.v0/v1/v2 placeholders (zeros; RWKV-LM training creates them, no model '
                         'uses them)')
+    tuned = p.add_argument_group('tuned initial states (state tuning)', (
+        f'A directory carrying a tuned state ({STATE_FILE}) exports as a state-tuned merge: its state after the '
+        'weights as blocks.N.att.time_state [H, V, K], as RWKV-PEFT\'s merge/merge_state.py writes it.'))
+    mode = tuned.add_mutually_exclusive_group()
+    mode.add_argument('--drop-state', action='store_true', help='export the weights alone, without the tuned state')
+    mode.add_argument('--state-only', action='store_true',
+                      help=f'write the tuned state alone, as RWKV-PEFT\'s state file; HF_DIR may then be a state '
+                           f'directory (convert --base\'s output) or a {STATE_FILE} file')
     return p
 
 
@@ -394,13 +436,32 @@ def _print_export_plan(plan, out=None) -> None:
               + (f' ({how})' if how else ''), file=out)
 
 
+def _export_state_body(args: argparse.Namespace) -> int:
+    if args.precision:
+        raise ConversionError('--precision does not apply with --state-only: the state keeps its dtype (bit for bit)')
+    dims = plan_export(args.model).dims if has_config(args.model) else None
+    result = export_state(args.model, args.output, fmt=args.fmt, force=args.force,
+                          allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run, dims=dims)
+    if args.dry_run or not args.quiet:
+        for note in result.notes:
+            print(f'  {note}' if args.dry_run else note)
+    if args.dry_run:
+        print(f'dry run: would write {human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; nothing written')
+    elif not args.quiet:
+        print(f'exported the tuned state of {args.model} -> {args.output}: {result.fmt}, '
+              f'{human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+    return 0
+
+
 def _export_body(args: argparse.Namespace) -> int:
+    if args.state_only:
+        return _export_state_body(args)
     precision = precision_arg(args)
     on_start, report, close = progress_callbacks(args)
     try:
         result = convert_from_fla(args.model, args.output, precision=precision, fmt=args.fmt, force=args.force,
                                   layer0_v=args.layer0_v, allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run,
-                                  on_start=on_start, on_tensor=report)
+                                  drop_state=args.drop_state, on_start=on_start, on_tensor=report)
     finally:
         close()
     plan = result.plan

@@ -17,6 +17,7 @@ from fla.rwkv7_convert.mapping.ops import (
     DROP_UNIT_DIMS,
     IDENTITY,
     SQUEEZE,
+    SWAP_LAST_TWO,
     TRANSPOSE,
     UNSQUEEZE,
     Op,
@@ -25,7 +26,7 @@ from fla.rwkv7_convert.mapping.ops import (
     Stack,
     UnaryOp,
 )
-from fla.rwkv7_convert.mapping.schema import Rule, Side
+from fla.rwkv7_convert.mapping.schema import Rule, Side, Target
 from fla.rwkv7_convert.mapping.table import LAYOUTS, REFUSALS, RULES
 
 SEEDS = range(4)
@@ -50,6 +51,7 @@ def _roundtrip(op: Op, shapes: tuple[tuple[int, ...], ...], rng: np.random.Gener
 OP_CASES = [
     pytest.param(IDENTITY, ((3, 5),), id='identity'),
     pytest.param(TRANSPOSE, ((3, 5),), id='transpose'),
+    pytest.param(SWAP_LAST_TWO, ((2, 3, 5),), id='swap-last-two'),
     pytest.param(SQUEEZE, ((1, 1, 7),), id='squeeze'),
     pytest.param(UNSQUEEZE, ((7,),), id='unsqueeze'),
     pytest.param(DROP_UNIT_DIMS, ((1, 1, 2, 4),), id='drop-unit-dims'),
@@ -121,7 +123,7 @@ def test_every_rule_reverses_exactly(seed):
 def _canonical(side: Side, dims: Dims) -> dict[str, tuple[int, ...]]:
     """Every canonical name of `side` with its shape there (RWKV-LM's, or fla's after the rule's op)."""
     out = {}
-    for name, rule, layer in expected_blinkdl(dims.L):
+    for name, rule, layer in expected_blinkdl(dims.L) + expected_blinkdl(dims.L, target=Target.STATE):
         canonical = dims.resolve(rule.shape)
         if side is Side.BLINKDL:
             out[name] = canonical

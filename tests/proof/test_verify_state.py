@@ -10,8 +10,9 @@ the start. ChatRWKV's API_DEMO_CHAT.py transposes a loaded state before handing 
 over from RWKV-6, whose package state is [K, V]; for v7 it disagrees with the trainer, so we do not follow it (the
 package seeded that way computes another function: asserted below).
 
-The converter does not write rwkv7_state.safetensors yet: the directories here are the weights converted with
---drop-state plus the state file written through formats/states.py (rwkv7_factory.write_state_conversion).
+The directories are the converter's own: the merge converted with its state (rwkv7_state.safetensors beside the
+weights), the bare state converted against its base model's directory (convert --base). Hostile variants (a state
+written untransposed) are written through formats/states.py (rwkv7_factory.write_state_conversion).
 Tiny models (C128, N64, L2), a few tokens: fla runs in Triton's interpreter.
 """
 
@@ -28,6 +29,7 @@ from rwkv7_factory import Goose, make_state_dict, make_tuned_state, save, time_s
 
 from fla.rwkv7_convert.cli import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.convert.tuned_state import convert_state
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile
@@ -46,11 +48,10 @@ def tuned(tmp_path_factory) -> dict:
     sd = make_state_dict(SHAPE, seed=2)
     state = make_tuned_state(SHAPE)
     merge = save({**sd, **time_states(state)}, root / 'merge.pth')
-    convert_to_fla(merge, root / 'merged', drop_state=True, tokenizer='none')
-    write_state_conversion(merge, root / 'merged')
+    assert convert_to_fla(merge, root / 'merged', tokenizer='none').state_file == STATE_FILE
     base, bare = save(sd, root / 'base.pth'), save(time_states(state), root / 'state.pth')
     convert_to_fla(base, root / 'base', tokenizer='none')
-    write_state_conversion(bare, root / 'state')
+    convert_state(bare, root / 'state', root / 'base')
     return {'root': root, 'sd': sd, 'state': state, 'merge': merge, 'merged': root / 'merged', 'base': base,
             'base_dir': root / 'base', 'bare': bare, 'state_dir': root / 'state'}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.convert.tuned_state import check_fits, state_export_tensors
 from fla.rwkv7_convert.errors import (
     NonFiniteError,
 )
@@ -36,6 +37,7 @@ from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite, output_pr
 from fla.rwkv7_convert.formats.hf_directory import read_config
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_hf_directory
+from fla.rwkv7_convert.formats.states import STATE_FILE, has_state, read_state_file
 from fla.rwkv7_convert.formats.writers import suffix_warning, writer_for
 from fla.rwkv7_convert.mapping.export_plan import ExportEntry, ExportPlan, make_export_plan
 
@@ -87,6 +89,7 @@ def convert_from_fla(
     force: bool = False,
     layer0_v: bool = True,
     allow_nonfinite: bool = False,
+    drop_state: bool = False,
     dry_run: bool = False,
     on_start: Callable[[ExportPlan, int], None] | None = None,
     on_tensor: Callable[[str, int], None] | None = None,
@@ -97,6 +100,9 @@ def convert_from_fla(
     `fmt`: a name in formats.writers.WRITERS ('pth': torch.save format, what RWKV-LM and the `rwkv` package load;
     'safetensors'); None picks the writer whose declared suffix the output has, else pth. `layer0_v=False` omits
     the unused layer-0 att.v0/v1/v2 placeholders.
+    A directory carrying a tuned state (formats/states.py) exports as a state-tuned merge: its states are written
+    after the weights as `blocks.N.att.time_state` [H, V, K], as RWKV-PEFT's merge/merge_state.py writes them;
+    `drop_state` writes the weights alone (tuned_state.export_state writes the state alone).
     An existing `output` is refused unless `force`; the file appears atomically, complete or not at all.
     """
     start = time.perf_counter()
@@ -114,13 +120,27 @@ def convert_from_fla(
         plan = make_export_plan(cfg, tensors, shown, precision=precision, layer0_v=layer0_v, weight_files=files)
         if output is not None and (warning := suffix_warning(output, writer)):
             plan.warnings.append(warning)
+        state = []
+        if has_state(model_dir) and not drop_state:
+            sf = read_state_file(model_dir)
+            stack.callback(sf.close)
+            check_fits(sf.layers, plan.dims, str(sf.path))
+            state = state_export_tensors(sf.layers, allow_nonfinite, str(sf.path))
+            plan.notes.append(f'tuned initial state ({STATE_FILE}): written as {len(state)} '
+                              f'blocks.N.att.time_state {list(state[0].shape)} {state[0].dtype}, after the weights (a '
+                              'state-tuned merge, as RWKV-PEFT\'s merge/merge_state.py writes it); --drop-state leaves '
+                              'it out')
+        elif has_state(model_dir):
+            plan.notes.append(f'tuned initial state ({STATE_FILE}): left out (--drop-state)')
         model_dtype = next(e.dtype for e in plan.entries if e.blinkdl == 'emb.weight')
-        result = ExportResult(None, plan, writer.name, model_dtype, bytes_written=plan.total_bytes)
+        result = ExportResult(None, plan, writer.name, model_dtype,
+                              bytes_written=plan.total_bytes + sum(t.nbytes for t in state))
         if dry_run or output is None:
             return result
         out = [OutTensor(e.blinkdl, e.shape, e.dtype, _producer(e, allow_nonfinite, shown)) for e in plan.entries]
+        out += state
         if on_start:
-            on_start(plan, plan.total_bytes)
+            on_start(plan, result.bytes_written)
         report = (lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None
         with atomic_file(output, force=force, protect=protect) as scratch:
             metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': model_dir.name}

@@ -18,7 +18,9 @@ from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite, output_pr
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint
-from fla.rwkv7_convert.formats.safetensors_writer import INDEX_FILE, parse_size, write_sharded
+from fla.rwkv7_convert.formats.safetensors_writer import INDEX_FILE, parse_size, write_safetensors, write_sharded
+from fla.rwkv7_convert.formats.states import METADATA as STATE_METADATA
+from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import fla_config
@@ -40,6 +42,7 @@ class Result:
     bytes_written: int = 0
     dtype: str = ''
     source_format: str = ''  # what the input was read as: 'pth', 'safetensors', 'hf-directory'
+    state_file: str | None = None  # the tuned state's file (formats/states.py), when the source carried one
 
 
 def _fla_order(entry: Entry) -> tuple:
@@ -75,6 +78,24 @@ def _out_tensor(entry: Entry, out_dtype: str, allow_nonfinite: bool, shown: str)
                      raw=entry.source.span if same_bytes else None, check=check)
 
 
+def _state_tensor(entry: Entry, allow_nonfinite: bool, shown: str) -> OutTensor:
+    """A tuned state in fla's orientation (the rule's op), in its stored dtype: it is a few hundred KB, fla computes
+    it in float32, and casting it down would lose what was tuned."""
+    def produce() -> np.ndarray:
+        data = entry.source.load().reshape(entry.canonical_shape)
+        if not allow_nonfinite and not is_finite(data, entry.source.dtype):
+            raise _nonfinite(entry, shown)
+        return np.ascontiguousarray(entry.rule.op.apply(data))
+
+    return OutTensor(entry.fla, entry.fla_shape, entry.source.dtype, produce)
+
+
+def state_provenance(entries: list[Entry]) -> dict:
+    first = entries[0]
+    return {'file': STATE_FILE, 'layers': len(entries), 'shape': list(first.fla_shape), 'dtype': first.source.dtype,
+            'from': first.blinkdl.replace('.0.', '.N.'), 'orientation': '[H, K, V] (fla); the source is [H, V, K]'}
+
+
 def convert_to_fla(
     source: str | os.PathLike,
     output: str | os.PathLike | None,
@@ -96,7 +117,8 @@ def convert_to_fla(
     `precision` is a safetensors dtype name ('BF16', 'F16', 'F32') or an alias ('bf16', 'fp32', ...; formats.dtypes
     .output_precision), or None to keep each tensor's stored dtype.
     With `dry_run` nothing is written and the plan is returned. `on_start(plan, total_bytes)` and
-    `on_tensor(name, nbytes)` report progress. `drop_state` converts a state-tuned merge without its tuned states.
+    `on_tensor(name, nbytes)` report progress. A state-tuned merge's tuned states go to the
+    state file (formats/states.py: rwkv7_state.safetensors); `drop_state` converts the weights alone.
     """
     start = time.perf_counter()
     shown = str(source)
@@ -116,8 +138,10 @@ def convert_to_fla(
         emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
         model_dtype = precision or emb_dtype
         tensors = [_out_tensor(e, precision or e.source.dtype, allow_nonfinite, shown) for e in kept]
-        total = sum(t.nbytes for t in tensors)
-        result = Result(None, plan, dtype=model_dtype, bytes_written=total, source_format=ckpt.kind)
+        states = [_state_tensor(e, allow_nonfinite, shown) for e in plan.states]
+        total = sum(t.nbytes for t in tensors + states)
+        result = Result(None, plan, dtype=model_dtype, bytes_written=total, source_format=ckpt.kind,
+                        state_file=STATE_FILE if states else None)
         if dry_run or output is None:
             return result
         if on_start:
@@ -128,6 +152,10 @@ def convert_to_fla(
             files = write_sharded(scratch, tensors, limit, metadata,
                                   on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
             result.shards = sum(1 for f in files if f != INDEX_FILE)
+            if states:  # a file of its own: config.json and the weights stay what every loader reads
+                write_safetensors(scratch / STATE_FILE, states, {**STATE_METADATA, 'source': Path(source).name},
+                                  on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
+                files.append(STATE_FILE)
             tokenizer_files = write_tokenizer(scratch, tokenizer, plan.dims.V)
             world = tokenizer_kind(tokenizer, plan.dims.V)
             write_json(scratch / 'config.json', fla_config(plan.dims, model_dtype))
@@ -144,6 +172,7 @@ def convert_to_fla(
                 'tokenizer': world,
                 'tokenizer_files': tokenizer_files,
                 'dropped': [e.blinkdl for e in plan.dropped],
+                **({'state': state_provenance(plan.states)} if states else {}),
                 'notes': plan.notes,
             })
             files.append(PROVENANCE_FILE)

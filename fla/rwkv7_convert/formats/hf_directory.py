@@ -4,6 +4,7 @@ an index), each opened lazily by readers.open_checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +102,14 @@ def open_directory(path: Path, open_file: Callable[[Path], Checkpoint]) -> Check
     except BaseException:
         _Handles(opened).close()
         raise
+
+
+def has_config(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory with a config.json (a model's directory, not a bare state's)."""
+    try:
+        return (Path(path) / CONFIG_FILE).is_file()
+    except OSError:
+        return False
 
 
 def read_config(model_dir: Path) -> dict:

@@ -9,7 +9,7 @@ import sys
 
 from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS
 from fla.rwkv7_convert.mapping.ops import Identity
-from fla.rwkv7_convert.mapping.schema import Side, Stage
+from fla.rwkv7_convert.mapping.schema import Side, Stage, Target
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, REFUSALS, RULES, SHAPE_ALIASES, SIZES, WRAPPER_KEYS
 
 
@@ -28,8 +28,16 @@ def _tensors() -> list[str]:
         fla = f'`{r.fla}`' if r.fla else f'— (not converted: {r.note})'
         op = '—' if r.fla is None else (r.op.name if isinstance(r.op, Identity) else f'{r.op.name} ({r.reverse.name})')
         blocks = r.layers.value + (', optional' if r.optional else '')
+        if r.target is not Target.WEIGHTS:
+            fla += f' in {r.target.value}'
         lines.append(f'| `{r.blinkdl}` | `[{r.shape}]` | {fla} | {op} | {blocks} |')
-    optional = sorted({r.blinkdl.split('.')[-1] for r in RULES if r.optional})
+    for r in (r for r in RULES if r.target is not Target.WEIGHTS):
+        lines += ['', f'`{r.blinkdl}`: {r.note}. RWKV-block\'s `init_state.N.wkv` is the same tensor (layout below); '
+                  'a bare state file converts against its base model\'s directory (`--base`), and the export writes it '
+                  'back (`--state-only`, or after the weights as a merge). Evidence for its orientation and dtype '
+                  '(verified in the repository at that commit):', '']
+        lines += [f'- {e}' for e in r.evidence]
+    optional = sorted({r.blinkdl.split('.')[-1] for r in RULES if r.optional and r.target is Target.WEIGHTS})
     lines += [
         '',
         '## Accepted naming variants (normalized before lookup)',

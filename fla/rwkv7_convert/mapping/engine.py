@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.mapping.ops import IDENTITY, TRANSPOSE, Op, Orient, Shape, UnaryOp
-from fla.rwkv7_convert.mapping.schema import Kind, Layout, Refusal, Rule, Scope, Seen, Side, Stage, oriented
+from fla.rwkv7_convert.mapping.schema import Kind, Layout, Refusal, Rule, Scope, Seen, Side, Stage, Target, oriented
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, REFUSALS, RULES, SHAPE_ALIASES, SIZES
 
 
@@ -60,11 +60,15 @@ def _index(key) -> dict[str, list[Rule]]:
     return out
 
 
-# per-block rules by name suffix (one suffix may have rows for block 0 and for the other blocks), global by name
+# per-block rules by name suffix (one suffix may have rows for block 0 and for the other blocks), global by name.
+# fla's side is looked up among the weights' rules only: a tuned state has a file of its own (formats/states.py), so
+# one among the weights is an unexpected tensor there.
 _BY_BLINKDL = _index(lambda r: r.blinkdl.removeprefix('blocks.{i}.') if r.layers is not Scope.GLOBAL else None)
 _BY_BLINKDL_GLOBAL = _index(lambda r: r.blinkdl if r.layers is Scope.GLOBAL else None)
-_BY_FLA = _index(lambda r: r.fla.removeprefix('model.layers.{i}.') if r.fla and r.layers is not Scope.GLOBAL else None)
-_BY_FLA_GLOBAL = _index(lambda r: r.fla if r.fla and r.layers is Scope.GLOBAL else None)
+_WEIGHT = (lambda r: r.fla and r.target is Target.WEIGHTS)
+_BY_FLA = _index(lambda r: r.fla.removeprefix('model.layers.{i}.') if _WEIGHT(r) and r.layers is not Scope.GLOBAL else None)
+_BY_FLA_GLOBAL = _index(lambda r: r.fla if _WEIGHT(r) and r.layers is Scope.GLOBAL else None)
+STATE_RULES = tuple(r for r in RULES if r.target is Target.STATE)
 
 
 def _find(pattern: re.Pattern, per_block: dict, global_: dict, name: str) -> tuple[Rule, int | None] | None:
@@ -83,11 +87,13 @@ def lookup_fla(name: str) -> tuple[Rule, int | None] | None:
     return _find(_FLA_BLOCK, _BY_FLA, _BY_FLA_GLOBAL, name)
 
 
-def expected_blinkdl(num_layers: int, *, with_optional: bool = True) -> list[tuple[str, Rule, int | None]]:
-    """Every canonical RWKV-LM name of an L-block model, in RWKV-LM's order."""
+def expected_blinkdl(num_layers: int, *, with_optional: bool = True,
+                     target: Target = Target.WEIGHTS) -> list[tuple[str, Rule, int | None]]:
+    """Every canonical RWKV-LM name of an L-block model for `target` (the weights, or a tuned state), in RWKV-LM's
+    order."""
     out = []
     for rule in RULES:
-        if rule.optional and not with_optional:
+        if (rule.optional and not with_optional) or rule.target is not target:
             continue
         for layer in ([None] if rule.layers is Scope.GLOBAL else range(num_layers)):
             if rule.applies_to(layer):

@@ -93,6 +93,25 @@ class Transpose(UnaryOp):
         return self
 
 
+class SwapLastTwo(UnaryOp):
+    """`[..., A, B]` -> `[..., B, A]`: a tuned wkv state per head, BlinkDL's `[H, V, K]` <-> fla's `[H, K, V]`."""
+
+    name = 'per-head transpose [H,V,K] -> [H,K,V]'
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.swapaxes(data, -1, -2))
+
+    def fits(self, shape: Shape) -> bool:
+        return len(shape) >= 2
+
+    def shape(self, shape: Shape) -> Shape:
+        return (*shape[:-2], shape[-1], shape[-2])
+
+    @property
+    def reverse(self) -> Op:
+        return self
+
+
 class Squeeze(UnaryOp):
     """`[1,1,C]` -> `[C]` (any shape is flattened); the reverse is `Unsqueeze`."""
 
@@ -250,3 +269,4 @@ class Orient:
 
 IDENTITY, TRANSPOSE, SQUEEZE, UNSQUEEZE = Identity(), Transpose(), Squeeze(), Unsqueeze()
 DROP_UNIT_DIMS, ADD_UNIT_DIMS = DropUnitDims(), AddUnitDims()
+SWAP_LAST_TWO = SwapLastTwo()

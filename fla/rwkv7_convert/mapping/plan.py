@@ -29,7 +29,7 @@ from fla.rwkv7_convert.mapping.engine import (
     strip_prefixes,
 )
 from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
-from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side
+from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side, Target
 from fla.rwkv7_convert.mapping.table import SIZES, STATE_TENSOR, WRAPPER_KEYS
 
 
@@ -57,7 +57,13 @@ class Plan:
 
     @property
     def kept(self) -> list[Entry]:
-        return [e for e in self.entries if e.fla is not None]
+        """The weights converted (model.safetensors)."""
+        return [e for e in self.entries if e.fla is not None and e.rule.target is Target.WEIGHTS]
+
+    @property
+    def states(self) -> list[Entry]:
+        """The tuned initial states converted (rwkv7_state.safetensors), in block order; [] or one per block."""
+        return sorted((e for e in self.entries if e.rule.target is Target.STATE), key=lambda e: e.layer)
 
     @property
     def dropped(self) -> list[Entry]:
@@ -220,9 +226,19 @@ def _ranges(items: list, limit: int = 6) -> str:
     return ', '.join(text) + (f', ... ({len(spans) - limit} more ranges)' if len(spans) > limit else '')
 
 
+def _missing_states(entries: list[Entry], L: int) -> list[str]:
+    """A tuned state has one tensor per block: some blocks with one and others without is a broken file."""
+    have = {e.layer for e in entries if e.rule.target is Target.STATE}
+    if not have or len(have) == L:
+        return []
+    rule = next(e.rule for e in entries if e.rule.target is Target.STATE)
+    return [f'{rule.names(i)[0]} missing: a tuned state has one per block (present for blocks '
+            f'{_ranges(sorted(have))} of 0-{L - 1})' for i in sorted(set(range(L)) - have)[:3]]
+
+
 def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_state: bool = False) -> Plan:
-    """The checked plan for the state dict in `tree`. `drop_state` drops tuned initial states (`att.time_state`,
-    which fla cannot hold) instead of refusing the file."""
+    """The checked plan for the state dict in `tree`. A state-tuned merge's tuned initial states (`att.time_state`,
+    RWKV-block's `init_state.N.wkv`) are planned for the state file (`Plan.states`); `drop_state` leaves them out."""
     tensors, unwrapped = unwrap_state_dict(tree, shown)
     tensors, prefixes, problems = normalize_names(tensors)
     tensors, layout_notes, more, detected = apply_layouts(tensors, Side.BLINKDL)
@@ -260,6 +276,7 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
         entries.append(Entry(ref, name, rule, layer, canon, fla_name, fla_shape))
 
     problems += unexpected_tensors(unknown, [n for n, _, _ in expected])
+    problems += _missing_states(entries, dims.L)
     for name, rule, _layer in expected:
         if name not in seen and not rule.optional and name not in tensors:
             problems.append(missing_tensor(name, dims.resolve(rule.shape)))
@@ -286,6 +303,11 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
     if squeezed:
         notes.append(f'{squeezed} tensor(s) stored in a squeezed/flat shape, normalized to RWKV-LM shapes')
     plan = Plan(dims, entries, prefixes, unwrapped, notes, layouts)
+    if plan.states:
+        first = plan.states[0]
+        notes.append(f'tuned initial state: {len(plan.states)} block(s) of {list(first.canonical_shape)} '
+                     f'{first.source.dtype} ({first.blinkdl.replace(".0.", ".N.")}), written to the state file '
+                     f'transposed per head to fla\'s [H, K, V]')
     if plan.dropped:
         notes.append(f'layer-0 att.v0/v1/v2 present: dropped ({len(plan.dropped)} tensors, unused by the model)')
     else:

@@ -53,6 +53,13 @@ class Stage(enum.Enum):
         return list(Stage).index(self)
 
 
+class Target(enum.Enum):
+    """Which file of a converted directory a rule's fla tensor is written to."""
+
+    WEIGHTS = 'the weights (model.safetensors)'
+    STATE = 'the tuned state (rwkv7_state.safetensors)'
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a layout was read from: a file of a public repository at one commit (verified there)."""
@@ -78,6 +85,8 @@ class Rule:
     layers: Scope = Scope.ALL
     optional: bool = False
     note: str = ''
+    target: Target = Target.WEIGHTS  # STATE: a tuned initial state, in a file of its own (formats/states.py)
+    evidence: tuple[Source, ...] = ()  # where its orientation and dtype were read (as the layouts cite theirs)
 
     def applies_to(self, layer: int | None) -> bool:
         if self.layers is Scope.GLOBAL:

@@ -31,7 +31,17 @@ from collections.abc import Mapping
 
 from fla.rwkv7_convert.errors import ConfigError
 from fla.rwkv7_convert.formats.readers import MAGICS
-from fla.rwkv7_convert.mapping.ops import DROP_UNIT_DIMS, IDENTITY, SQUEEZE, TRANSPOSE, Op, Orient, Shape, Split
+from fla.rwkv7_convert.mapping.ops import (
+    DROP_UNIT_DIMS,
+    IDENTITY,
+    SQUEEZE,
+    SWAP_LAST_TWO,
+    TRANSPOSE,
+    Op,
+    Orient,
+    Shape,
+    Split,
+)
 from fla.rwkv7_convert.mapping.schema import (
     Absent,
     ConfigTest,
@@ -49,6 +59,7 @@ from fla.rwkv7_convert.mapping.schema import (
     Side,
     Source,
     Stage,
+    Target,
     Transposed,
     Unreadable,
 )
@@ -71,6 +82,20 @@ def _lora(letter: str, target: str, layers: Scope = ALL, bias: bool = True) -> l
     return rows
 
 
+_PEFT = 'JL-er/RWKV-PEFT'
+_PEFT_COMMIT = '5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2'
+_BLOCK_REPO = 'RWKV/RWKV-block'
+_STATE_NOTE = ('a tuned initial wkv state (state tuning): written to rwkv7_state.safetensors, not to the weights, in its '
+               'stored dtype whatever --precision says (fla keeps the state in float32); every block has one or none')
+_STATE_EVIDENCE = (
+    Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT, 'self.time_state = nn.Parameter(torch.zeros(H, N, N)): float32, '
+           'saved as trained'),
+    Source(_PEFT, 'rwkvt/operator/rwkvop.py', _PEFT_COMMIT, 's = s.transpose(1, 2) before chunk_rwkv7(initial_state=s): '
+           'time_state is [head, value, key], fla\'s initial_state [head, key, value]'),
+    Source(_PEFT, 'merge/merge_state.py', _PEFT_COMMIT, 'w[k] = w_state[k]: a merge is the base dict plus time_state'),
+    Source('BlinkDL/ChatRWKV', 'rwkv_pip_package/src/rwkv/model.py', '965e40b85288a91c94c02bfa56adc3ce0fa20a82',
+           'RWKV_x070_TMix_one: state[i*3+1] [H, N, N] float32, used as `state @ r` ([value, key])'),
+)
 _LAYER0_V = 'created by RWKV-LM training for every block but never used in block 0 (v_first is taken there)'
 
 RULES: tuple[Rule, ...] = (
@@ -100,6 +125,8 @@ RULES: tuple[Rule, ...] = (
     Rule('blocks.{i}.ffn.x_k', 'model.layers.{i}.ffn.x_k', '1,1,C', SQUEEZE),
     Rule('blocks.{i}.ffn.key.weight', 'model.layers.{i}.ffn.key.weight', 'F,C'),
     Rule('blocks.{i}.ffn.value.weight', 'model.layers.{i}.ffn.value.weight', 'C,F'),
+    Rule('blocks.{i}.att.time_state', 'model.layers.{i}.attn.initial_state', 'H,N,N', SWAP_LAST_TWO, optional=True,
+         note=_STATE_NOTE, target=Target.STATE, evidence=_STATE_EVIDENCE),
     Rule('ln_out.weight', 'model.norm.weight', 'C', layers=GLOBAL),
     Rule('ln_out.bias', 'model.norm.bias', 'C', layers=GLOBAL),
     Rule('head.weight', 'lm_head.weight', 'V,C', layers=GLOBAL),
@@ -236,7 +263,19 @@ LAYOUTS: tuple[Layout, ...] = (
                 '060d03ac87762620eeaa568a5438952e7a309d33', 'emb, blocks, ln_out, head; init_state ParameterList')),
         NamePattern(r'^emb\.weight$'), (),
         'read as any Hugging Face directory (formats.readers.open_hf_directory); told from fla\'s by its weight names, not '
-        'model_type; init_state.N.wkv is a tuned state (refused, or dropped with --drop-state)'),
+        'model_type; init_state.N.wkv is a tuned state (layout "RWKV-block tuned state")'),
+    Layout(
+        'RWKV-block tuned state', Side.BLINKDL, Kind.NAMES,
+        'RWKV/RWKV-block models trained with `init_wkv_state`: the tuned state as `init_state.N.wkv` beside the '
+        'BlinkDL names (a .pth of its state_dict, or its Hugging Face builder\'s directory)',
+        (Source(_BLOCK_REPO, 'rwkv_block/v7_goose/model/rwkv7_goose_model.py', '8f6cbfef8e392019017a41be051a9b7f70c613c6',
+                'init_state[i]["wkv"] = nn.Parameter(torch.zeros(C // head_size, head_size, head_size)), float32; '
+                'get_init_state hands it to every block as its wkv state'),
+         Source(_BLOCK_REPO, 'rwkv_block/v7_goose/model/rwkv7_goose_model.py', '060d03ac87762620eeaa568a5438952e7a309d33',
+                'init_state ParameterList {"wkv": [C // 64, 64, 64]}; its default backends index the wkv state '
+                '[value, key], as RWKV-LM\'s kernels do')),
+        NamePattern(r'^init_state\.\d+\.wkv$'), (Rename(r'init_state\.(\d+)\.wkv', r'blocks.\1.att.time_state'),),
+        'the same state as RWKV-PEFT\'s att.time_state, under another name'),
     Layout(
         'web-rwkv / ai00 `.st`', Side.BLINKDL, Kind.ORIENTATION,
         'ai00_server and web-rwkv convert scripts: safetensors, every tensor fp16, LoRA factors w1 w2 a1 a2 v1 v2 g1 '
@@ -367,8 +406,6 @@ def _norm_eps(cfg: Mapping) -> list[str]:
     return [repr(eps)]
 
 
-_PEFT = 'JL-er/RWKV-PEFT'
-_PEFT_COMMIT = '5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2'
 STATE_TENSOR = re.compile(r'^(blocks\.\d+\.att\.time_state|init_state\.\d+\.wkv)$')
 _CANNOT = "config.json: {0}; BlinkDL's RWKV-7 cannot express this model"
 
@@ -415,15 +452,12 @@ REFUSALS: tuple[Refusal, ...] = (
         r'^blocks\.\d+\.att\.(time_decay|time_faaaa|time_first|time_mix_\w+|time_maa_\w+)$',
         unless=r'^blocks\.\d+\.att\.(r_k|k_k)$'),
             'this is an RWKV-4/5/6 checkpoint; fla has separate models (RWKV6ForCausalLM) and converters for those'),
-    Refusal('RWKV state-tuning file', Stage.NAMES, BLINKDL, NamePattern(STATE_TENSOR.pattern, only=True),
-            'it holds only tuned initial states, not model weights; load it beside its base model'),
-    Refusal('state-tuned merge', Stage.NAMES, BLINKDL, NamePattern(STATE_TENSOR.pattern),
-            'tuned initial states (att.time_state from RWKV-PEFT\'s merge/merge_state.py, or RWKV-block\'s '
-            'init_state.N.wkv) sit beside the weights, and fla\'s '
-            'RWKV7ForCausalLM has no initial-state parameter; pass --drop-state to convert the weights alone (the '
-            'tuned state is lost), or convert the base model',
-            evidence=(Source(_PEFT, 'merge/merge_state.py', _PEFT_COMMIT, 'w[k] = w_state[k]'),
-                      Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT, 'time_state [H,N,N]'))),
+    Refusal('RWKV state-tuning file without its base model', Stage.NAMES, BLINKDL,
+            NamePattern(STATE_TENSOR.pattern, only=True),
+            'convert it against its base model\'s converted directory: --base BASE_OUTDIR (the state alone is written, '
+            'to rwkv7_state.safetensors)',
+            message='holds only tuned initial states ({hits}), no model weights: {reason}',
+            evidence=(Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT, 'time_state [H,N,N]'),)),
     Refusal('fla / Hugging Face RWKV-7 state dict', Stage.NAMES, BLINKDL,
             NamePattern(r'^(model\.(layers|embeddings)\.|lm_head\.)'),
             'it is already in fla\'s naming; use utils/convert_from_fla_rwkv7.py to go back to RWKV-LM format',
