@@ -9,6 +9,14 @@
     model, tokenizer = load_model('out/model')   # device='cpu' (Triton's interpreter, float32) or 'cuda'
     print(generate(model, tokenizer, 16, prompt='Hello'))
 
+Tuned states (state tuning): a state-tuned merge converts with its state (out/model/rwkv7_state.safetensors); a bare
+state file converts against its base model's directory, and goes back as RWKV-PEFT's file:
+
+    convert_state('state.pth', 'out/state', base='out/model')      # out/state/rwkv7_state.safetensors
+    print(generate(model, tokenizer, 16, prompt='Hello', state='out/state'))
+    cache = initial_cache(model, 'out/state', batch_size=4)      # past_key_values for model(...) / model.generate
+    export_state('out/state', 'state_back.pth')                  # blocks.N.att.time_state [H, V, K], bit for bit
+
 Every refusal is a `ConversionError` (errors.py: NotACheckpointError, UnsupportedVariantError, KeyMismatchError,
 OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print
 it. Importing this module imports neither torch nor fla's models, triton or transformers (verify imports them
@@ -27,15 +35,20 @@ from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla as _convert_to_fla
+from fla.rwkv7_convert.convert.tuned_state import StateResult
+from fla.rwkv7_convert.convert.tuned_state import convert_state as _convert_state
+from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof.run import generate, load_model
+from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'convert_from_fla', 'convert_to_fla',
-           'generate', 'inspect', 'load_model', 'verify']
+__all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
+           'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state',
+           'load_model', 'verify']
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
@@ -54,7 +67,8 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
     tokenizer: 'auto' (the RWKV World tokenizer when the vocabulary has 65536 rows), 'world', 'none', or a path to
         copy tokenizer files from.
     allow_nonfinite: convert tensors holding NaN/Inf instead of refusing.
-    drop_state: convert a state-tuned merge without its tuned initial states.
+    drop_state: convert a state-tuned merge's weights alone. Without it a merge's tuned state (blocks.N.att.time_state,
+        RWKV-block's init_state.N.wkv) is written to `output`/rwkv7_state.safetensors, in fla's [H, K, V] per layer.
 
     Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, and `plan` (`plan.dims`:
     the sizes; `plan.notes`: what was detected). Raises ConversionError (one line, naming the path).
@@ -66,7 +80,7 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
 
 def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision: str | None = None,
                      fmt: str | None = None, force: bool = False, layer0_v: bool = True, allow_nonfinite: bool = False,
-                     dry_run: bool = False) -> ExportResult:
+                     drop_state: bool = False, dry_run: bool = False) -> ExportResult:
     """Export an fla / Hugging Face RWKV-7 directory as a BlinkDL RWKV-LM checkpoint.
 
     model_dir: a directory with config.json and model.safetensors (or shards and their index).
@@ -76,12 +90,37 @@ def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision:
     fmt: 'pth' (torch.save's format: what RWKV-LM and BlinkDL's rwkv package load) or 'safetensors'; None picks it
         by the output's suffix, else pth. A name carrying the other format's suffix is refused.
     layer0_v: write the unused layer-0 att.v0/v1/v2 as zeros, so that RWKV-LM loads the file strictly.
+    drop_state: a directory carrying a tuned state exports as a state-tuned merge (its state after the weights, as
+        blocks.N.att.time_state [H, V, K]); with drop_state the weights alone. export_state writes the state alone.
 
     Returns an `ExportResult`: `output`, `fmt`, `dtype`, `bytes_written`, `seconds`, `plan` (`plan.warnings`: what
     BlinkDL's runtimes compute differently, e.g. an eps). Raises ConversionError (one line, naming the path).
     """
-    return _convert_from_fla(model_dir, output, precision=precision, fmt=fmt, force=force,
-                             layer0_v=layer0_v, allow_nonfinite=allow_nonfinite, dry_run=dry_run)
+    return _convert_from_fla(model_dir, output, precision=precision, fmt=fmt, force=force, layer0_v=layer0_v,
+                             allow_nonfinite=allow_nonfinite, drop_state=drop_state, dry_run=dry_run)
+
+
+def convert_state(source: PathLike, output: PathLike | None, base: PathLike, *, force: bool = False,
+                  allow_nonfinite: bool = False, dry_run: bool = False) -> StateResult:
+    """Convert a bare tuned-state file (RWKV-PEFT's `blocks.N.att.time_state`, or RWKV-block's `init_state.N.wkv`)
+    tuned for the model converted in the directory `base` into the directory `output`, which then holds
+    rwkv7_state.safetensors (fla's [H, K, V] per layer, the stored dtype) and its provenance; `base` is only read.
+    Raises ConversionError (one line) for weights in `source`, a state of another model (layers, heads, head size),
+    or anything else wrong with the files."""
+    return _convert_state(source, output, base, force=force, allow_nonfinite=allow_nonfinite, dry_run=dry_run)
+
+
+def export_state(state, output: PathLike | None, *, fmt: str | None = None, force: bool = False,
+                 allow_nonfinite: bool = False, dry_run: bool = False) -> StateResult:
+    """Write a tuned state in fla's layout as RWKV-PEFT's state file (`blocks.N.att.time_state` [H, V, K], its dtype
+    kept: a round trip is bit for bit), which RWKV-PEFT and BlinkDL's `rwkv` package load.
+
+    state: a converted directory or a state directory (holding rwkv7_state.safetensors), that file, or a
+        [L, H, K, V] tensor (fla's orientation, e.g. a state trained with fla). A directory with config.json is
+        checked to fit its model.
+    fmt: 'pth' (default by suffix, else pth) or 'safetensors'.
+    """
+    return _export_state(state, output, fmt=fmt, force=force, allow_nonfinite=allow_nonfinite, dry_run=dry_run)
 
 
 def verify(source: PathLike, model_dir: PathLike, *, device: str = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,

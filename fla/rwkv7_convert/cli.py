@@ -21,13 +21,12 @@ from pathlib import Path
 
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.convert.inspection import inspect, refused
-from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla, plan_export
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.convert.tuned_state import convert_state, export_state
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count, progress_bar
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, output_precision
-from fla.rwkv7_convert.formats.hf_directory import has_config
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.formats.writers import WRITERS
@@ -439,9 +438,8 @@ def _print_export_plan(plan, out=None) -> None:
 def _export_state_body(args: argparse.Namespace) -> int:
     if args.precision:
         raise ConversionError('--precision does not apply with --state-only: the state keeps its dtype (bit for bit)')
-    dims = plan_export(args.model).dims if has_config(args.model) else None
     result = export_state(args.model, args.output, fmt=args.fmt, force=args.force,
-                          allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run, dims=dims)
+                          allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run)
     if args.dry_run or not args.quiet:
         for note in result.notes:
             print(f'  {note}' if args.dry_run else note)

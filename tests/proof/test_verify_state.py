@@ -170,3 +170,20 @@ def test_drop_state_verifies_the_weights_alone(tuned):
     report = verify(tuned['merge'], tuned['base_dir'], tokens=4, drop_state=True, check_source=False)
     assert report.passed and report.state is None, report.render()
     assert any('--drop-state' in n for n in report.notes), report.notes
+
+
+def test_generate_from_a_converted_state_follows_the_reference_from_the_original(tuned):
+    """One call: load_model on the merge's directory, generate(state=) from its state file. The greedy tokens are
+    those of the reference started from the original time_state (fed its own choices), and not those of zero states."""
+    from fla.rwkv7_convert.api import generate, load_model
+
+    model, _ = load_model(tuned['merged'])
+    prompt = torch.randint(0, SHAPE.vocab, (2, 5), generator=torch.Generator().manual_seed(7))
+    got = generate(model, prompt, 4, state=tuned['merged'], eos_token_id=[])
+    ref = RWKV7Reference(tuned['sd'])
+    ids = prompt
+    for _ in range(4):  # the reference's greedy continuation from the tuned state
+        logits = ref(ids, ref.tuned_state(list(tuned['state']), ids.shape[0]))[0]
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(got, ids), (got, ids)
+    assert not torch.equal(generate(model, prompt, 4, eos_token_id=[]), got)  # the state changes what is generated

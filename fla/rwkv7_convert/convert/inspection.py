@@ -37,6 +37,9 @@ class Inspection:
     added: list[dict] = field(default_factory=list)  # {'name', 'why'}: written without a stored source
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # a tuned initial state: {'names', 'layers', 'shape', 'dtype', 'file'} as stored (BlinkDL [H, V, K] in a merge,
+    # fla's [H, K, V] in a directory's state file); None when there is none
+    state: dict | None = None
 
     def to_dict(self) -> dict:
         """A stable dict for scripts (`rwkv7-inspect --json`): the keys of SCHEMA."""
@@ -44,7 +47,8 @@ class Inspection:
                 'layouts': self.layouts, 'sizes': dict(vars(self.dims)), 'head_size': self.dims.N,
                 'parameters': self.parameters, 'tensors': self.tensors, 'dtypes': self.dtypes,
                 'output': {'dtype': self.output_dtype, 'bytes': self.output_bytes},
-                'dropped': self.dropped, 'added': self.added, 'notes': self.notes, 'warnings': self.warnings}
+                'dropped': self.dropped, 'added': self.added, 'state': self.state, 'notes': self.notes,
+                'warnings': self.warnings}
 
     def lines(self) -> list[str]:
         """About a dozen lines for people."""
@@ -65,7 +69,12 @@ class Inspection:
         out.append(f'parameters: {human_count(self.parameters)} ({self.parameters:,}) in {self.tensors} tensors')
         out.append('stored dtypes: ' + ', '.join(f'{k} {v["tensors"]} tensors ({human_count(v["parameters"])})'
                                                  for k, v in self.dtypes.items()))
-        out.append(f'would write: {human_bytes(self.output_bytes)} of weights in {self.output_dtype}')
+        out.append(f'would write: {human_bytes(self.output_bytes)} of weights in {self.output_dtype}'
+                   + (' and its tuned state' if self.state else ''))
+        if self.state:
+            st = self.state
+            out.append(f'tuned initial state: {st["layers"]} blocks of {st["shape"]} {st["dtype"]} ({st["names"]}, in '
+                       f'{st["file"]})')
         for what, items in (('dropped', self.dropped), ('added', self.added)):
             if items:
                 whys = {}
@@ -100,7 +109,26 @@ def _blinkdl(path: str, head_size: int | None) -> Inspection:
         path, 'convert', result.source_format, plan.dims, plan.num_parameters, len(plan.kept),
         _dtypes(e.source for e in plan.kept), result.dtype, result.bytes_written, _layouts(plan.layouts),
         dropped=[{'name': e.source.name, 'why': e.rule.note or 'not carried over'} for e in plan.dropped],
-        notes=plan.notes[2:])  # the first two are the sizes, shown on their own lines
+        notes=plan.notes[2:],  # the first two are the sizes, shown on their own lines
+        state=_merge_state(plan.states, Path(path).name))
+
+
+def _merge_state(entries, file: str) -> dict | None:
+    if not entries:
+        return None
+    first = entries[0]
+    return {'names': first.source.name.replace('.0.', '.N.'), 'layers': len(entries),
+            'shape': list(first.source.shape), 'dtype': first.source.dtype, 'file': file}
+
+
+def _directory_state(path: str) -> dict | None:
+    from fla.rwkv7_convert.formats.states import STATE_TENSOR, has_state, read_state_file
+    if not has_state(path):
+        return None
+    sf = read_state_file(path)
+    sf.close()
+    return {'names': STATE_TENSOR.format('N'), 'layers': len(sf.layers), 'shape': list(sf.layers[0].shape),
+            'dtype': sf.dtype, 'file': sf.path.name}
 
 
 def _fla(path: str) -> Inspection:
@@ -112,7 +140,7 @@ def _fla(path: str) -> Inspection:
         path, 'export', 'hf-directory', plan.dims, plan.num_parameters, len(sources), _dtypes(sources.values()),
         result.dtype, result.bytes_written, _layouts(plan.layouts),
         added=[{'name': e.blinkdl, 'why': e.note} for e in plan.entries if e.source is None],
-        notes=plan.notes[2:], warnings=list(plan.warnings))
+        notes=plan.notes[2:], warnings=list(plan.warnings), state=_directory_state(path))
 
 
 def refused(error: ConversionError, path: str | os.PathLike) -> dict:

@@ -34,7 +34,7 @@ from fla.rwkv7_convert.formats.atomic import (
 )
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import is_finite
-from fla.rwkv7_convert.formats.hf_directory import read_config
+from fla.rwkv7_convert.formats.hf_directory import has_config, read_config
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint, open_hf_directory
@@ -172,8 +172,11 @@ def export_state(state, output: str | os.PathLike | None, *, fmt: str | None = N
                  allow_nonfinite: bool = False, dry_run: bool = False, dims: Dims | None = None) -> StateResult:
     """Write a state in fla's layout (`state`: a converted directory, a state directory or file, or a [L, H, K, V]
     tensor) as RWKV-PEFT's state file `output` (torch.save format by default: what RWKV-PEFT and BlinkDL's `rwkv`
-    package load). `dims`: the model it must fit, when known (a converted directory's)."""
+    package load). `dims`: the model it must fit; default: a converted directory's own (config.json and tensors),
+    none for a state directory, file or tensor."""
     start = time.perf_counter()
+    if dims is None and isinstance(state, (str, os.PathLike)) and has_config(state):
+        dims = base_dims(state)
     writer = writer_for(output, fmt)
     if output is not None and not dry_run:
         check_target_file(Path(output).absolute(), force,

@@ -49,6 +49,28 @@ def _tokenizer_section(meta: dict) -> list[str]:
             '`--tokenizer none` was given). Pass token ids, or add the tokenizer the model was trained with.']
 
 
+def _state_section(meta: dict) -> list[str]:
+    """How to start from the tuned state, when the directory carries one (provenance 'state')."""
+    st = meta.get('state')
+    if not st:
+        return []
+    return [
+        '## Tuned initial state',
+        '',
+        f'This model was state-tuned: `{st["file"]}` holds its tuned wkv state, {st["layers"]} tensors '
+        f'`model.layers.N.attn.initial_state` {st["shape"]} {st["dtype"]} ([heads, key, value]: fla\'s orientation, '
+        f'transposed per head from the source\'s `{st["from"]}`). config.json and the weights are the base model\'s, '
+        'so every loader reads them as usual; the state is what the model starts from:',
+        '',
+        '```python',
+        'from fla.rwkv7_convert.api import initial_cache  # the converter\'s package',
+        "cache = initial_cache(model, '.', batch_size=1)  # a fresh cache per generation: it is consumed",
+        'out = model(input_ids, past_key_values=cache, use_cache=True)',
+        '```',
+        '',
+    ]
+
+
 def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None) -> str:
     """The card's text. `verify`: (passed, rendered report) of the converter's --verify, if it ran."""
     src = meta['source']
@@ -119,6 +141,7 @@ def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None
     lines += [
         '```',
         '',
+        *_state_section(meta),
         "fla's kernels are Triton kernels for GPUs. On a CPU-only machine run them through Triton's interpreter in",
         'float32, in calls of fewer than 64 tokens (see the converter\'s README, "Running a converted model"), or run the',
         "source checkpoint with BlinkDL's `rwkv` package, or llama.cpp after its `convert_hf_to_gguf.py`.",

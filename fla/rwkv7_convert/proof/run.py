@@ -91,11 +91,12 @@ def _next_tokens(logits, do_sample: bool, temperature: float, generator):
 
 
 def _generate_cpu(model, ids, max_new_tokens: int, stop: set[int], pad: int, do_sample: bool, temperature: float,
-                  seed: int | None):
-    """Prompt in pieces of at most _PIECE tokens, then one token per call, all through fla's recurrent cache."""
+                  seed: int | None, cache=None):
+    """Prompt in pieces of at most _PIECE tokens, then one token per call, all through fla's recurrent cache (which
+    starts from a tuned state when `cache` is one: proof.states.initial_cache)."""
     import torch
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    cache, logits = None, None
+    logits = None
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
     out = ids
     with torch.no_grad():
@@ -115,13 +116,15 @@ def _generate_cpu(model, ids, max_new_tokens: int, stop: set[int], pad: int, do_
 
 def generate(model: Any, tokenizer_or_ids: Any, max_new_tokens: int = 16, *, prompt: str | None = None,
              chat: bool = False, do_sample: bool = False, temperature: float = 1.0,
-             eos_token_id: int | list[int] | None = None, seed: int | None = None) -> Any:
+             eos_token_id: int | list[int] | None = None, seed: int | None = None, state: Any = None) -> Any:
     """Continue a prompt with `model` (from load_model); greedy unless `do_sample`.
 
     tokenizer_or_ids: token ids (a LongTensor [B, T] or a list of ints): returns the ids, prompt and new tokens,
         [B, T + new], as `model.generate` does; or a tokenizer with `prompt` text: returns the new text. With `chat`
         the prompt is one user turn through the tokenizer's chat template.
     eos_token_id: an id or ids that end a row; None takes generation_config.json's.
+    state: start every row from a tuned initial state (a converted directory or state directory holding
+        rwkv7_state.safetensors, the file, or a [L, H, K, V] tensor: proof.states.initial_cache); None: zero states.
     On the CPU the prompt goes in pieces of under 64 tokens through the cache (fla's recurrent kernel is the one the
     interpreter runs); on a GPU this is `model.generate`.
     """
@@ -147,14 +150,20 @@ def generate(model: Any, tokenizer_or_ids: Any, max_new_tokens: int = 16, *, pro
                               f'got {int(ids.min())}..{int(ids.max())}')
     device = next(model.parameters()).device
     stop = _stop_ids(model, eos_token_id)
+    cache = None
+    if state is not None:
+        from fla.rwkv7_convert.proof.states import initial_cache
+        cache = initial_cache(model, state, batch_size=ids.shape[0], device=device)
     if device.type == 'cpu':
         assert _PIECE <= RECURRENT_MAX_TOKENS
         pad = getattr(model.generation_config, 'pad_token_id', None) or 0
-        out = _generate_cpu(model, ids, max_new_tokens, stop, pad, do_sample, temperature, seed)
+        out = _generate_cpu(model, ids, max_new_tokens, stop, pad, do_sample, temperature, seed, cache)
     else:
         if seed is not None:
             torch.manual_seed(seed)
         kwargs = {'temperature': temperature} if do_sample else {}
+        if cache is not None:
+            kwargs['past_key_values'] = cache
         out = model.generate(ids.to(device), max_new_tokens=max_new_tokens, do_sample=do_sample,
                              eos_token_id=sorted(stop) or None, **kwargs).cpu()
     if tokenizer is None:
