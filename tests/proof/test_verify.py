@@ -125,6 +125,14 @@ def test_cli_exit_status_and_table(converted, tmp_path):
     assert fail.returncode == 1 and 'FAIL' in fail.stdout and 'layer 0, time mix' in fail.stdout
 
 
+def test_cli_torch_wkv_backend_from_the_light_start(converted, tmp_path):
+    """--device cpu-torch from the script (fla a light namespace until verify needs it): PASS, named as what ran."""
+    source, out = converted
+    ok = run_verify_cli('--rwkv7', str(source), '--model', str(out), '--tokens', '8', '--device', 'cpu-torch')
+    assert ok.returncode == 0, ok.stderr
+    assert 'fla modules, torch wkv' in ok.stdout and 'PASS' in ok.stdout
+
+
 def test_reference_state_gives_prefill_then_decode(converted):
     """The reference the verifier trusts: one pass equals prefill then token-by-token decode."""
     from fla.rwkv7_convert.proof.reference import RWKV7Reference

@@ -142,6 +142,8 @@ def _group_norm_forward(self, x, residual=None, prenorm=False, residual_in_fp32=
 
 
 def _patches() -> list[tuple[object, str, object]]:
+    from fla.rwkv7_convert.proof.loading import ensure_real_fla
+    ensure_real_fla()  # the command line starts with fla a light namespace (rwkv7_convert_entry)
     from fla.layers import rwkv7 as layer
     from fla.models.rwkv7 import modeling_rwkv7 as model
     from fla.modules.norm import layernorm
