@@ -123,13 +123,16 @@ def export_state(state, output: PathLike | None, *, fmt: str | None = None, forc
     return _export_state(state, output, fmt=fmt, force=force, allow_nonfinite=allow_nonfinite, dry_run=dry_run)
 
 
-def verify(source: PathLike, model_dir: PathLike, *, device: str = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
+def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype: str = 'float32',
+           tokens: int = DEFAULT_TOKENS,
            text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
            head_size: int | None = None, quiet: bool = True, state: PathLike | None = None,
            model_state: PathLike | None = None, drop_state: bool = False) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
-    device: 'cpu' (fla under Triton's interpreter; float32, pieces under 64 tokens) or 'cuda'.
+    device: 'auto' (default: cuda on a GPU; on the CPU 'cpu' for small models, 'cpu-torch' above: proof.backends.Auto),
+        'cpu' (fla's Triton kernels under Triton's interpreter; float32, pieces under 64 tokens), 'cpu-torch' (fla's
+        modules with torch stand-ins for the kernels; float32) or 'cuda'.
     dtype: what fla runs in: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).

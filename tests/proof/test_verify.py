@@ -125,6 +125,14 @@ def test_cli_exit_status_and_table(converted, tmp_path):
     assert fail.returncode == 1 and 'FAIL' in fail.stdout and 'layer 0, time mix' in fail.stdout
 
 
+def test_cli_torch_wkv_backend_from_the_light_start(converted, tmp_path):
+    """--device cpu-torch from the script (fla a light namespace until verify needs it): PASS, named as what ran."""
+    source, out = converted
+    ok = run_verify_cli('--rwkv7', str(source), '--model', str(out), '--tokens', '8', '--device', 'cpu-torch')
+    assert ok.returncode == 0, ok.stderr
+    assert 'fla modules, torch wkv' in ok.stdout and 'PASS' in ok.stdout
+
+
 def test_reference_state_gives_prefill_then_decode(converted):
     """The reference the verifier trusts: one pass equals prefill then token-by-token decode."""
     from fla.rwkv7_convert.proof.reference import RWKV7Reference
@@ -208,9 +216,12 @@ def test_a_tensor_of_the_wrong_shape_is_named(converted, tmp_path):
 
 @pytest.mark.parametrize(('args', 'says'), [
     pytest.param(['--model', '/nonexistent/out'], 'error: /nonexistent/out: no such directory', id='missing-model'),
-    pytest.param(['--dtype', 'bfloat16'], 'no bfloat16', id='bf16-on-cpu'),
-    pytest.param(['--dtype', 'float16'], 'returns NaN', id='fp16-on-cpu'),
-    pytest.param(['--piece', '64'], 'pieces of 1..63 tokens', id='piece-too-long-for-cpu'),
+    pytest.param(['--device', 'cpu', '--dtype', 'bfloat16'], 'no bfloat16', id='bf16-on-cpu'),
+    pytest.param(['--device', 'cpu', '--dtype', 'float16'], 'returns NaN', id='fp16-on-cpu'),
+    pytest.param(['--device', 'cpu', '--piece', '64'], 'pieces of 1..63 tokens', id='piece-too-long-for-cpu'),
+    pytest.param(['--dtype', 'bfloat16'], 'with --device auto', id='bf16-auto'),
+    pytest.param(['--device', 'cpu-torch', '--dtype', 'float16'], 'with --device cpu-torch', id='fp16-torch-wkv'),
+    pytest.param(['--piece', '0'], '--piece 0: must be at least 1', id='piece-zero-auto'),
 ])
 def test_refusals_are_one_line_and_up_front(converted, args, says):
     source, out = converted

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
@@ -75,10 +76,36 @@ def test_a_backend_instance_is_the_seam(converted):
 def test_the_command_line_offers_the_registered_backends():
     from fla.rwkv7_convert.cli import build_verify_parser
     device = next(a for a in build_verify_parser()._actions if '--device' in a.option_strings)
-    assert device.choices == list(BACKENDS) == ['cpu', 'cuda']
+    assert device.choices == ['auto', *BACKENDS] and list(BACKENDS) == ['cpu', 'cpu-torch', 'cuda']
+    assert device.default == 'auto'
     assert all(b.name in device.help for b in BACKENDS.values())
-    with pytest.raises(ConversionError, match=r"^--device: 'tpu' is not one of cpu, cuda$"):
+    with pytest.raises(ConversionError, match=r"^--device: 'tpu' is not one of auto, cpu, cpu-torch, cuda$"):
         backend_for('tpu')
+
+
+def test_the_torch_wkv_backend_passes_a_conversion_and_fails_a_broken_one_at_the_same_layer(converted):
+    """cpu-torch: fla's modules with torch stand-ins for the kernels; the same verdicts as the interpreted kernels."""
+    source, out, bad = converted
+    report = verify(source, out, device='cpu-torch', tokens=20)
+    check_report(report, 'fla modules, torch wkv', 'float32', 20)
+    report = verify(source, bad, device='cpu-torch', tokens=20)
+    assert not report.passed and report.first_divergence == 'blocks.1.att', report.render()
+
+
+def test_auto_chooses_by_the_models_shape():
+    from types import SimpleNamespace
+
+    from fla.rwkv7_convert.proof.backends import AUTO, AUTO_MAX_LAYER_HEADS
+    small, big = SimpleNamespace(L=2, C=64, N=32), SimpleNamespace(L=AUTO_MAX_LAYER_HEADS, C=128, N=64)
+    assert backend_for('auto') is AUTO
+    if torch.cuda.is_available():
+        assert AUTO.choose(small, None) is BACKENDS['cuda']
+        return
+    assert AUTO.choose(small, None) is BACKENDS['cpu']
+    assert AUTO.choose(small, 64) is BACKENDS['cpu-torch']  # a piece the interpreter cannot take
+    assert AUTO.choose(big, None) is BACKENDS['cpu-torch']
+    with pytest.raises(ConversionError, match='--dtype bfloat16 with --device auto'):
+        AUTO.check('bfloat16', None, 8)
 
 
 @pytest.mark.gpu

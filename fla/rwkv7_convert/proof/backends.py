@@ -42,6 +42,15 @@ class Backend:
         """What the run computes in (verdict.PRECISIONS), for `piece` tokens per fla call."""
         return dtype
 
+    def running(self):
+        """A context the fla side runs inside (the torch stand-ins for TorchWkv); nothing by default."""
+        import contextlib
+        return contextlib.nullcontext()
+
+    def choose(self, dims, piece: int | None) -> Backend:
+        """The backend that runs for a model of `dims` (formats dims: L, C, ...): itself, except for Auto."""
+        return self
+
 
 class CpuInterpreted(Backend):
     """fla's Triton kernels on the CPU through Triton's interpreter (runtime.use_interpreter): only the recurrent
@@ -75,6 +84,84 @@ class CpuInterpreted(Backend):
         return CPU_PIECE
 
 
+class TorchWkv(Backend):
+    """fla's own modules (RWKV7Block, LoRAs, norms, FFN) on the CPU with every Triton kernel they launch replaced by
+    a torch function of the same contract (torch_wkv.py): proves the conversion and fla's modules, not the Triton
+    kernels themselves (CpuInterpreted and Cuda do). IEEE float32, torch using every core this process may use."""
+
+    device = 'cpu'
+    name = 'fla modules, torch wkv'
+    fast = True
+
+    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
+        if dtype != 'float32':
+            raise ConversionError(f'--dtype {dtype} with --device cpu-torch: its verdicts are calibrated for the '
+                                  'kernels\' float32 on the CPU; use float32, or --device cuda')
+        piece = self.default_piece(tokens) if piece is None else piece
+        if piece < 1:
+            raise ConversionError(f'--piece {piece}: must be at least 1')
+        return piece
+
+    def default_piece(self, tokens: int) -> int:
+        return CPU_PIECE  # what the interpreted backend feeds, so both run fla's recurrent path the same way
+
+    def running(self):
+        from fla.rwkv7_convert.proof.torch_wkv import installed
+        return installed(threads=cpu_threads())
+
+
+def cpu_threads() -> int:
+    """The cores this process may run on (the interpreter is single-threaded Python; torch can use them all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# --device auto on the CPU: the interpreted kernels (they prove the Triton kernels too) while a 16-token run of
+# them stays around a minute on 2 cores, torch wkv above. Interpreted time grows with layers x heads (programs per
+# kernel launch, launches per token): measured in README.md (benchmarks/benchmark_verify.py).
+AUTO_MAX_LAYER_HEADS = 24 * 16  # 0.4B (24 layers x 16 heads): 31.6 s interpreted; 1.5B is 24 x 32
+
+
+class Auto(Backend):
+    """The default: CUDA where there is a device; on the CPU the interpreted kernels for models up to
+    AUTO_MAX_LAYER_HEADS layers x heads (and for any --piece <= 63 the user sets below it), torch wkv above or for
+    pieces longer than the interpreter takes. Chosen from the source's shape before anything runs."""
+
+    device = 'cpu'
+    name = 'auto'
+
+    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
+        if dtype != 'float32':
+            raise ConversionError(f'--dtype {dtype} with --device auto: on the CPU fla is verified in float32; use '
+                                  'float32, or --device cuda')
+        if piece is not None and piece < 1:
+            raise ConversionError(f'--piece {piece}: must be at least 1')
+        return self.default_piece(tokens) if piece is None else piece
+
+    def default_piece(self, tokens: int) -> int:
+        return CPU_PIECE
+
+    def choose(self, dims, piece: int | None) -> Backend:
+        from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
+        if _cuda_present():
+            return BACKENDS['cuda']
+        if (piece is not None and piece > RECURRENT_MAX_TOKENS) or dims.L * (dims.C // dims.N) > AUTO_MAX_LAYER_HEADS:
+            return BACKENDS['cpu-torch']
+        return BACKENDS['cpu']
+
+
+def _cuda_present() -> bool:
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        return False
+    import sys
+    torch = sys.modules.get('torch')
+    if torch is None:
+        import torch
+    return torch.cuda.is_available()
+
+
 class Cuda(Backend):
     """fla's Triton kernels compiled for a CUDA device: the whole sequence in one call by default, so fla's chunk
     kernel runs from 64 tokens on."""
@@ -98,11 +185,15 @@ class Cuda(Backend):
         return dtype
 
 
-BACKENDS: dict[str, Backend] = {b.device: b for b in (CpuInterpreted(), Cuda())}
+BACKENDS: dict[str, Backend] = {'cpu': CpuInterpreted(), 'cpu-torch': TorchWkv(), 'cuda': Cuda()}
+AUTO = Auto()  # not in BACKENDS (what benchmarks measure): it runs one of them
+CHOICES = ['auto', *BACKENDS]  # --device
 
 
 def backend_for(device: str) -> Backend:
+    if device == 'auto':
+        return AUTO
     try:
         return BACKENDS[device]
     except (KeyError, TypeError):
-        raise ConversionError(f'--device: {device!r} is not one of {", ".join(BACKENDS)}') from None
+        raise ConversionError(f'--device: {device!r} is not one of {", ".join(CHOICES)}') from None

@@ -20,11 +20,11 @@ text). Their names stay importable from here.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.states import has_state
-from fla.rwkv7_convert.proof.backends import BACKENDS, CPU_PIECE, Backend, backend_for
+from fla.rwkv7_convert.proof.backends import BACKENDS, CHOICES, CPU_PIECE, Backend, backend_for
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile, check_pair, load_blinkdl_weights
 from fla.rwkv7_convert.proof.report import (
     SUBSTEP_NAMES,
@@ -39,9 +39,9 @@ from fla.rwkv7_convert.proof.report import (
 from fla.rwkv7_convert.proof.state_pair import TunedStates, load_states
 from fla.rwkv7_convert.proof.streaming import HEAD_ROWS, Progress, StreamingPair
 
-__all__ = ['BACKENDS', 'CPU_PIECE', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend', 'Comparison',
-           'ConvertedDir', 'Perplexity', 'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step', 'StreamingPair',
-           'TunedStates', 'load_states',
+__all__ = ['BACKENDS', 'CHOICES', 'CPU_PIECE', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend',
+           'Comparison', 'ConvertedDir', 'Perplexity', 'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step',
+           'StreamingPair', 'TunedStates', 'load_states',
            'backend_for', 'check_pair', 'check_run', 'compare', 'describe_step', 'load_blinkdl_weights', 'perplexity',
            'precision_for', 'prepare', 'verify']
 
@@ -73,13 +73,14 @@ def prepare(device: str) -> None:
     backend_for(device).prepare()
 
 
-def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
+def verify(source, model_dir, *, device: str | Backend = 'auto', dtype: str = 'float32', tokens: int = DEFAULT_TOKENS,
            text: str | None = None, batch: int = 1, per_layer: bool = False, piece: int | None = None, seed: int = 0,
            head_size: int | None = None, quiet: bool = True, greedy: int = 0, check_source: bool = True,
            state=None, model_state=None, drop_state: bool = False) -> Report:
     """Compare the converted directory with the reference on the source file; see the module docstring.
 
-    `device` names a backend (backends.BACKENDS: 'cpu', 'cuda') or is one. With `greedy` > 0 the report's notes
+    `device` names a backend (backends.CHOICES: 'auto', 'cpu', 'cpu-torch', 'cuda') or is one; 'auto' picks one from
+    the source's shape (backends.Auto). With `greedy` > 0 the report's notes
     also hold that many greedy tokens from both models after token 0. With `text` (a file) the tokens are token 0
     and the text's, and the report holds both models' perplexity on it. Everything refused (unreadable or hostile
     files, a directory that is not the source's conversion, a run the backend cannot do) is a one-line
@@ -92,15 +93,20 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
     check that the converted state is the source's transposed per head (a mismatch FAILs, named). `drop_state`:
     both from zero states, whatever the files carry."""
     backend = device if isinstance(device, Backend) else backend_for(device)
-    piece = check_run(backend, dtype, piece, tokens, batch)
+    asked, piece = piece, check_run(backend, dtype, piece, tokens, batch)
     from fla.rwkv7_convert.proof.verdict import judge
     with SourceFile(source, head_size) as src, ConvertedDir(model_dir) as out:
         check_pair(src, out)
+        if backend.choose(src.plan.dims, asked) is not backend:  # --device auto: from the source's shape
+            backend = backend.choose(src.plan.dims, asked)
+            piece = backend.check(dtype, asked, tokens)
         tuned = load_states(src, out, state=state, model_state=model_state, drop_state=drop_state)
         origin = SourceCheck(src, out, check_source)  # the sizes now; the sha256 on a thread, while we prepare
         progress = None
+        scope = ExitStack()
         try:
             backend.prepare()  # a refused pair costs no torch or triton import
+            scope.enter_context(backend.running())  # the torch stand-ins for cpu-torch, restored in `finally`
             ids = _tokens(model_dir, src.plan.dims.V, tokens, text, batch, seed)
             origin.finish()  # before any compute
             precision = backend.precision(dtype, min(piece, ids.shape[1]))
@@ -126,6 +132,7 @@ def verify(source, model_dir, *, device: str | Backend = 'cpu', dtype: str = 'fl
             if greedy:
                 report.notes.append(_greedy_note(pair, out, greedy))
         finally:
+            scope.close()
             origin.cancel()
             if progress is not None:
                 progress.close()
