@@ -369,16 +369,15 @@ def test_hostile_directories_through_the_script(tmp_path, hf):
 
 @pytest.fixture(scope='module')
 def tuned_hf(tmp_path_factory) -> dict:
-    """A state-tuned merge of the base shape, converted with --drop-state plus its state file (formats/states.py,
-    until the converter writes it), and a bare state file beside the base source with its own conversion."""
+    """A state-tuned merge of the base shape converted with its state, and a bare state file beside the base source
+    with its state file (written through formats/states.py: no base directory here)."""
     from rwkv7_factory import make_tuned_state, time_states, write_state_conversion
     root = tmp_path_factory.mktemp('tuned')
     sd = make_state_dict(export.BASE, torch.bfloat16, seed=15)
     state = make_tuned_state(export.BASE)
     merge = save({**sd, **time_states(state)}, root / 'merge.pth')
     model = root / 'case' / 'model'  # its own folder: `library` checks that nothing else in 'case' is opened
-    convert_to_fla(merge, model, drop_state=True, tokenizer='none')
-    write_state_conversion(merge, model)
+    convert_to_fla(merge, model, tokenizer='none')
     bare = save(time_states(state), root / 'state.pth')
     write_state_conversion(bare, root / 'state')
     return {'source': merge, 'dir': model, 'state': state, 'bare': bare, 'state_dir': root / 'state'}
