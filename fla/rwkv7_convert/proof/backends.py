@@ -133,7 +133,7 @@ class Auto(Backend):
     name = 'auto'
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32':
+        if dtype != 'float32' and not _cuda_present():  # on a GPU auto is cuda, which runs any dtype
             raise ConversionError(f'--dtype {dtype} with --device auto: on the CPU fla is verified in float32; use '
                                   'float32, or --device cuda')
         if piece is not None and piece < 1:
