@@ -270,14 +270,20 @@ def _state_body(args: argparse.Namespace) -> int:
     _, verbose_tensor, _ = progress_callbacks(args)
     result = convert_state(args.rwkv7, args.output, args.base, force=args.force, allow_nonfinite=args.allow_nonfinite,
                            dry_run=args.dry_run, on_tensor=verbose_tensor if args.verbose else None)
+    return _state_summary(args, result, 'of tuned state', f'converted {args.rwkv7} -> {args.output}/{STATE_FILE}: '
+                                                          f'{len(result.entries)} layers')
+
+
+def _state_summary(args: argparse.Namespace, result, what: str, done: str) -> int:
+    """What convert --base and export --state-only print: the notes (indented under --dry-run), then the dry run's
+    line or the summary line `done`, with the bytes and seconds."""
     if args.dry_run or not args.quiet:
         for note in result.notes:
             print(f'  {note}' if args.dry_run else note)
     if args.dry_run:
-        print(f'dry run: would write {human_bytes(result.bytes_written)} of tuned state to {args.output}; nothing written')
+        print(f'dry run: would write {human_bytes(result.bytes_written)} {what} to {args.output}; nothing written')
     elif not args.quiet:
-        print(f'converted {args.rwkv7} -> {args.output}/{STATE_FILE}: {len(result.entries)} layers, '
-              f'{human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+        print(f'{done}, {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
     return 0
 
 
@@ -444,15 +450,8 @@ def _export_state_body(args: argparse.Namespace) -> int:
         raise ConversionError('--precision does not apply with --state-only: the state keeps its dtype (bit for bit)')
     result = export_state(args.model, args.output, fmt=args.fmt, force=args.force,
                           allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run)
-    if args.dry_run or not args.quiet:
-        for note in result.notes:
-            print(f'  {note}' if args.dry_run else note)
-    if args.dry_run:
-        print(f'dry run: would write {human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; nothing written')
-    elif not args.quiet:
-        print(f'exported the tuned state of {args.model} -> {args.output}: {result.fmt}, '
-              f'{human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
-    return 0
+    return _state_summary(args, result, f'({result.fmt})',
+                          f'exported the tuned state of {args.model} -> {args.output}: {result.fmt}')
 
 
 def _export_body(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.convert.tuned_state import state_provenance, state_tensor
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
 from fla.rwkv7_convert.formats.atomic import atomic_directory, check_target, clean_stale, write_json
 from fla.rwkv7_convert.formats.checkpoint import RawSpan, check_span
@@ -78,24 +79,6 @@ def _out_tensor(entry: Entry, out_dtype: str, allow_nonfinite: bool, shown: str)
                      raw=entry.source.span if same_bytes else None, check=check)
 
 
-def _state_tensor(entry: Entry, allow_nonfinite: bool, shown: str) -> OutTensor:
-    """A tuned state in fla's orientation (the rule's op), in its stored dtype: it is a few hundred KB, fla computes
-    it in float32, and casting it down would lose what was tuned."""
-    def produce() -> np.ndarray:
-        data = entry.source.load().reshape(entry.canonical_shape)
-        if not allow_nonfinite and not is_finite(data, entry.source.dtype):
-            raise _nonfinite(entry, shown)
-        return np.ascontiguousarray(entry.rule.op.apply(data))
-
-    return OutTensor(entry.fla, entry.fla_shape, entry.source.dtype, produce)
-
-
-def state_provenance(entries: list[Entry]) -> dict:
-    first = entries[0]
-    return {'file': STATE_FILE, 'layers': len(entries), 'shape': list(first.fla_shape), 'dtype': first.source.dtype,
-            'from': first.blinkdl.replace('.0.', '.N.'), 'orientation': '[H, K, V] (fla); the source is [H, V, K]'}
-
-
 def convert_to_fla(
     source: str | os.PathLike,
     output: str | os.PathLike | None,
@@ -138,7 +121,7 @@ def convert_to_fla(
         emb_dtype = next(e.source.dtype for e in kept if e.blinkdl == 'emb.weight')
         model_dtype = precision or emb_dtype
         tensors = [_out_tensor(e, precision or e.source.dtype, allow_nonfinite, shown) for e in kept]
-        states = [_state_tensor(e, allow_nonfinite, shown) for e in plan.states]
+        states = [state_tensor(e, allow_nonfinite, shown) for e in plan.states]
         total = sum(t.nbytes for t in tensors + states)
         result = Result(None, plan, dtype=model_dtype, bytes_written=total, source_format=ckpt.kind,
                         state_file=STATE_FILE if states else None)

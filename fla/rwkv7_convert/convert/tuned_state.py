@@ -72,7 +72,9 @@ def base_dims(base: str | os.PathLike) -> Dims:
         return make_export_plan(cfg, ckpt.tree, str(base), weight_files=ckpt.files).dims
 
 
-def _state_out(entry: Entry, allow_nonfinite: bool, shown: str) -> OutTensor:
+def state_tensor(entry: Entry, allow_nonfinite: bool, shown: str) -> OutTensor:
+    """A planned tuned state (a merge's or a bare file's) in fla's orientation (the rule's op), in its stored dtype: it
+    is a few hundred KB, fla computes it in float32, and casting it down would lose what was tuned."""
     def produce() -> np.ndarray:
         data = entry.source.load().reshape(entry.canonical_shape)
         if not allow_nonfinite and not is_finite(data, entry.source.dtype):
@@ -81,6 +83,13 @@ def _state_out(entry: Entry, allow_nonfinite: bool, shown: str) -> OutTensor:
         return np.ascontiguousarray(entry.rule.op.apply(data))
 
     return OutTensor(entry.fla, entry.fla_shape, entry.source.dtype, produce)
+
+
+def state_provenance(entries: list[Entry]) -> dict:
+    """rwkv7_convert.json's record of the state file written from `entries`."""
+    first = entries[0]
+    return {'file': STATE_FILE, 'layers': len(entries), 'shape': list(first.fla_shape), 'dtype': first.source.dtype,
+            'from': first.blinkdl.replace('.0.', '.N.'), 'orientation': '[H, K, V] (fla); the source is [H, V, K]'}
 
 
 def convert_state(source: str | os.PathLike, output: str | os.PathLike | None, base: str | os.PathLike, *,
@@ -101,7 +110,7 @@ def convert_state(source: str | os.PathLike, output: str | os.PathLike | None, b
         notes = [f'tuned initial state: {len(entries)} block(s) of {list(first.canonical_shape)} {first.source.dtype} '
                  f'({first.source.name.replace(".0.", ".N.")}), for the base model {base} ({dims.L} layers, {dims.H} '
                  f'heads of {dims.N}); written transposed per head to fla\'s [H, K, V]']
-        tensors = [_state_out(e, allow_nonfinite, shown) for e in entries]
+        tensors = [state_tensor(e, allow_nonfinite, shown) for e in entries]
         result = StateResult(None, entries, dims, notes=notes, bytes_written=sum(t.nbytes for t in tensors),
                              dtype=first.source.dtype)
         if dry_run or output is None:
@@ -117,9 +126,7 @@ def convert_state(source: str | os.PathLike, output: str | os.PathLike | None, b
                            'format': ckpt.kind},
                 'base': {'name': Path(base).absolute().name, 'num_hidden_layers': dims.L, 'num_heads': dims.H,
                          'head_dim': dims.N},
-                'state': {'file': STATE_FILE, 'layers': len(entries), 'shape': list(first.fla_shape),
-                          'dtype': first.source.dtype, 'from': first.blinkdl.replace('.0.', '.N.'),
-                          'orientation': '[H, K, V] (fla); the source is [H, V, K]'},
+                'state': state_provenance(entries),
                 'notes': notes,
             })
     result.output = Path(output)

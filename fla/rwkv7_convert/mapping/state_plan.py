@@ -66,7 +66,7 @@ def make_state_plan(tree: object, shown: str, dims: Dims, base: str) -> list[Ent
         problems.append('no tuned state (blocks.N.att.time_state or init_state.N.wkv)')
     if entries:
         missing = [n for n, _, layer in expected_blinkdl(dims.L, target=Target.STATE) if layer not in entries]
-        if missing and len(missing) == dims.L - len(entries):
+        if missing:
             problems += [f'missing tensor {n}: the base model {base} has {dims.L} layers, the state one per block'
                          for n in missing[:3]]
     if problems:
