@@ -35,7 +35,6 @@ from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.ops import Identity
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, WRAPPER_KEYS
-from fla.rwkv7_convert.proof.backends import AUTO_MAX_LAYER_HEADS
 from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -344,13 +343,13 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
     p.add_argument('--rwkv7', required=True, action=Once, metavar='IN', help='the BlinkDL checkpoint that was converted')
     p.add_argument('--model', required=True, action=Once, metavar='OUTDIR', help='the converted Hugging Face directory')
     p.add_argument('--device', default='auto', action=Once, choices=CHOICES,
-                   help='where both sides run: ' + '; '.join(f'{k}: {b.name}' for k, b in BACKENDS.items())
-                        + f'; auto (default): cuda on a GPU, else cpu (the Triton kernels themselves, interpreted) up '
-                        f'to {AUTO_MAX_LAYER_HEADS} layers x heads (~1 minute for 16 tokens on 2 cores) and cpu-torch '
-                        '(fla\'s modules with torch stand-ins for the kernels: much faster, but the kernels are not '
-                        'what ran) above')
+                   help='the verdict is always the exact proof (fla\'s modules in float64 against the float64 '
+                        'reference); --device also reports the accuracy of fla\'s kernels in --dtype, beside it: '
+                        + '; '.join(f'{k}: {b.name}' for k, b in BACKENDS.items())
+                        + '; auto (default): the exact proof alone on the CPU, on a GPU both there')
     p.add_argument('--dtype', default='float32', action=Once, choices=DTYPES,
-                   help='dtype fla runs in (default float32; bfloat16/float16 need --device cuda)')
+                   help='the precision of the kernels\' accuracy report (default float32; bfloat16/float16 need '
+                        '--device cuda)')
     what = p.add_mutually_exclusive_group()
     what.add_argument('--tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
                       help=f'N random tokens (default {DEFAULT_TOKENS})')
