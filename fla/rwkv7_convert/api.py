@@ -130,10 +130,13 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
            model_state: PathLike | None = None, drop_state: bool = False) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
-    device: 'auto' (default: cuda on a GPU; on the CPU 'cpu' for small models, 'cpu-torch' above: proof.backends.Auto),
-        'cpu' (fla's Triton kernels under Triton's interpreter; float32, pieces under 64 tokens), 'cpu-torch' (fla's
-        modules with torch stand-ins for the kernels; float32) or 'cuda'.
-    dtype: what fla runs in: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
+    The verdict is the exact proof: fla's own modules in float64 (torch stand-ins for its kernels) against the
+    float64 reference of the function config.json configures; the report names how far that is from BlinkDL's.
+    device: the kernels whose accuracy is reported beside it (calibrated, never the verdict): 'auto' (default: none
+        on the CPU, the exact proof alone, needing no environment variables; on a GPU the compiled kernels), 'cpu'
+        (fla's Triton kernels under Triton's interpreter; float32, pieces under 64 tokens), 'cpu-torch' (the stand-ins
+        in float32, as the kernels round) or 'cuda'.
+    dtype: the kernels' precision: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
     state / model_state: a bare RWKV-PEFT state file beside the base model `source`, and its conversion (a directory

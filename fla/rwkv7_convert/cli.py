@@ -336,9 +336,10 @@ def verify_after_convert(source, model_dir, *, tokens: int = DEFAULT_TOKENS, hea
 
 def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=(
-        'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint, one '
-        'layer in memory at a time. PASS when fla\'s error against the float64 reference is within a calibrated '
-        'factor of the reference\'s own error in the same precision. Exit status 0 only on PASS.'),
+        'Prove a converted fla model computes the original BlinkDL checkpoint\'s function, one layer in memory at a '
+        'time: fla\'s own modules in float64 against the float64 pure-PyTorch reference of the function config.json '
+        'configures (PASS within 1e-9 relative RMS), with how far that function is from BlinkDL\'s named by config '
+        'key. Exit status 0 only on PASS.'),
         parents=[_head_size_flag(), _loudness_flags()])
     p.add_argument('--rwkv7', required=True, action=Once, metavar='IN', help='the BlinkDL checkpoint that was converted')
     p.add_argument('--model', required=True, action=Once, metavar='OUTDIR', help='the converted Hugging Face directory')

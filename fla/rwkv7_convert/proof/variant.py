@@ -7,13 +7,13 @@ fla/models/rwkv7/modeling_rwkv7.py, fla/modules/norm/l2norm.py):
 - `kk` is normalised by the fused `l2_norm`, x / sqrt(|x|^2 + 1e-6), when `fuse_norm` is true, and by F.normalize,
   x / max(|x|, 1e-12), as BlinkDL does, when it is false.
 
-The exact proof runs the reference as the variant config.json configures (`fla_variant`), so fla is proven against
-the function it runs; how far that variant is from BlinkDL's function is measured separately and reported with the
-key and the alternative (`differences`), never called a broken directory. BlinkDL's constants are literals here,
-read from BlinkDL's code (BlinkDL/RWKV-LM RWKV-v7/rwkv_v7_demo.py @02bc67aa: `nn.LayerNorm(C)`, `nn.GroupNorm(H, C,
-eps=64e-5)`, `F.normalize(k * self.k_k, dim=-1, p=2.0)`), never from mapping/: a slip in the converter's constants is
-caught (`config_problems`), not shared.
-"""
+The exact proof runs the reference as the variant a correct conversion configures (`fla_variant`: the eps the
+converter must write, kk's l2-norm as config.json's fuse_norm chooses), so fla is proven against the function it runs;
+how far that variant is from BlinkDL's function is measured separately and reported with the key and the alternative
+(`differences`), never called a broken directory. BlinkDL's constants are literals here, read from BlinkDL's code
+(BlinkDL/RWKV-LM RWKV-v7/rwkv_v7_demo.py @02bc67aa: `nn.LayerNorm(C)`, `nn.GroupNorm(H, C, eps=64e-5)`, `F.normalize(k
+* self.k_k, dim=-1, p=2.0)`), never from mapping/: a slip in the converter's constants is caught (`config_problems`),
+not shared."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ BLINKDL = Variant(BLINKDL_NORM_EPS, BLINKDL_LN_X_EPS, None)
 
 
 def fla_variant(config: dict, head_size: int) -> Variant:
-    """The function fla builds from config.json (its defaults for missing keys) for a model of `head_size`."""
-    eps = float(config.get('norm_eps', FLA_NORM_EPS))
+    """The function a correct conversion makes fla run: the eps a conversion of the file writes (converted_norm_eps;
+    a config.json with another is a FAIL, named by config_problems, and the proof parts from it where fla does), and
+    kk's l2-norm as config.json's fuse_norm chooses (both values are correct conversions; fla's default if absent)."""
+    eps = converted_norm_eps(head_size)
     return Variant(eps, head_size * eps, FLA_L2_EPS if config.get('fuse_norm', FLA_FUSE_NORM) else None)
 
 
