@@ -111,19 +111,29 @@ class Shape:
         return sum(math.prod(s) for _, s, _ in self.tensors())
 
 
-def generate_checkpoint(shape: Shape, path: Path, seed: int = 0) -> Path:
+# the weights' character: 'trained' (vectors of scale 0.2, short decays), 'long-memory' (vectors of scale 0.1 and w0
+# around -2: decays near 1, the ill-conditioned case where float32 rounding grows with depth; issue 29's 2.9B file)
+WEIGHTS = ('trained', 'long-memory')
+
+
+def generate_checkpoint(shape: Shape, path: Path, seed: int = 0, weights: str = 'trained') -> Path:
     """Write an RWKV-LM-format bf16 state dict with torch.save, the way RWKV-LM saves its checkpoints.
 
     Values are finite random numbers of sensible scale (the converter refuses NaN/Inf); each tensor is drawn
-    directly in bf16, so memory is the file's size once and a 3 GB file takes ~15 s on 2 cores.
+    directly in bf16, so memory is the file's size once and a 3 GB file takes ~15 s on 2 cores. `weights`: WEIGHTS.
     """
     import torch
 
     torch.manual_seed(seed)
     sd = {}
+    long_memory = weights == 'long-memory'
     for name, size, kind in shape.tensors():
         t = torch.empty(size, dtype=torch.bfloat16)
-        if kind == 'matrix':
+        if long_memory and name.endswith('.att.w0'):
+            t.normal_(-2.0, 0.1)
+        elif long_memory and kind == 'small':
+            t.normal_(0.0, 0.1)
+        elif kind == 'matrix':
             t.normal_(0.0, 1.0 / math.sqrt(size[-1]))
         elif kind == 'one':
             t.normal_(1.0, 0.1)

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from fla.rwkv7_convert.errors import ConfigError
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, to_torch
 from fla.rwkv7_convert.proof.variant import Variant
 
@@ -80,6 +81,7 @@ class Lane:
     name: str
     precision: str
     variant: Variant
+    rounded: bool = True  # weights as the directory stores them (rounded where --precision narrowed them), or the file's
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class StreamingPair:
     fla from the converted [H, K, V] ones (proof.states.seeded_cache), token shifts zero."""
 
     def __init__(self, src: SourceFile, out: ConvertedDir, *, device: str, lanes: list[Lane], sides: list[Side],
-                 progress: Progress | None = None, initial=None):
+                 progress: Progress | None = None, initial=None, rounding: dict[str, str] | None = None):
         import torch
 
         from fla.rwkv7_convert.proof.loading import ensure_real_fla, fla_init_skipped
@@ -115,6 +117,7 @@ class StreamingPair:
 
         self.src, self.out, self.device = src, out, torch.device(device)
         self.lanes, self.sides, self.initial = list(lanes), list(sides), initial
+        self.rounding = dict(rounding or {})  # canonical name -> the directory's narrower dtype (variant.narrowed)
         self.progress = progress or Progress(0, True)
         d = src.plan.dims
         self.dims = d
@@ -163,8 +166,10 @@ class StreamingPair:
 
         p.stage('embedding')
         rows = self._rows(self.src.raw('emb.weight'), ids)
-        ln0 = [self.src.load(f'blocks.0.ln0.{n}') for n in ('weight', 'bias')]
-        xs = [r.embed(rows.to(dev), tuple(r.shaped('ln0', t).to(dev) for t in ln0)) for r in self.refs]
+        ln0 = {n: self.src.load(n) for n in ('blocks.0.ln0.weight', 'blocks.0.ln0.bias')}
+        xs = [r.embed(self._as_stored('emb.weight', rows, lane).to(dev),
+                      tuple(r.shaped('ln0', self._as_stored(n, t, lane)).to(dev) for n, t in ln0.items()))
+              for r, lane in zip(self.refs, self.lanes)]
         ln0_ref, v_firsts = list(xs), [None] * len(self.refs)
         fla_rows = self._rows(self.out.raw('model.embeddings.weight'), ids)
         fx = [fla_rows.to(dev, _dtype(side.dtype)) for side in self.sides]
@@ -192,8 +197,9 @@ class StreamingPair:
             p.advance()
 
         p.stage('head')
-        ln_out = [self.src.load(f'ln_out.{n}') for n in ('weight', 'bias')]
-        finals = [r.final(xs[k], tuple(r.shaped('ln_out', t).to(dev) for t in ln_out)) for k, r in enumerate(self.refs)]
+        ln_out = {n: self.src.load(n) for n in ('ln_out.weight', 'ln_out.bias')}
+        finals = [r.final(xs[k], tuple(r.shaped('ln_out', self._as_stored(n, t, self.lanes[k])).to(dev)
+                                       for n, t in ln_out.items())) for k, r in enumerate(self.refs)]
         fla_finals = [self._fla_norm(x, side) for x, side in zip(fx, self.sides)]
         if on_step is not None:
             on_step('ln_out', finals, fla_finals)
@@ -201,7 +207,8 @@ class StreamingPair:
         for w in self._head_chunks(self.src.raw('head.weight')):
             for k, r in enumerate(self.refs):
                 with self._lane(k):
-                    ref_chunks[k].append(torch.nn.functional.linear(finals[k], w.to(dev, r.dtype)))
+                    head = self._as_stored('head.weight', w, self.lanes[k])
+                    ref_chunks[k].append(torch.nn.functional.linear(finals[k], head.to(dev, r.dtype)))
         for w in self._head_chunks(self.out.raw(self.out.head)):
             for k, side in enumerate(self.sides):
                 fla_chunks[k].append(torch.nn.functional.linear(fla_finals[k], w.to(dev, _dtype(side.dtype))))
@@ -220,15 +227,22 @@ class StreamingPair:
         weights = {n: self.src.load(n) for n in names}
         shaped: dict = {}
         outs = []
-        for k, r in enumerate(self.refs):
-            if r.dtype not in shaped:
-                shaped[r.dtype] = {n.split('.', 2)[2]: r.shaped(n, t).to(self.device) for n, t in weights.items()}
+        for k, (r, lane) in enumerate(zip(self.refs, self.lanes)):
+            key = r.dtype, lane.rounded and bool(self.rounding)  # lanes that read the same values share one copy
+            if key not in shaped:
+                shaped[key] = {n.split('.', 2)[2]: r.shaped(n, self._as_stored(n, t, lane)).to(self.device)
+                               for n, t in weights.items()}
             with self._lane(k):
-                x_att, xs[k], v_firsts[k], layer_state = r.block(i, shaped[r.dtype], xs[k], v_firsts[k],
+                x_att, xs[k], v_firsts[k], layer_state = r.block(i, shaped[key], xs[k], v_firsts[k],
                                                                  state[k].layer(i))
             new[k].append(layer_state)
             outs.append(x_att)
         return outs
+
+    def _as_stored(self, name: str, t, lane: Lane):
+        """The file's tensor `name` as the directory stores it (rounded to its narrower dtype) for a rounded lane."""
+        to = self.rounding.get(name) if lane.rounded else None
+        return t if to is None else t.to(_dtype(TORCH_NAME[to])).to(t.dtype)
 
     def _fla_norm(self, x, side: Side):
         import torch

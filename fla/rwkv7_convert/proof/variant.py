@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
+
 BLINKDL_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, which RWKV-LM keeps
 BLINKDL_LN_X_EPS = 64e-5  # nn.GroupNorm(H, C, eps=64e-5), for every head size
 FLA_L2_EPS = 1e-6  # fla.modules.norm.l2norm's default eps, inside the root
@@ -62,13 +64,14 @@ class Difference:
     """One way the function fla runs differs from BlinkDL's."""
 
     what: str
-    key: str  # the config.json key that causes it
+    key: str  # the config.json key that causes it, or 'precision' (the converter's --precision)
     fla: str
     blinkdl: str
     alternative: str  # how to get BlinkDL's, or why there is no way
 
     def render(self) -> str:
-        return f'{self.what}: fla {self.fla}, BlinkDL {self.blinkdl} (config.json {self.key}; {self.alternative})'
+        where = '--precision' if self.key == 'precision' else f'config.json {self.key}'
+        return f'{self.what}: fla {self.fla}, BlinkDL {self.blinkdl} ({where}; {self.alternative})'
 
 
 def differences(variant: Variant, head_size: int) -> list[Difference]:
@@ -85,6 +88,28 @@ def differences(variant: Variant, head_size: int) -> list[Difference]:
         found.append(Difference('ln_x GroupNorm eps', 'norm_eps', f'head_dim x norm_eps = {variant.ln_x_eps:.6g}',
                                 f'{BLINKDL_LN_X_EPS:g}', _eps_alternative(head_size)))
     return found
+
+
+# bits of each stored floating-point dtype (formats.dtypes.FLOATING)
+_BITS = {'F64': 64, 'F32': 32, 'F16': 16, 'BF16': 16}
+
+
+def narrowed(stored: list[tuple[str, str, str]]) -> dict[str, str]:
+    """(canonical name, the file's dtype, the directory's dtype) -> {name: the directory's dtype} for each tensor the
+    directory holds in fewer bits, or in the other 16-bit format, than the file: a conversion with --precision. The
+    exact proof runs the reference on those values as the directory rounds them (the function the conversion
+    promises) and reports the rounding as a difference from BlinkDL's (storage_difference)."""
+    return {name: to for name, frm, to in stored if frm != to and (_BITS[to] < _BITS[frm] or _BITS[to] == 16)}
+
+
+def storage_difference(rounded: dict[str, str], stored: dict[str, str]) -> Difference | None:
+    """The rounding of `rounded` (name -> the directory's dtype; `stored`: name -> the file's) as a named difference."""
+    if not rounded:
+        return None
+    to = ', '.join(sorted({TORCH_NAME[d] for d in rounded.values()}))
+    frm = ', '.join(sorted({TORCH_NAME[stored[name]] for name in rounded}))
+    return Difference('stored weights', 'precision', f'{to} ({len(rounded)} tensors)', f'{frm}, as the file stores them',
+                      'convert without --precision to keep each tensor\'s stored dtype')
 
 
 def _eps_alternative(head_size: int) -> str:

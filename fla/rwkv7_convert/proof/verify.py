@@ -156,21 +156,35 @@ class _Run:
     function in the kernels' precision when kernels run) and fla's sides (exact; kernels), compared step by step."""
 
     def __init__(self, src, out, backend: Backend, dtype: str, piece: int, ids, progress, tuned):
-        from fla.rwkv7_convert.proof.variant import BLINKDL, config_problems, differences, fla_variant
+        from fla.rwkv7_convert.proof.variant import (
+            BLINKDL,
+            config_problems,
+            differences,
+            fla_variant,
+            narrowed,
+            storage_difference,
+        )
         d = src.plan.dims
         self.src, self.out, self.backend, self.dtype, self.ids = src, out, backend, dtype, ids
         variant = fla_variant(out.config, d.N)
         self.differences, self.config_problems = differences(variant, d.N), config_problems(out.config, d.N)
+        stored = {e.blinkdl: e.source.dtype for e in src.plan.kept}
+        rounding = narrowed([(e.blinkdl, e.source.dtype, out.refs[e.fla].dtype) for e in src.plan.kept
+                             if e.fla in out.refs])
+        if out.tied and 'head.weight' in stored:  # fla's head is the embedding, as the directory stores it
+            rounding.pop('head.weight', None)
+            rounding.update(narrowed([('head.weight', stored['head.weight'], out.refs['model.embeddings.weight'].dtype)]))
+        self.differences += [x for x in [storage_difference(rounding, stored)] if x is not None]
         lanes, sides = [Lane('exact', 'float64', variant)], [exact_side(backend.device, piece)]
         if self.differences:
-            lanes.append(Lane('blinkdl', 'float64', BLINKDL))
+            lanes.append(Lane('blinkdl', 'float64', BLINKDL, rounded=False))
         self.precision = None
         if backend.kernels:
             self.precision = backend.precision(dtype, min(piece, ids.shape[1]))
             lanes.append(Lane('calibration', self.precision, variant))
             sides.append(Side('kernels', dtype, piece, backend.running))
         self.pair = StreamingPair(src, out, device=backend.device, lanes=lanes, sides=sides, progress=progress,
-                                  initial=tuned)
+                                  initial=tuned, rounding=rounding)
         self.exact_steps: list[tuple[str, float]] = []
         self.kernel_steps: list[Step] = []
         refs, flas, _ = self.pair.run(ids, on_step=self._on_step)
