@@ -169,3 +169,20 @@ def test_fla_squared_relu_keeps_float64_inside_installed():
         got = sqrelu(x)
     assert got.dtype == torch.float64 and torch.equal(got, want)
     assert not torch.equal(sqrelu(x), want)  # restored: fla's own rounds through float32
+
+
+def test_a_precise_kernel_computes_in_float64_and_rounds_once():
+    """installed(precise=...): the measurement benchmarks/benchmark_kernels.py makes of each kernel's rounding."""
+    from fla.modules import LayerNorm
+    norm = LayerNorm(64, eps=1e-5, bias=True)
+    x = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(4)) * 100 + 1000  # cancellation-prone
+    want = torch.nn.functional.layer_norm(x.double(), (64,), norm.weight.double(), norm.bias.double(), 1e-5).float()
+    with torch_wkv.installed():
+        rounded = norm(x)
+    with torch_wkv.installed(precise=frozenset({'layer_norm'})):
+        exact = norm(x)
+    assert exact.dtype == rounded.dtype == torch.float32
+    assert torch.equal(exact, want) and not torch.equal(rounded, want)
+    with pytest.raises(ValueError, match='not in'):
+        with torch_wkv.installed(precise=frozenset({'softmax'})):
+            pass

@@ -177,15 +177,48 @@ def _patches() -> list[tuple[object, str, object]]:
             + [(activations, 'sqrelu_fwd', sqrelu_fwd)])
 
 
-@contextlib.contextmanager
-def installed(threads: int | None = None):
-    """fla's modules call the torch stand-ins inside the block (and torch uses `threads` threads); restored after."""
+# the stand-ins by the kernel they replace, for `installed(precise=...)`: which kernel's float32 rounding dominates
+KERNELS = {'layer_norm': ('forward@LayerNorm',), 'group_norm': ('forward@GroupNorm',), 'l2_norm': ('l2_norm',),
+           'wkv': ('chunk_rwkv7', 'fused_mul_recurrent_rwkv7'), 'token_shift': ('token_shift',),
+           'addcmul': ('fused_addcmul_rwkv7',), 'k_update': ('fused_k_rwkv7',),
+           'gate_correction': ('gate_output_correction',), 'sqrelu': ('sqrelu_fwd',)}
+
+
+def _precise(f):
+    """`f` computed in float64 on float32 inputs, its outputs rounded back to float32 once: a kernel without rounding
+    of its own (benchmarks/benchmark_kernels.py measures each kernel's share of the float32 error this way)."""
     import torch
+
+    def up(x):
+        return x.double() if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
+
+    def down(y):
+        return y.float() if isinstance(y, torch.Tensor) and y.dtype == torch.float64 else y
+
+    def run(*args, **kwargs):
+        out = f(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+        return tuple(map(down, out)) if isinstance(out, tuple) else down(out)
+    return run
+
+
+def _key(obj, name: str) -> str:
+    return f'{name}@{obj.__name__}' if isinstance(obj, type) else name
+
+
+@contextlib.contextmanager
+def installed(threads: int | None = None, precise: frozenset[str] = frozenset()):
+    """fla's modules call the torch stand-ins inside the block (and torch uses `threads` threads); restored after.
+    `precise`: names of KERNELS whose stand-ins compute in float64 even on float32 inputs (a measurement)."""
+    import torch
+    unknown = set(precise) - set(KERNELS)
+    if unknown:
+        raise ValueError(f'precise: {sorted(unknown)} not in {sorted(KERNELS)}')
+    exact = {key for k in precise for key in KERNELS[k]}
     saved = [(obj, name, obj.__dict__[name]) for obj, name, _ in _patches()]
     old_threads = torch.get_num_threads()
     try:
         for obj, name, f in _patches():
-            setattr(obj, name, f)
+            setattr(obj, name, _precise(f) if _key(obj, name) in exact else f)
         if threads:
             torch.set_num_threads(threads)
         yield
