@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fla.rwkv7_convert import api
 from fla.rwkv7_convert.convert.inspection import inspect
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -24,7 +25,7 @@ VALUES = [pytest.param(True, id='fused'), pytest.param(False, id='unfused')]
 @pytest.fixture(scope='module')
 def converted(tmp_path_factory) -> dict[bool, Path]:
     root = tmp_path_factory.mktemp('fuse_norm')
-    return {value: convert_to_fla(BUNDLED, root / f'fuse-{value}', tokenizer='none', fuse_norm=value).output
+    return {value: api.convert_to_fla(BUNDLED, root / f'fuse-{value}', tokenizer='none', fuse_norm=value).output
             for value in (True, False)}
 
 
