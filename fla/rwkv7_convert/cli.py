@@ -267,8 +267,8 @@ def _state_body(args: argparse.Namespace) -> int:
     """convert --base: a bare state file against its base model's directory."""
     given = (('--verify', args.verify), ('--drop-state', args.drop_state), ('--precision', args.precision),
              ('--tokenizer', args.tokenizer != 'auto'), ('--fuse-norm', args.fuse_norm is not None))
-    if any(on for _, on in given):
-        flag = next(f for f, on in given if on)
+    flag = next((f for f, on in given if on), None)
+    if flag:
         raise ConversionError(f'{flag} does not apply with --base (a bare state converts alone, in its stored dtype); '
                               'verify it with verify_rwkv7.py --rwkv7 BASE.pth --state STATE.pth --model BASE_OUTDIR '
                               '--model-state STATE_OUTDIR')
