@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--rwkv7', type=Path, help='a BlinkDL checkpoint (with --model)')
     p.add_argument('--model', type=Path, help='its converted directory')
     p.add_argument('--size', help='or a generated released shape (benchmark_convert.SIZES), converted in --cache-dir')
-    p.add_argument('--weights', default='trained', help='with --size: trained or long-memory')
+    p.add_argument('--weights', default='trained-like', help='with --size: benchmark_convert.PROFILES')
     p.add_argument('--cache-dir', type=Path, default=Path('/tmp/rwkv7-verify-bench'))
     p.add_argument('--tokens', type=int, default=16)
     p.add_argument('--kernels', default='', help='comma-separated KERNELS of proof/torch_wkv.py (default: all)')

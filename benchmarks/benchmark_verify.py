@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / 'utils'))
-from benchmark_convert import SIZES, WEIGHTS, Shape  # noqa: E402
+from benchmark_convert import PROFILES, SIZES, Shape  # noqa: E402
 from verify_cases import calibrate, corrupt, corruptions  # noqa: E402
 
 SIZES = {**SIZES, '7.2B': (4096, 32)}
@@ -124,10 +124,10 @@ def _need_bytes(name: str) -> int:
     return 2 * 2 * Shape(C, L).num_parameters + GiB
 
 
-def prepare_size(name: str, workdir: Path, say, weights: str = 'trained') -> tuple[Path, Path] | None:
+def prepare_size(name: str, workdir: Path, say, weights: str = 'trained-like') -> tuple[Path, Path] | None:
     """The size's file and its conversion in `workdir`, reused when there; None when the disk cannot hold them."""
     C, L = SIZES[name]
-    tag = name if weights == 'trained' else f'{name}-{weights}'
+    tag = name if weights == 'trained-like' else f'{name}-{weights}'
     source, out = workdir / f'{tag}.pth', workdir / f'{tag}-out'
     have = (source.stat().st_size if source.exists() else 0) * (2 if (out / 'config.json').exists() else 1)
     free = shutil.disk_usage(workdir).free
@@ -142,7 +142,7 @@ def prepare_size(name: str, workdir: Path, say, weights: str = 'trained') -> tup
         subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]); '
                         'from pathlib import Path; from benchmark_convert import Shape, generate_checkpoint; '
                         'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]), '
-                        'weights=sys.argv[5])', str(HERE), str(C), str(L), str(source), weights], check=True)
+                        'profile=sys.argv[5])', str(HERE), str(C), str(L), str(source), weights], check=True)
     if not (out / 'config.json').exists():
         say(f'{name}: converting to {out}')
         shutil.rmtree(out, ignore_errors=True)
@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--backends', default='auto',
                    help='comma-separated: auto (the default path: the exact proof alone) or --device keys of CPU '
                         'backends (the exact proof and their kernels\' report), or all (default auto)')
-    p.add_argument('--weights', default='trained', choices=WEIGHTS,
-                   help='trained-like (default) or long-memory (w0 around -2: the ill-conditioned case)')
+    p.add_argument('--weights', default='trained-like', choices=PROFILES,
+                   help='benchmark_convert.PROFILES: trained-like (default) or long-memory (every vector N(0, 0.1), w0 '
+                        'around -2: issue 29\'s ill-conditioned recipe)')
     p.add_argument('--tokens', type=int, default=16)
     p.add_argument('--per-layer', action='store_true')
     p.add_argument('--piece', type=int, default=None, help="tokens per fla call (default: the backend's)")

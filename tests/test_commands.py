@@ -203,7 +203,8 @@ def test_inspect_json_is_a_stable_dict(fla_dir, capsys):
         assert cli.main_inspect([str(path), '--json']) == 0
         got = json.loads(capsys.readouterr().out)
         assert set(got) == {'schema', 'ok', 'path', 'direction', 'format', 'layouts', 'sizes', 'head_size', 'parameters',
-                            'tensors', 'dtypes', 'output', 'dropped', 'added', 'state', 'notes', 'warnings'}
+                            'tensors', 'dtypes', 'output', 'fuse_norm', 'dropped', 'added', 'state', 'notes', 'warnings'}
+        assert got['fuse_norm'] is True  # the converter's default, and what the export's directory holds
         assert got['state'] is None  # no tuned state (tests/convert/test_tuned_state.py has one)
         assert (got['schema'], got['ok'], got['direction'], got['head_size']) == (SCHEMA, True, direction, 64)
         assert set(got['sizes']) == {'V', 'C', 'L', 'H', 'N', 'F', 'Dw', 'Da', 'Dv', 'Dg'}

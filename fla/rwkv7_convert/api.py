@@ -39,6 +39,7 @@ from fla.rwkv7_convert.convert.tuned_state import StateResult
 from fla.rwkv7_convert.convert.tuned_state import convert_state as _convert_state
 from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.proof.run import generate, load_model
 from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
@@ -54,7 +55,7 @@ __all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
                    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, head_size: int | None = None,
                    tokenizer: str = 'auto', allow_nonfinite: bool = False, drop_state: bool = False,
-                   dry_run: bool = False) -> Result:
+                   fuse_norm: bool = DEFAULT_FUSE_NORM, dry_run: bool = False) -> Result:
     """Convert a BlinkDL RWKV-7 checkpoint into a Hugging Face directory that fla's RWKV7ForCausalLM loads.
 
     source: a `.pth` or `.safetensors` file in any layout of docs/mapping.md (or a Hugging Face directory holding
@@ -69,13 +70,17 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
     allow_nonfinite: convert tensors holding NaN/Inf instead of refusing.
     drop_state: convert a state-tuned merge's weights alone. Without it a merge's tuned state (blocks.N.att.time_state,
         RWKV-block's init_state.N.wkv) is written to `output`/rwkv7_state.safetensors, in fla's [H, K, V] per layer.
+    fuse_norm: config.json's `fuse_norm`. True (the default): fla's fused Triton norms, whose l2-norm eps differs
+        from BlinkDL's by ~1e-9 relative logits in float64; False: torch's unfused norms, BlinkDL's function exactly
+        (docs/verification.md, "fuse_norm: fused against unfused norms", has the float32 measurements).
 
-    Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, and `plan` (`plan.dims`:
-    the sizes; `plan.notes`: what was detected). Raises ConversionError (one line, naming the path).
+    Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, `config` (config.json's
+    contents), and `plan` (`plan.dims`: the sizes; `plan.notes`: what was detected). Raises ConversionError (one
+    line, naming the path).
     """
     return _convert_to_fla(source, output, precision=precision, force=force, max_shard_size=max_shard_size,
                            head_size=head_size, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite,
-                           drop_state=drop_state, dry_run=dry_run)
+                           drop_state=drop_state, fuse_norm=fuse_norm, dry_run=dry_run)
 
 
 def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision: str | None = None,

@@ -30,8 +30,8 @@ from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, output_precision
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.formats.writers import WRITERS
-from fla.rwkv7_convert.hub.model_card import write_model_card
-from fla.rwkv7_convert.mapping.config import fla_config
+from fla.rwkv7_convert.hub.model_card import fuse_norm_line, write_model_card
+from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.mapping.ops import Identity
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, WRAPPER_KEYS
@@ -163,7 +163,8 @@ def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
     for note in plan.notes:
         print(f'  {note}', file=out)
     print('config.json:', file=out)
-    print('  ' + json.dumps(fla_config(plan.dims, result.dtype), sort_keys=False).replace(', "', ',\n   "'), file=out)
+    print('  ' + json.dumps(result.config, sort_keys=False).replace(', "', ',\n   "'), file=out)
+    print(f'norms: {fuse_norm_line(result.config["fuse_norm"])}', file=out)
     print('mapping (RWKV-LM name [stored shape] dtype -> fla name [shape] op):', file=out)
     for e in plan.entries:
         dtype = precision or e.source.dtype
@@ -238,6 +239,9 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
                        help='IN is a bare state file tuned for the model converted in BASE_OUTDIR (read, never written)')
     tuned.add_argument('--drop-state', action='store_true',
                        help='convert a state-tuned merge\'s weights alone, without its tuned state')
+    p.add_argument('--fuse-norm', choices=('true', 'false'), default=None, action=Once,
+                   help=f'config.json\'s fuse_norm (default {str(DEFAULT_FUSE_NORM).lower()}): true, fla\'s fused '
+                        'Triton norms; false, torch\'s, BlinkDL\'s function exactly (docs/verification.md)')
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
     p.add_argument('--verify-tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
@@ -260,9 +264,10 @@ def progress_callbacks(args: argparse.Namespace):
 
 def _state_body(args: argparse.Namespace) -> int:
     """convert --base: a bare state file against its base model's directory."""
-    if args.verify or args.drop_state or args.precision or args.tokenizer != 'auto':
-        flag = next(f for f, on in (('--verify', args.verify), ('--drop-state', args.drop_state),
-                                    ('--precision', args.precision), ('--tokenizer', args.tokenizer != 'auto')) if on)
+    given = (('--verify', args.verify), ('--drop-state', args.drop_state), ('--precision', args.precision),
+             ('--tokenizer', args.tokenizer != 'auto'), ('--fuse-norm', args.fuse_norm is not None))
+    flag = next((f for f, on in given if on), None)
+    if flag:
         raise ConversionError(f'{flag} does not apply with --base (a bare state converts alone, in its stored dtype); '
                               'verify it with verify_rwkv7.py --rwkv7 BASE.pth --state STATE.pth --model BASE_OUTDIR '
                               '--model-state STATE_OUTDIR')
@@ -299,7 +304,8 @@ def _convert_body(args: argparse.Namespace) -> int:
         result = convert_to_fla(
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
-            drop_state=args.drop_state, dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor)
+            drop_state=args.drop_state, dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor,
+            fuse_norm=DEFAULT_FUSE_NORM if args.fuse_norm is None else args.fuse_norm == 'true')
     finally:
         close()
     plan = result.plan

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count
+from fla.rwkv7_convert.hub.model_card import fuse_norm_line, runs_fused
 from fla.rwkv7_convert.mapping.config import Dims
 
 SCHEMA = 1  # the version of Inspection.to_dict's keys; raised when a key changes meaning or goes away
@@ -32,6 +33,7 @@ class Inspection:
     dtypes: dict[str, dict[str, int]]  # stored dtype -> {'tensors': n, 'parameters': m}
     output_dtype: str
     output_bytes: int
+    fuse_norm: bool  # fla's fused norms: what the conversion writes into config.json, or what the directory's says
     layouts: list[dict] = field(default_factory=list)  # {'name', 'kind', 'who', 'evidence', 'evidence_count'}
     dropped: list[dict] = field(default_factory=list)  # {'name', 'why'}: stored, not carried over
     added: list[dict] = field(default_factory=list)  # {'name', 'why'}: written without a stored source
@@ -46,7 +48,7 @@ class Inspection:
         return {'schema': SCHEMA, 'ok': True, 'path': self.path, 'direction': self.direction, 'format': self.format,
                 'layouts': self.layouts, 'sizes': dict(vars(self.dims)), 'head_size': self.dims.N,
                 'parameters': self.parameters, 'tensors': self.tensors, 'dtypes': self.dtypes,
-                'output': {'dtype': self.output_dtype, 'bytes': self.output_bytes},
+                'output': {'dtype': self.output_dtype, 'bytes': self.output_bytes}, 'fuse_norm': self.fuse_norm,
                 'dropped': self.dropped, 'added': self.added, 'state': self.state, 'notes': self.notes,
                 'warnings': self.warnings}
 
@@ -71,6 +73,8 @@ class Inspection:
                                                  for k, v in self.dtypes.items()))
         out.append(f'would write: {human_bytes(self.output_bytes)} of weights in {self.output_dtype}'
                    + (' and its tuned state' if self.state else ''))
+        out.append(('norms (the config.json it would write; --fuse-norm chooses): ' if self.direction == 'convert'
+                    else 'norms (its config.json): ') + fuse_norm_line(self.fuse_norm))
         if self.state:
             st = self.state
             out.append(f'tuned initial state: {st["layers"]} blocks of {st["shape"]} {st["dtype"]} ({st["names"]}, in '
@@ -107,7 +111,8 @@ def _blinkdl(path: str, head_size: int | None) -> Inspection:
     plan = result.plan
     return Inspection(
         path, 'convert', result.source_format, plan.dims, plan.num_parameters, len(plan.kept),
-        _dtypes(e.source for e in plan.kept), result.dtype, result.bytes_written, _layouts(plan.layouts),
+        _dtypes(e.source for e in plan.kept), result.dtype, result.bytes_written, runs_fused(result.config),
+        _layouts(plan.layouts),
         dropped=[{'name': e.source.name, 'why': e.rule.note or 'not carried over'} for e in plan.dropped],
         notes=plan.notes[2:],  # the first two are the sizes, shown on their own lines
         state=_merge_state(plan.states, Path(path).name))
@@ -138,7 +143,7 @@ def _fla(path: str) -> Inspection:
     sources = {e.fla: e.source for e in plan.entries if e.source is not None}  # a tied head is the embedding's copy
     return Inspection(
         path, 'export', 'hf-directory', plan.dims, plan.num_parameters, len(sources), _dtypes(sources.values()),
-        result.dtype, result.bytes_written, _layouts(plan.layouts),
+        result.dtype, result.bytes_written, runs_fused(plan.config), _layouts(plan.layouts),
         added=[{'name': e.blinkdl, 'why': e.note} for e in plan.entries if e.source is None],
         notes=plan.notes[2:], warnings=list(plan.warnings), state=_directory_state(path))
 
