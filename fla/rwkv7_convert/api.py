@@ -6,7 +6,7 @@
     result = convert_to_fla('model.pth', 'out/model', precision='bf16')
     report = verify('model.pth', 'out/model')    # report.passed, print(report.render())
     convert_from_fla('out/model', 'back.pth')
-    model, tokenizer = load_model('out/model')   # device='cpu' (Triton's interpreter, float32) or 'cuda'
+    model, tokenizer = load_model('out/model')   # device='auto': cuda on a GPU, else 'cpu-torch' (float32)
     print(generate(model, tokenizer, 16, prompt='Hello'))
 
 Tuned states (state tuning): a state-tuned merge converts with its state (out/model/rwkv7_state.safetensors); a bare
@@ -130,9 +130,11 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
            model_state: PathLike | None = None, drop_state: bool = False) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
-    device: 'auto' (default: cuda on a GPU; on the CPU 'cpu' for small models, 'cpu-torch' above: proof.backends.Auto),
-        'cpu' (fla's Triton kernels under Triton's interpreter; float32, pieces under 64 tokens), 'cpu-torch' (fla's
-        modules with torch stand-ins for the kernels; float32) or 'cuda'.
+    device: 'auto' (default: cuda on a GPU; on the CPU 'cpu' for small models, 'cpu-torch' above or when triton was
+        imported without TRITON_INTERPRET=1, as in a script that imported fla: proof.backends.Auto), 'cpu' (fla's Triton
+        kernels under Triton's interpreter: start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0; float32, pieces
+        under 64 tokens), 'cpu-torch' (fla's modules with torch stand-ins for the kernels; float32; no environment
+        variables) or 'cuda'.
     dtype: what fla runs in: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
@@ -144,6 +146,13 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
+    if device == 'cpu':
+        from fla.rwkv7_convert.proof.runtime import interpreter_ready
+        if not interpreter_ready():
+            raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
+                                  'chosen before triton is imported, and this process has imported it (import fla does); '
+                                  "use device='cpu-torch' or 'auto' (fla's modules with torch stand-ins for the kernels), "
+                                  'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
     return _verify(source, model_dir, device=device, dtype=dtype, tokens=tokens,
                    text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
                    head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,

@@ -147,6 +147,9 @@ class Auto(Backend):
         from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
         if _cuda_present():
             return BACKENDS['cuda']
+        from fla.rwkv7_convert.proof.runtime import interpreter_ready
+        if not interpreter_ready():  # triton imported without TRITON_INTERPRET (a script's `import fla`): no interpreter
+            return BACKENDS['cpu-torch']
         if (piece is not None and piece > RECURRENT_MAX_TOKENS) or dims.L * (dims.C // dims.N) > AUTO_MAX_LAYER_HEADS:
             return BACKENDS['cpu-torch']
         return BACKENDS['cpu']
