@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from fla.rwkv7_convert.convert.inspection import Inspection
+from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
@@ -46,7 +46,7 @@ from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
+__all__ = ['BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
            'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state',
            'load_model', 'verify']
 
@@ -159,12 +159,14 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
                    model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
 
 
-def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection:
+def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection | BareState:
     """What a BlinkDL file or an fla directory holds and what converting it would do; writes nothing.
 
     Returns an `Inspection`: `direction` ('convert' or 'export'), `layouts` (each with the names that show it),
     `dims` (V, C, L, H, N, F and the LoRA ranks), `parameters`, `dtypes` (tensors and parameters per stored dtype),
     `dropped` / `added` (with why), `notes`, `warnings`; `lines()` for people and `to_dict()` for JSON (the keys of
-    `rwkv7-inspect --json`). Raises the ConversionError converting it would (one line, naming the path).
+    `rwkv7-inspect --json`). A bare tuned-state file (no weights) is a `BareState`: its layers, heads, head size,
+    dtype and how to convert it (against its base model's directory). Raises the ConversionError converting it would
+    (one line, naming the path).
     """
     return _inspect(path, head_size=head_size)
