@@ -129,3 +129,12 @@ def test_the_tokenizer_loads_without_fla_and_without_a_warning_as_the_readme_say
     assert r.returncode == 0 and r.stderr == '' and r.stdout.split('\n')[:2] == ['[33155]', 'False'], r.stderr
     assert 'PreTrainedTokenizerFast.from_pretrained' in (REPO / 'README.md').read_text()
     assert json.loads((tmp_path / 'w' / 'tokenizer_config.json').read_text())['tokenizer_class'] == 'PreTrainedTokenizerFast'
+
+
+def test_the_quiet_twin_of_python_m_prints_no_fla_warning(user_env):
+    """`python -m fla.rwkv7_convert` cannot skip fla's __init__ (nor the warning it prints without a GPU) before our
+    code runs; the README names `python -m rwkv7_convert_entry`, which runs the same command without it."""
+    r = subprocess.run([sys.executable, '-m', 'rwkv7_convert_entry', 'inspect', str(BUNDLED)], env=user_env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == '' and r.stdout.startswith(f'{BUNDLED}: a BlinkDL RWKV-7 checkpoint')
+    assert 'python -m rwkv7_convert_entry COMMAND' in (REPO / 'README.md').read_text()

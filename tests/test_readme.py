@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,13 +94,14 @@ def test_every_readme_block_runs_as_written_on_a_cpu(workdir, user_env, tmp_path
     for block in blocks:
         if block.skip is not None:
             continue
+        start = time.monotonic()
         args = ['bash', '-e', '-o', 'pipefail', '-c', block.code] if block.lang == 'bash' else ['python', '-']
         r = subprocess.run(args, input=block.code if block.lang == 'python' else None, cwd=workdir, env=env,
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f'README block "{block.name}" failed:\n{block.code}\n--- stderr:\n{r.stderr[-3000:]}'
         assert 'Traceback' not in r.stderr, f'README block "{block.name}":\n{r.stderr[-3000:]}'
-        ran.append(block.name)
+        ran.append(f'{block.name} {time.monotonic() - start:.0f} s')
     skipped = [f'{b.name} ({SKIPS[b.skip]})' for b in blocks if b.skip is not None]
-    print(f'\nREADME: {len(ran)} blocks ran, {len(skipped)} skipped: {"; ".join(skipped)}')
+    print(f'\nREADME: {len(ran)} blocks ran ({", ".join(ran)}), {len(skipped)} skipped: {"; ".join(skipped)}')
     assert len(ran) >= 10 and all(b.skip != 'gpu' or 'cuda' in b.code for b in blocks)
     assert (workdir / 'out' / 'goose-mini' / 'config.json').is_file() and (workdir / 'state_back.pth').is_file()
