@@ -14,7 +14,7 @@ import os
 
 from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
 
-HOW = 'see "Running a converted model" in the rwkv7-convert README'
+HOW = 'see "Run a converted model" in the rwkv7-convert README'
 
 
 class CpuRunError(RuntimeError):
