@@ -89,6 +89,9 @@ def test_not_a_directory_and_unknown_devices_are_refused(goose, tmp_path):
         load_model(tmp_path)
     with pytest.raises(ConversionError, match="expected 'auto', 'cpu', 'cpu-torch' or 'cuda'"):
         load_model(goose / 'out' / 'goose-mini', device='tpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ConversionError, match="torch sees no CUDA device; use device='cpu-torch'"):
+            load_model(goose / 'out' / 'goose-mini', device='cuda')
 
 
 def test_a_long_prompt_goes_through_the_cache_in_pieces_and_greedy_picks_the_argmax(goose):
