@@ -149,7 +149,7 @@ def test_repeated_options_are_refused_by_the_export_script_too(tmp_path):
     r = subprocess.run([sys.executable, str(script), '--model', 'a', '--model', 'b', '--output', tmp_path / 'o.pth'],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        'convert_from_fla_rwkv7.py: error: --model given more than once; give it once (see --help)']
+        'error: --model given more than once; give it once (see convert_from_fla_rwkv7.py --help)']
 
 
 def test_closed_pipe_ends_quietly(tmp_path, checkpoint):

@@ -6,7 +6,7 @@
     result = convert_to_fla('model.pth', 'out/model', precision='bf16')
     report = verify('model.pth', 'out/model')    # report.passed, print(report.render())
     convert_from_fla('out/model', 'back.pth')
-    model, tokenizer = load_model('out/model')   # device='cpu' (Triton's interpreter, float32) or 'cuda'
+    model, tokenizer = load_model('out/model')   # device='auto': cuda on a GPU, else 'cpu-torch' (float32)
     print(generate(model, tokenizer, 16, prompt='Hello'))
 
 Tuned states (state tuning): a state-tuned merge converts with its state (out/model/rwkv7_state.safetensors); a bare
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from fla.rwkv7_convert.convert.inspection import Inspection
+from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
@@ -47,7 +47,7 @@ from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
+__all__ = ['BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
            'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state',
            'load_model', 'verify']
 
@@ -152,18 +152,27 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
+    if device == 'cpu':
+        from fla.rwkv7_convert.proof.runtime import interpreter_ready
+        if not interpreter_ready():
+            raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
+                                  'chosen before triton is imported, and this process has imported it (import fla does); '
+                                  "use device='cpu-torch' or 'auto' (fla's modules with torch stand-ins for the kernels), "
+                                  'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
     return _verify(source, model_dir, device=device, dtype=dtype, tokens=tokens,
                    text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
                    head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
                    model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
 
 
-def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection:
+def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection | BareState:
     """What a BlinkDL file or an fla directory holds and what converting it would do; writes nothing.
 
     Returns an `Inspection`: `direction` ('convert' or 'export'), `layouts` (each with the names that show it),
     `dims` (V, C, L, H, N, F and the LoRA ranks), `parameters`, `dtypes` (tensors and parameters per stored dtype),
     `dropped` / `added` (with why), `notes`, `warnings`; `lines()` for people and `to_dict()` for JSON (the keys of
-    `rwkv7-inspect --json`). Raises the ConversionError converting it would (one line, naming the path).
+    `rwkv7-inspect --json`). A bare tuned-state file (no weights) is a `BareState`: its layers, heads, head size,
+    dtype and how to convert it (against its base model's directory). Raises the ConversionError converting it would
+    (one line, naming the path).
     """
     return _inspect(path, head_size=head_size)
