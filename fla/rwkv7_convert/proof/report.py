@@ -220,7 +220,8 @@ class Report:
             err_at = f'fla\'s float64 error is {err:.2e}'
         else:
             err_at = 'fla\'s float64 logits are not finite (NaN or Inf)'
-        said = f'{err_at} (bound {e.bound:.0e}) against the float64 reference on {e.device}'
+        bound = f' (bound {e.bound:.0e}) against the float64 reference' if math.isfinite(err) else ''
+        said = f'{err_at}{bound} on {e.device}'
         if self.state is not None:
             said += ', from the tuned initial state'
         formula = ('; fla\'s function is BlinkDL\'s' if e.formula is None else
