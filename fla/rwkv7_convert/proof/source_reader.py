@@ -90,11 +90,18 @@ def _fail(shown: str, what: str) -> ConversionError:
     return ConversionError(f'the reference\'s reader: {what}', shown)
 
 
+def _holds_tensors(node: Mapping, depth: int = 0) -> bool:
+    return depth < MAX_WRAPPERS and any(isinstance(v, TensorRef) or (isinstance(v, Mapping) and _holds_tensors(v, depth + 1))
+                                        for v in node.values())
+
+
 def unwrap(tree: object, shown: str) -> tuple[tuple[str, ...], Mapping]:
     """The flat state dict inside `tree` and the wrapper keys on the way to it."""
     path: tuple[str, ...] = ()
     while isinstance(tree, Mapping) and not any(isinstance(v, TensorRef) for v in tree.values()):
-        inner = next((k for k in WRAPPERS if isinstance(tree.get(k), Mapping)), None)
+        inner = [k for k in WRAPPERS if isinstance(tree.get(k), Mapping)]
+        # the container that holds tensors wins over an empty or tensor-less one beside it
+        inner = next((k for k in inner if _holds_tensors(tree[k])), inner[0] if inner else None)
         if inner is None or len(path) >= MAX_WRAPPERS:
             break
         path, tree = path + (inner,), tree[inner]
