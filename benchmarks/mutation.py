@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps([{**r, 'slip': r['slip'].key} for r in rows], indent=1))
     if a.write_docs:
-        write_docs(text, 'python benchmarks/mutation.py' + ''.join(f' {x}' for x in (argv or sys.argv[1:])
-                                                                   if x != '--write-docs'))
+        shown = ['--slips', a.slips] if a.slips else []
+        write_docs(text, ' '.join(['python benchmarks/mutation.py', *shown, *(['--no-tests'] if a.no_tests else []),
+                                   '--write-docs']))
     return 1 if any(r['verdict'] == 'PASS' and r['wrong'] for r in rows) else 0
 
 
