@@ -136,6 +136,30 @@ def test_architecture_doc_shows_the_graph():
         assert line in doc, f'docs/architecture.md lacks the line {line!r}'
 
 
+# The reference's own reading of the source (issue 29): it must not reach the converter's table, even through another
+# module, or a slip in the table would make the reference wrong the same way as the converter.
+INDEPENDENT = (f'{ROOT}.proof.source_reader', f'{ROOT}.proof.source_layouts')
+
+
+def reachable(g: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in g[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+@pytest.mark.parametrize('module', INDEPENDENT)
+def test_the_reference_reader_never_reaches_the_table(module):
+    """The reader imports, directly or through anything it imports, only errors, formats and itself."""
+    bad = sorted(m for m in reachable(graph(), module) if part_of(m) not in ('', 'formats') and m not in INDEPENDENT)
+    assert not bad, f'{module} reaches {bad}: the reference must read the source without the converter\'s table'
+    doc = (REPO / 'docs' / 'architecture.md').read_text(encoding='utf-8')
+    line = 'proof.source_reader, proof.source_layouts -> errors, formats (never mapping, not even through proof)'
+    assert line in doc, f'docs/architecture.md lacks the line {line!r}'
+
+
 def test_the_checker_sees_every_kind_of_import(tmp_path):
     """An import inside a function, `from pkg import module` and a plain `import` all count."""
     src = tmp_path / 'm.py'

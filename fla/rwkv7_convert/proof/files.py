@@ -18,10 +18,10 @@ from fla.rwkv7_convert.errors import ConversionError
 
 
 def load_blinkdl_weights(source: str | os.PathLike, head_size: int | None = None) -> dict:
-    """The whole source checkpoint as canonical RWKV-LM names -> float torch tensors (for small models and tests;
-    `verify` streams instead)."""
+    """The whole source checkpoint as canonical RWKV-LM names -> float torch tensors, as the reference reads it (for
+    small models and tests; `verify` streams instead)."""
     with SourceFile(source, head_size) as src:
-        return {name: src.load(name) for name in src.entries}
+        return {name: src.load(name) for name in src.reading.tensors}
 
 
 def to_torch(data, dtype: str):
@@ -33,20 +33,27 @@ def to_torch(data, dtype: str):
 
 
 class SourceFile:
-    """The BlinkDL checkpoint, one tensor at a time, through the converter's reader and plan (canonical names and
-    RWKV-LM shapes; float32, or float64 when stored so). A state-tuned merge's weights are planned without its tuned
-    states (as --drop-state converts them), which `states` holds: layer -> (name, TensorRef), empty for a plain
-    checkpoint (state_pair.py reads and checks them)."""
+    """The BlinkDL checkpoint, one tensor at a time, read twice: the reference's tensors come through its own reader
+    (proof/source_reader.py: canonical names and BlinkDL's shapes without the converter's table), and the converter's
+    plan (mapping.plan.make_plan: its refusals, sizes, fla names and shapes for check_pair) must agree with that
+    reading on every stored key, op and shape before any compute (proof/source_agree.py). Tensors are float32, or
+    float64 when stored so. A state-tuned merge's weights are planned without its tuned states (as --drop-state
+    converts them), which `states` holds: layer -> (name, TensorRef), empty for a plain checkpoint (state_pair.py
+    reads and checks them)."""
 
     def __init__(self, path: str | os.PathLike, head_size: int | None = None):
         from fla.rwkv7_convert.formats.readers import open_checkpoint
         from fla.rwkv7_convert.mapping.plan import make_plan
+        from fla.rwkv7_convert.proof.source_agree import check_readings, tagged_tree
+        from fla.rwkv7_convert.proof.source_reader import read_tree
         from fla.rwkv7_convert.proof.state_pair import find_states
         self.path = str(path)
         self.ckpt = open_checkpoint(path)
-        try:
-            self.plan = make_plan(self.ckpt.tree, self.path, head_size=head_size, drop_state=True)
+        try:  # the plan first: its refusals name what a file is; then the reference's own reading, compared
+            self.plan = make_plan(tagged_tree(self.ckpt.tree), self.path, head_size=head_size, drop_state=True)
             self.states = find_states(self.ckpt.tree, self.path)
+            self.reading = read_tree(self.ckpt.tree, self.path, head_size)
+            check_readings(self.plan, self.reading, self.path)
         except BaseException:
             self.ckpt.close()
             raise
@@ -59,12 +66,12 @@ class SourceFile:
         self.ckpt.close()
 
     def load(self, name: str):
-        e = self.entries[name]
-        return to_torch(e.source.load(), e.source.dtype).reshape(e.canonical_shape)
+        s = self.reading.tensors[name]
+        return to_torch(s.load(), s.ref.dtype).reshape(s.shape)
 
     def raw(self, name: str):
-        e = self.entries[name]
-        return e.source.load().reshape(e.canonical_shape), e.source.dtype
+        s = self.reading.tensors[name]
+        return s.load(), s.ref.dtype
 
 
 class ConvertedDir:
