@@ -205,10 +205,13 @@ class StreamingPair:
             on_step('ln_out', finals, fla_finals)
         ref_chunks, fla_chunks = [[] for _ in self.refs], [[] for _ in self.sides]
         for w in self._head_chunks(self.src.raw('head.weight')):
-            for k, r in enumerate(self.refs):
+            widened: dict = {}  # lanes of one dtype that read the same values share one copy of the slice
+            for k, (r, lane) in enumerate(zip(self.refs, self.lanes)):
+                key = r.dtype, lane.rounded and bool(self.rounding)
+                if key not in widened:
+                    widened[key] = self._as_stored('head.weight', w, lane).to(dev, r.dtype)
                 with self._lane(k):
-                    head = self._as_stored('head.weight', w, self.lanes[k])
-                    ref_chunks[k].append(torch.nn.functional.linear(finals[k], head.to(dev, r.dtype)))
+                    ref_chunks[k].append(torch.nn.functional.linear(finals[k], widened[key]))
         for w in self._head_chunks(self.out.raw(self.out.head)):
             for k, side in enumerate(self.sides):
                 fla_chunks[k].append(torch.nn.functional.linear(fla_finals[k], w.to(dev, _dtype(side.dtype))))
@@ -224,7 +227,7 @@ class StreamingPair:
         """Block i in every reference lane (its weights read once, shaped once per dtype); xs, v_firsts and `new`
         are updated in place; returns each lane's stream after the time mix."""
         names = [f'blocks.{i}.{n}' for n in self.refs[0].block_names(i)]
-        weights = {n: self.src.load(n) for n in names}
+        weights = {n: self.src.load(n, native=True) for n in names}  # widened once, to each lane's dtype
         shaped: dict = {}
         outs = []
         for k, (r, lane) in enumerate(zip(self.refs, self.lanes)):
@@ -264,9 +267,10 @@ class StreamingPair:
 
     @staticmethod
     def _head_chunks(raw) -> Iterator:
+        """HEAD_ROWS rows of the head at a time, in their stored dtype (each lane widens them once)."""
         data, dtype = raw
         for start in range(0, data.shape[0], HEAD_ROWS):
-            yield to_torch(data[start:start + HEAD_ROWS], dtype)
+            yield to_torch(data[start:start + HEAD_ROWS], dtype, native=True)
 
     def _load_block(self, i: int, dtype):
         prefix = f'model.layers.{i}.'
