@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -239,11 +240,35 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
                        help='IN is a bare state file tuned for the model converted in BASE_OUTDIR (read, never written)')
     tuned.add_argument('--drop-state', action='store_true',
                        help='convert a state-tuned merge\'s weights alone, without its tuned state')
+    _adapter_flags(p)
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
     p.add_argument('--verify-tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
                    help=f'tokens for --verify (default {DEFAULT_TOKENS}, as verify_rwkv7.py)')
     return p
+
+
+def _adapter_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group('fine-tunes (RWKV-PEFT adapters)', (
+        'IN is the base model of an RWKV-PEFT adapter (LoRA, PiSSA, DiSHA Bone or Bat, with its trained full '
+        'tensors): merged as RWKV-PEFT\'s merge scripts do, or written as a PEFT adapter (OUTDIR/peft) beside the '
+        'converted base. rwkv7-inspect ADAPTER.pth describes an adapter.'))
+    g.add_argument('--adapter', action=Once, metavar='ADAPTER.pth', help='the adapter file (rwkv-N.pth of the run)')
+    g.add_argument('--pissa-init', action=Once, metavar='INIT.pth', help='PiSSA\'s init_pissa.pth of the same run')
+    g.add_argument('--lora-alpha', type=float, action=Once, metavar='A',
+                   help='a LoRA\'s alpha (the training\'s lora_config "lora_alpha"; the file does not keep it)')
+    g.add_argument('--adapter-format', default='merged', action=Once, choices=('merged', 'peft'),
+                   help='merged (default): the merged model; peft: the base model and OUTDIR/peft, a Hugging Face '
+                        'PEFT adapter (LoRA, MiSS)')
+
+
+def _adapter_spec(args: argparse.Namespace):
+    if args.adapter is None:
+        given = [f for f, v in (('--pissa-init', args.pissa_init), ('--lora-alpha', args.lora_alpha)) if v is not None]
+        if given or args.adapter_format != 'merged':
+            raise ConversionError(f'{(given or ["--adapter-format"])[0]} needs --adapter ADAPTER.pth')
+        return None
+    return AdapterSpec(args.adapter, args.pissa_init, args.lora_alpha, args.adapter_format)
 
 
 def precision_arg(args: argparse.Namespace) -> str | None:
@@ -261,9 +286,10 @@ def progress_callbacks(args: argparse.Namespace):
 
 def _state_body(args: argparse.Namespace) -> int:
     """convert --base: a bare state file against its base model's directory."""
-    if args.verify or args.drop_state or args.precision or args.tokenizer != 'auto':
+    if args.verify or args.drop_state or args.precision or args.tokenizer != 'auto' or args.adapter:
         flag = next(f for f, on in (('--verify', args.verify), ('--drop-state', args.drop_state),
-                                    ('--precision', args.precision), ('--tokenizer', args.tokenizer != 'auto')) if on)
+                                    ('--precision', args.precision), ('--tokenizer', args.tokenizer != 'auto'),
+                                    ('--adapter', args.adapter)) if on)
         raise ConversionError(f'{flag} does not apply with --base (a bare state converts alone, in its stored dtype); '
                               'verify it with verify_rwkv7.py --rwkv7 BASE.pth --state STATE.pth --model BASE_OUTDIR '
                               '--model-state STATE_OUTDIR')
@@ -295,12 +321,16 @@ def _convert_body(args: argparse.Namespace) -> int:
         max_shard_size = parse_size(args.max_shard_size)
     except ValueError as e:
         raise ConversionError(f'--max-shard-size: {e}') from None
+    if args.verify and args.adapter:  # the proof's reference reads one BlinkDL file: the merged one
+        raise ConversionError('--verify with --adapter: verify the merge with RWKV-PEFT\'s merged .pth (rwkv7-verify '
+                              '--rwkv7 MERGED.pth --model OUTDIR); verify does not merge adapters itself yet')
     on_start, verbose_tensor, close = progress_callbacks(args)
     try:
         result = convert_to_fla(
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
-            drop_state=args.drop_state, dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor)
+            drop_state=args.drop_state, adapter=_adapter_spec(args), dry_run=args.dry_run, on_start=on_start,
+            on_tensor=verbose_tensor)
     finally:
         close()
     plan = result.plan

@@ -1,0 +1,146 @@
+"""An RWKV-PEFT adapter as a Hugging Face PEFT adapter directory (adapter_config.json, adapter_model.safetensors) for
+the converted base model: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE_DIR), ADAPTER_DIR)`.
+
+Each method's PEFT form is the table's (`AdapterMethod.peft`, `peft_note`): LoRA stays LoRA (factors as stored, alpha
+as lora_alpha), PiSSA becomes a LoRA of rank 2r ([A; A0], [B, -B0], scale 1), Bone becomes MiSS (disha is
+miss_block); Bat has none. The trained full tensors go to `modules_to_save` when they make whole modules of
+table.PEFT_MODULES (LayerNorms, embeddings, head); anything else is refused in one line that offers the merged form.
+The names are fla's (the table's rules), under PEFT's `base_model.model.` prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.errors import UnsupportedVariantError
+from fla.rwkv7_convert.formats.atomic import write_json
+from fla.rwkv7_convert.formats.outputs import OutTensor
+from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
+from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, from_torch, to_torch
+from fla.rwkv7_convert.mapping.engine import lookup_blinkdl
+from fla.rwkv7_convert.mapping.plan import Plan
+from fla.rwkv7_convert.mapping.table import PEFT_MODULES
+
+PEFT_DIR = 'peft'  # inside the converted base model's directory
+PEFT_PREFIX = 'base_model.model.'
+CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
+_INSTEAD = 'use --adapter-format merged (the merged model, which carries everything)'
+
+
+@dataclass
+class PeftAdapter:
+    config: dict
+    tensors: list[OutTensor]
+
+    def write(self, outdir: Path, on_tensor: Callable[[OutTensor], None] | None = None) -> list[str]:
+        folder = outdir / PEFT_DIR
+        folder.mkdir()
+        write_safetensors(folder / WEIGHTS_FILE, self.tensors, {'format': 'pt'}, on_tensor=on_tensor)
+        write_json(folder / CONFIG_FILE, self.config)
+        return [f'{PEFT_DIR}/{WEIGHTS_FILE}', f'{PEFT_DIR}/{CONFIG_FILE}']
+
+
+def fla_module(blinkdl: str) -> tuple[str, str]:
+    """(fla module path, parameter name) of a canonical RWKV-LM tensor name, from the table's rules."""
+    rule, layer = lookup_blinkdl(blinkdl)
+    fla = rule.names(layer)[1]
+    module, _, param = fla.rpartition('.') if fla else ('', '', '')
+    return module, param
+
+
+def _factor_tensors(adapter: AdapterFile, shown: str) -> tuple[list[OutTensor], list[str], int]:
+    method = adapter.method
+    if not method.peft:
+        raise UnsupportedVariantError(f'a {method.name} adapter has no PEFT form: {method.peft_note}; {_INSTEAD}', shown)
+    if len(adapter.ranks) > 1:
+        raise UnsupportedVariantError(f'ranks {adapter.ranks} differ between targets; PEFT\'s form here takes one '
+                                      f'rank; {_INSTEAD}', shown)
+    out, modules = [], []
+    for target, f in adapter.factors.items():
+        module = fla_module(target)[0]
+        modules.append(module)
+        for suffix, produce, shape, dtype in _pieces(method.name, f):
+            out.append(OutTensor(f'{PEFT_PREFIX}{module}.{suffix}', shape, dtype, produce))
+    return out, modules, adapter.ranks[0]
+
+
+def _pieces(method: str, f: dict) -> list[tuple]:
+    """(PEFT suffix, produce, shape, dtype) of one target's factors."""
+    if method == 'PiSSA':  # W - B0 A0 + B A = W + [B, -B0] @ [A; A0]
+        A, B, A0, B0 = f['lora_A'], f['lora_B'], f['init_lora_A'], f['init_lora_B']
+        dtype = A.dtype if len({A.dtype, B.dtype, A0.dtype, B0.dtype}) == 1 else 'F32'
+
+        def cat_a():
+            import torch
+            return from_torch(torch.cat([to_torch(A), to_torch(A0)], 0).to(_torch_dtype(dtype)), dtype)
+
+        def cat_b():
+            import torch
+            return from_torch(torch.cat([to_torch(B), -to_torch(B0)], 1).to(_torch_dtype(dtype)), dtype)
+        return [('lora_A.weight', cat_a, (2 * A.shape[0], A.shape[1]), dtype),
+                ('lora_B.weight', cat_b, (B.shape[0], 2 * B.shape[1]), dtype)]
+    if method == 'LoRA':
+        return [(f'{s}.weight', f[s].load, f[s].shape, f[s].dtype) for s in ('lora_A', 'lora_B')]
+    return [('miss_block', f['disha'].load, f['disha'].shape, f['disha'].dtype)]  # Bone
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
+    return getattr(torch, TORCH_NAME[dtype])
+
+
+def _trained_tensors(adapter: AdapterFile, shown: str) -> tuple[list[OutTensor], list[str]]:
+    """The trained full tensors as modules_to_save: whole modules of PEFT_MODULES only."""
+    by_module: dict[str, dict[str, str]] = {}
+    for name in adapter.trained:
+        module, param = fla_module(name)
+        if not module:
+            continue  # a tensor fla does not use (layer 0's v0/v1/v2): the merge drops it too
+        by_module.setdefault(module, {})[param] = name
+    out = []
+    for module, params in by_module.items():
+        kind = module.rpartition('.')[2]
+        whole = PEFT_MODULES.get(kind)
+        if whole is None or set(params) != set(whole):
+            what = next(iter(params.values()))
+            why = (f'of {module}, whose other parameters were not trained' if whole else
+                   f'fla keeps it in {module}, a module with untrained parameters')
+            raise UnsupportedVariantError(f'the adapter trains {what} in full, and PEFT carries trained tensors only as '
+                                          f'whole modules (modules_to_save: LayerNorms, embeddings, head): {why}; '
+                                          f'{_INSTEAD}', shown)
+        for param in whole:
+            ref = adapter.trained[params[param]]
+            rule = lookup_blinkdl(params[param])[0]
+            shape = rule.op.shape(tuple(ref.shape))
+            out.append(OutTensor(f'{PEFT_PREFIX}{module}.{param}', shape, ref.dtype,
+                                 lambda ref=ref, rule=rule: rule.op.apply(ref.load().reshape(ref.shape)).copy()))
+    return out, sorted(by_module)
+
+
+def peft_tensors(adapter: AdapterFile, plan: Plan, shown: str) -> PeftAdapter:
+    """The PEFT adapter of `adapter` for the base model of `plan` (checked against it first): one line when PEFT has
+    no form for the method or for a trained tensor."""
+    from fla.rwkv7_convert.mapping.adapter_plan import check_base
+    check_base(adapter, {e.blinkdl: e.source for e in plan.entries}, shown)
+    if any(lookup_blinkdl(n)[0].target.name != 'WEIGHTS' for n in adapter.trained):
+        raise UnsupportedVariantError(f'the adapter trains the initial state (time_state), which PEFT has no place '
+                                      f'for; {_INSTEAD}', shown)
+    factors, targets, r = _factor_tensors(adapter, shown)
+    trained, modules = _trained_tensors(adapter, shown)
+    method = adapter.method
+    config = {'peft_type': 'LORA' if method.peft == 'LoRA' else 'MISS', 'task_type': 'CAUSAL_LM',
+              'base_model_name_or_path': None, 'target_modules': targets, 'modules_to_save': modules or None,
+              'bias': 'none', 'inference_mode': True}
+    if method.name == 'LoRA':
+        config.update(r=r, lora_alpha=adapter.alpha, lora_dropout=0.0, use_rslora=False, init_lora_weights=True)
+    elif method.name == 'PiSSA':
+        config.update(r=2 * r, lora_alpha=2 * r, lora_dropout=0.0, use_rslora=False, init_lora_weights=True)
+    else:
+        config.update(r=r, init_weights=True, miss_dropout=0.0, mini_r=1)
+    config['converted_by'] = f'rwkv7_convert {__version__}: RWKV-PEFT {method.name} ({method.peft_note})'
+    return PeftAdapter(config, factors + trained)
