@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.convert.adapters import AdapterSpec
+from fla.rwkv7_convert.convert.adapters import AdapterSpec, adapter_notes
 from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -343,6 +343,8 @@ def _convert_body(args: argparse.Namespace) -> int:
         print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
               f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
               f'{result.shards} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+        for line in adapter_notes(result.adapter) if result.adapter else ():
+            print(f'  {line}')
     if args.verify:
         return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,
                                     quiet=args.quiet)

@@ -42,7 +42,7 @@ class AdapterFile:
     trained: dict[str, TensorRef]  # canonical RWKV-LM name -> full tensor
     alpha: float | None = None
     init_path: str | None = None
-    notes: list[str] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)  # methods storing the same factors (LoRA's names are PiSSA's)
 
     @property
     def ranks(self) -> list[int]:
@@ -64,7 +64,8 @@ class AdapterFile:
                  '--pissa-init': 'its init file (--pissa-init init_pissa.pth, written beside the adapter by training)',
                  '': 'nothing besides its base model'}[m.needs]
         trained = sorted({re.sub(r'^blocks\.\d+\.', 'blocks.N.', n) for n in self.trained})
-        return [f'method: {m.name} ({m.formula}), rank {", ".join(map(str, self.ranks))}',
+        others = ''.join(f' or {o} (the same names: {o} comes with init_pissa.pth beside it)' for o in self.others)
+        return [f'method: {m.name} ({m.formula}){others}, rank {", ".join(map(str, self.ranks))}',
                 f'targets: {", ".join(self.targets)}',
                 f'trained full tensors: {len(self.trained)} ({", ".join(trained) or "none"})',
                 f'the merge needs: {needs}',
@@ -85,9 +86,10 @@ def _flat(tree: object, shown: str) -> dict[str, TensorRef]:
 
 
 def read_adapter(tree: object, shown: str, *, init_tree: object | None = None, init_shown: str | None = None,
-                 alpha: float | None = None) -> AdapterFile:
+                 alpha: float | None = None, choose: bool = True) -> AdapterFile:
     """The adapter in `tree` (an open checkpoint's tree), PiSSA's init file in `init_tree`; raises one line for the
-    adapter side's refusals, a mix of methods, a missing or needless option, unknown names or unpaired factors."""
+    adapter side's refusals, a mix of methods, a missing or needless option, unknown names or unpaired factors.
+    `choose=False` (inspect) takes the first method the factors allow and names the others (`others`)."""
     tensors = _flat(tree, shown)
     refuse(Side.ADAPTER, Seen({n: r.shape for n, r in tensors.items()}), shown)  # table.REFUSALS, adapter side
     factors: dict[str, dict[str, TensorRef]] = {}
@@ -104,8 +106,12 @@ def read_adapter(tree: object, shown: str, *, init_tree: object | None = None, i
         targets = [t.replace('{i}', '0').removesuffix('weight') + s for t in ADAPTER_TARGETS for s in ('lora_A', 'disha')]
         raise KeyMismatchError(unexpected_tensors(unknown, targets), shown)
     signature = frozenset((s, len(r.shape)) for f in factors.values() for s, r in f.items())
-    method = _choose(adapter_method_of(signature), shown, alpha, init_tree is not None)
-    adapter = AdapterFile(shown, method, factors, trained, alpha, init_shown)
+    methods = adapter_method_of(signature)
+    if not methods:
+        raise UnsupportedVariantError('its factors (' + ', '.join(f'{s} of {n} dims' for s, n in sorted(signature))
+                                      + ') are no RWKV-PEFT method\'s (table.ADAPTER_METHODS)', shown)
+    method = _choose(methods, shown, alpha, init_tree is not None) if choose else methods[0]
+    adapter = AdapterFile(shown, method, factors, trained, alpha, init_shown, others=[m.name for m in methods[1:]])
     if init_tree is not None:
         _add_init(adapter, _flat(init_tree, init_shown), init_shown)
     _check_pairs(adapter)
