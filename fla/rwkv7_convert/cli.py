@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.convert.adapters import AdapterSpec, adapter_notes
+from fla.rwkv7_convert.cli_adapters import adapter_flags, adapter_spec, export_adapter_body, export_adapter_flags
+from fla.rwkv7_convert.convert.adapters import adapter_notes
 from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -240,35 +241,12 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
                        help='IN is a bare state file tuned for the model converted in BASE_OUTDIR (read, never written)')
     tuned.add_argument('--drop-state', action='store_true',
                        help='convert a state-tuned merge\'s weights alone, without its tuned state')
-    _adapter_flags(p)
+    adapter_flags(p, Once)
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
     p.add_argument('--verify-tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
                    help=f'tokens for --verify (default {DEFAULT_TOKENS}, as verify_rwkv7.py)')
     return p
-
-
-def _adapter_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group('fine-tunes (RWKV-PEFT adapters)', (
-        'IN is the base model of an RWKV-PEFT adapter (LoRA, PiSSA, DiSHA Bone or Bat, with its trained full '
-        'tensors): merged as RWKV-PEFT\'s merge scripts do, or written as a PEFT adapter (OUTDIR/peft) beside the '
-        'converted base. rwkv7-inspect ADAPTER.pth describes an adapter.'))
-    g.add_argument('--adapter', action=Once, metavar='ADAPTER.pth', help='the adapter file (rwkv-N.pth of the run)')
-    g.add_argument('--pissa-init', action=Once, metavar='INIT.pth', help='PiSSA\'s init_pissa.pth of the same run')
-    g.add_argument('--lora-alpha', type=float, action=Once, metavar='A',
-                   help='a LoRA\'s alpha (the training\'s lora_config "lora_alpha"; the file does not keep it)')
-    g.add_argument('--adapter-format', default='merged', action=Once, choices=('merged', 'peft'),
-                   help='merged (default): the merged model; peft: the base model and OUTDIR/peft, a Hugging Face '
-                        'PEFT adapter (LoRA, MiSS)')
-
-
-def _adapter_spec(args: argparse.Namespace):
-    if args.adapter is None:
-        given = [f for f, v in (('--pissa-init', args.pissa_init), ('--lora-alpha', args.lora_alpha)) if v is not None]
-        if given or args.adapter_format != 'merged':
-            raise ConversionError(f'{(given or ["--adapter-format"])[0]} needs --adapter ADAPTER.pth')
-        return None
-    return AdapterSpec(args.adapter, args.pissa_init, args.lora_alpha, args.adapter_format)
 
 
 def precision_arg(args: argparse.Namespace) -> str | None:
@@ -329,7 +307,7 @@ def _convert_body(args: argparse.Namespace) -> int:
         result = convert_to_fla(
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
-            drop_state=args.drop_state, adapter=_adapter_spec(args), dry_run=args.dry_run, on_start=on_start,
+            drop_state=args.drop_state, adapter=adapter_spec(args), dry_run=args.dry_run, on_start=on_start,
             on_tensor=verbose_tensor)
     finally:
         close()
@@ -458,6 +436,7 @@ def build_from_fla_parser(prog: str = 'convert_from_fla_rwkv7.py') -> argparse.A
     mode.add_argument('--state-only', action='store_true',
                       help=f'write the tuned state alone, as RWKV-PEFT\'s state file; HF_DIR may then be a state '
                            f'directory (convert --base\'s output) or a {STATE_FILE} file')
+    export_adapter_flags(p, Once)
     return p
 
 
@@ -487,6 +466,8 @@ def _export_state_body(args: argparse.Namespace) -> int:
 
 
 def _export_body(args: argparse.Namespace) -> int:
+    if args.peft_adapter is not None:
+        return export_adapter_body(args)
     if args.state_only:
         return _export_state_body(args)
     precision = precision_arg(args)
