@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.inspection import Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
@@ -46,15 +47,15 @@ from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
-           'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state',
-           'load_model', 'verify']
+__all__ = ['AdapterSpec', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult',
+           'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect',
+           'load_initial_state', 'load_model', 'verify']
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
                    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, head_size: int | None = None,
                    tokenizer: str = 'auto', allow_nonfinite: bool = False, drop_state: bool = False,
-                   dry_run: bool = False) -> Result:
+                   adapter: AdapterSpec | None = None, dry_run: bool = False) -> Result:
     """Convert a BlinkDL RWKV-7 checkpoint into a Hugging Face directory that fla's RWKV7ForCausalLM loads.
 
     source: a `.pth` or `.safetensors` file in any layout of docs/mapping.md (or a Hugging Face directory holding
@@ -69,13 +70,15 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
     allow_nonfinite: convert tensors holding NaN/Inf instead of refusing.
     drop_state: convert a state-tuned merge's weights alone. Without it a merge's tuned state (blocks.N.att.time_state,
         RWKV-block's init_state.N.wkv) is written to `output`/rwkv7_state.safetensors, in fla's [H, K, V] per layer.
+    adapter: an RWKV-PEFT adapter of `source`: AdapterSpec(path, pissa_init=None, alpha=None, form='merged'), merged
+        as RWKV-PEFT's merge scripts do, bit for bit, or (form 'peft') `output`/peft, a PEFT adapter for the base.
 
     Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, and `plan` (`plan.dims`:
     the sizes; `plan.notes`: what was detected). Raises ConversionError (one line, naming the path).
     """
     return _convert_to_fla(source, output, precision=precision, force=force, max_shard_size=max_shard_size,
                            head_size=head_size, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite,
-                           drop_state=drop_state, dry_run=dry_run)
+                           drop_state=drop_state, adapter=adapter, dry_run=dry_run)
 
 
 def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision: str | None = None,
