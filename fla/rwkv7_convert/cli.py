@@ -321,7 +321,7 @@ def _convert_body(args: argparse.Namespace) -> int:
         print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
               f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
               f'{result.shards} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
-        for line in adapter_notes(result.adapter) if result.adapter else ():
+        for line in adapter_notes(result.adapter, args.adapter_format) if result.adapter else ():
             print(f'  {line}')
     if args.verify:
         return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,

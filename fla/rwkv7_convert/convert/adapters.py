@@ -54,12 +54,16 @@ def merged_tree(base_tree: object, adapter: AdapterFile, base_shown: str) -> dic
     return merged_tensors(adapter, tensors, base_shown)
 
 
-def adapter_notes(adapter: AdapterFile) -> list[str]:
-    """The dry run's and the summary's lines about a merge."""
+def adapter_notes(adapter: AdapterFile, form: str = 'merged') -> list[str]:
+    """The dry run's and the summary's lines about a merge (or, form 'peft', about the PEFT adapter written)."""
     m = adapter.method
     alpha = f', alpha {adapter.alpha:g} (scale {adapter.alpha / adapter.ranks[0]:g})' if adapter.alpha is not None else ''
-    lines = [f'adapter {Path(adapter.path).name}: {m.name} rank {", ".join(map(str, adapter.ranks))}{alpha} on '
-             f'{len(adapter.factors)} weights, merged as {m.formula}',
+    head = f'adapter {Path(adapter.path).name}: {m.name} rank {", ".join(map(str, adapter.ranks))}{alpha} on ' \
+           f'{len(adapter.factors)} weights'
+    if form == 'peft':
+        return [f'{head}, written as a PEFT {m.peft} adapter to OUTDIR/peft beside the unmerged base ({m.peft_note})',
+                f'adapter trained full tensors: {len(adapter.trained)}, as PEFT modules_to_save']
+    lines = [f'{head}, merged as {m.formula}',
              f'adapter trained full tensors: {len(adapter.trained)}, in place of the base\'s']
     if m.note:
         lines.append(f'adapter: {m.note}')

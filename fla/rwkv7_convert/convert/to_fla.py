@@ -124,7 +124,7 @@ def convert_to_fla(
         plan = make_plan(tree, shown, head_size=head_size, drop_state=drop_state)
         peft = None
         if fine_tune is not None:
-            plan.notes[2:2] = adapter_notes(fine_tune)
+            plan.notes[2:2] = adapter_notes(fine_tune, adapter.form)
             if adapter.form == 'peft':
                 from fla.rwkv7_convert.convert.peft_adapter import peft_tensors
                 peft = peft_tensors(fine_tune, plan, shown)  # refused here, before anything is written
