@@ -20,7 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.cli_adapters import adapter_flags, adapter_spec, export_adapter_body, export_adapter_flags
+from fla.rwkv7_convert.cli_adapters import (
+    adapter_flags,
+    adapter_spec,
+    check_adapter_record,
+    export_adapter_body,
+    export_adapter_flags,
+    reference_source,
+)
 from fla.rwkv7_convert.convert.adapters import adapter_notes
 from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
@@ -299,9 +306,6 @@ def _convert_body(args: argparse.Namespace) -> int:
         max_shard_size = parse_size(args.max_shard_size)
     except ValueError as e:
         raise ConversionError(f'--max-shard-size: {e}') from None
-    if args.verify and args.adapter:  # the proof's reference reads one BlinkDL file: the merged one
-        raise ConversionError('--verify with --adapter: verify the merge with RWKV-PEFT\'s merged .pth (rwkv7-verify '
-                              '--rwkv7 MERGED.pth --model OUTDIR); verify does not merge adapters itself yet')
     on_start, verbose_tensor, close = progress_callbacks(args)
     try:
         result = convert_to_fla(
@@ -324,8 +328,9 @@ def _convert_body(args: argparse.Namespace) -> int:
         for line in adapter_notes(result.adapter, args.adapter_format) if result.adapter else ():
             print(f'  {line}')
     if args.verify:
-        return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,
-                                    quiet=args.quiet)
+        with reference_source(args.rwkv7, adapter_spec(args)) as source:
+            return verify_after_convert(source, args.output, tokens=args.verify_tokens, head_size=args.head_size,
+                                        quiet=args.quiet)
     return 0
 
 
@@ -386,6 +391,7 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
     tuned.add_argument('--drop-state', action='store_true',
                        help='verify the weights alone, both sides from zero states, whatever the files carry (for a '
                             'merge converted with --drop-state)')
+    adapter_flags(p, Once, verify=True)
     p.add_argument('--any-source', dest='check_source', action='store_false',
                    help="verify even when OUTDIR's rwkv7_convert.json records a source file other than IN (by size "
                         'or sha256); by default that is refused before any compute')
@@ -393,11 +399,24 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
 
 
 def _verify_body(args) -> int:
+    spec = adapter_spec(args)
+    if spec is not None and args.check_source:
+        check_adapter_record(args.model, spec)
     try:
-        report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
+        with reference_source(args.rwkv7, spec) as source:
+            return _verify_source(args, source)
+    except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
+        raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
+
+
+def _verify_source(args, source: str) -> int:
+    # with an adapter the directory records the base as its source, the reference runs on the merge: not compared
+    check_source = args.check_source and args.adapter is None
+    try:
+        report = verify(source, args.model, device=args.device, dtype=args.dtype,
                         tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
                         per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size,
-                        quiet=args.quiet, check_source=args.check_source, state=args.state,
+                        quiet=args.quiet, check_source=check_source, state=args.state,
                         model_state=args.model_state, drop_state=args.drop_state)
     except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
         raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e

@@ -5,35 +5,81 @@ convert's --adapter, --pissa-init, --lora-alpha, --adapter-format (convert/adapt
 from __future__ import annotations
 
 import argparse
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from fla.rwkv7_convert.convert.adapters import AdapterSpec
+from fla.rwkv7_convert.convert.adapters import AdapterSpec, write_merged_checkpoint
 from fla.rwkv7_convert.convert.peft_export import EXPORT_FORMS, export_adapter
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.display import human_bytes
 
 
-def adapter_flags(p: argparse.ArgumentParser, Once: type[argparse.Action]) -> None:
-    """convert's flags; `Once` is cli.Once (store, refusing a second occurrence)."""
+def adapter_flags(p: argparse.ArgumentParser, Once: type[argparse.Action], verify: bool = False) -> None:
+    """convert's flags (verify's: the adapter, not the output form); `Once` is cli.Once (store, refusing a second
+    occurrence)."""
     g = p.add_argument_group('fine-tunes (RWKV-PEFT adapters)', (
         'IN is the base model of an RWKV-PEFT adapter (LoRA, PiSSA, DiSHA Bone or Bat, with its trained full '
-        'tensors): merged as RWKV-PEFT\'s merge scripts do, or written as a PEFT adapter (OUTDIR/peft) beside the '
-        'converted base. rwkv7-inspect ADAPTER.pth describes an adapter.'))
+        'tensors): ' + ('the reference runs on IN with the adapter merged as RWKV-PEFT\'s merge scripts do (OUTDIR '
+                        'is the merged conversion).' if verify else
+                        'merged as RWKV-PEFT\'s merge scripts do, or written as a PEFT adapter (OUTDIR/peft) beside '
+                        'the converted base. rwkv7-inspect ADAPTER.pth describes an adapter.')))
     g.add_argument('--adapter', action=Once, metavar='ADAPTER.pth', help='the adapter file (rwkv-N.pth of the run)')
     g.add_argument('--pissa-init', action=Once, metavar='INIT.pth', help='PiSSA\'s init_pissa.pth of the same run')
     g.add_argument('--lora-alpha', type=float, action=Once, metavar='A',
                    help='a LoRA\'s alpha (the training\'s lora_config "lora_alpha"; the file does not keep it)')
+    if verify:
+        return
     g.add_argument('--adapter-format', default='merged', action=Once, choices=('merged', 'peft'),
                    help='merged (default): the merged model; peft: the base model and OUTDIR/peft, a Hugging Face '
                         'PEFT adapter (LoRA, MiSS)')
 
 
 def adapter_spec(args: argparse.Namespace):
+    form = getattr(args, 'adapter_format', 'merged')
     if args.adapter is None:
         given = [f for f, v in (('--pissa-init', args.pissa_init), ('--lora-alpha', args.lora_alpha)) if v is not None]
-        if given or args.adapter_format != 'merged':
+        if given or form != 'merged':
             raise ConversionError(f'{(given or ["--adapter-format"])[0]} needs --adapter ADAPTER.pth')
         return None
-    return AdapterSpec(args.adapter, args.pissa_init, args.lora_alpha, args.adapter_format)
+    return AdapterSpec(args.adapter, args.pissa_init, args.lora_alpha, form)
+
+
+def check_adapter_record(model_dir: str, spec: AdapterSpec) -> None:
+    """The directory's rwkv7_convert.json records this adapter (sha256) and alpha: a directory converted without it,
+    with another adapter or another alpha is refused before any compute (--any-source skips this)."""
+    import json
+
+    from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
+    try:
+        record = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding='utf-8')).get('adapter')
+    except (OSError, ValueError, AttributeError):
+        record = None
+    if not isinstance(record, dict):
+        raise ConversionError(f'{PROVENANCE_FILE} records no adapter: this directory was not converted with --adapter '
+                              f'{Path(spec.path).name} (--any-source verifies anyway)', model_dir)
+    if record.get('sha256') != FileDigest(spec.path).result():
+        raise ConversionError(f'{PROVENANCE_FILE} records the adapter {record.get("name")} (sha256 '
+                              f'{str(record.get("sha256"))[:12]}...), not {spec.path} (--any-source verifies anyway)',
+                              model_dir)
+    if record.get('alpha') != spec.alpha:
+        raise ConversionError(f'{PROVENANCE_FILE} records alpha {record.get("alpha")}, not --lora-alpha {spec.alpha} '
+                              '(--any-source verifies anyway)', model_dir)
+
+
+@contextmanager
+def reference_source(source: str, spec: AdapterSpec | None) -> Iterator[str]:
+    """verify's reference file: `source` itself, or with an adapter the merge RWKV-PEFT's scripts would save, written
+    to a scratch folder for the run (removed after)."""
+    if spec is None:
+        yield source
+        return
+    if spec.form != 'merged':
+        raise ConversionError('--verify with --adapter-format peft: verify the merged form (the PEFT adapter is checked '
+                              'by tests/convert/test_peft_adapter.py against it)')
+    with tempfile.TemporaryDirectory(prefix='rwkv7-merged-') as scratch:
+        yield str(write_merged_checkpoint(source, spec, Path(scratch) / Path(source).name))
 
 
 def export_adapter_flags(p: argparse.ArgumentParser, Once: type[argparse.Action]) -> None:

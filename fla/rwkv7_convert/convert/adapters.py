@@ -83,3 +83,16 @@ def adapter_provenance(adapter: AdapterFile, spec: AdapterSpec) -> dict:
     if spec.pissa_init is not None:
         out['init'] = record(spec.pissa_init)
     return out
+
+
+def write_merged_checkpoint(source: str | os.PathLike, spec: AdapterSpec, output: str | os.PathLike) -> Path:
+    """The base checkpoint `source` with the adapter merged, as the BlinkDL .pth RWKV-PEFT's merge script saves
+    (canonical names, in the base's order, the new names after): what verify's reference runs on."""
+    from fla.rwkv7_convert.formats.outputs import OutTensor
+    from fla.rwkv7_convert.formats.writers import WRITERS
+    shown = os.fspath(source)
+    with open_checkpoint(source) as ckpt, ExitStack() as stack:
+        merged = merged_tree(ckpt.tree, open_adapter(stack, spec), shown)
+        out = [OutTensor(r.name, tuple(r.shape), r.dtype, r.load) for r in merged.values()]
+        WRITERS['pth'].write(output, out, {}, None)
+    return Path(output)
