@@ -15,7 +15,7 @@ from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter, rwkv_peft_merge
 from safetensors.torch import load_file
 
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli import main_inspect, main_to_fla
 from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.inspection import inspect_adapter
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -197,3 +197,18 @@ def test_inspect_describes_an_adapter(tmp_path, method, rank, needs):
                       if 'lora' not in k and 'disha' not in k})
     assert f'trained full tensors: {len([k for k in adapter if "lora" not in k and "disha" not in k])} ' \
            f'({", ".join(trained)})' in text
+
+
+def test_inspect_json_of_an_adapter_and_of_an_init_file(tmp_path, capsys):
+    base = make_state_dict(SHAPE)
+    adapter, init = make_adapter(base, SHAPE, 'pissa', rank=8)
+    save(adapter, tmp_path / 'adapter.pth')
+    save(init, tmp_path / 'init_pissa.pth')
+    assert main_inspect(['--json', str(tmp_path / 'adapter.pth')]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found['direction'] == 'adapter' and found['adapter']['method'] == 'LoRA'
+    assert found['adapter']['or'] == ['PiSSA'] and found['adapter']['rank'] == [8]
+    assert len(found['adapter']['targets']) == 6 * SHAPE.layers
+    assert main_inspect(['--json', str(tmp_path / 'init_pissa.pth')]) == 1
+    refused = json.loads(capsys.readouterr().out)
+    assert refused['ok'] is False and refused['refusal'] == 'PiSSA init file given as the adapter'
