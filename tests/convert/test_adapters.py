@@ -212,3 +212,15 @@ def test_inspect_json_of_an_adapter_and_of_an_init_file(tmp_path, capsys):
     assert main_inspect(['--json', str(tmp_path / 'init_pissa.pth')]) == 1
     refused = json.loads(capsys.readouterr().out)
     assert refused['ok'] is False and refused['refusal'] == 'PiSSA init file given as the adapter'
+
+
+def test_a_trained_tensor_the_base_lacks_is_refused(tmp_path):
+    """A trained LayerNorm of a block the base does not have: trained on a deeper model."""
+    base = make_state_dict(SHAPE)
+    adapter, _ = make_adapter(base, SHAPE, 'bone', rank=8, targets=('att.key',))
+    adapter['blocks.2.ln1.weight'] = adapter['blocks.1.ln1.weight']
+    save(base, tmp_path / 'base.pth')
+    save(adapter, tmp_path / 'adapter.pth')
+    with pytest.raises(KeyMismatchError, match='blocks.2.ln1.weight is in the adapter but not in the base model'):
+        convert_to_fla(tmp_path / 'base.pth', tmp_path / 'out', adapter=AdapterSpec(tmp_path / 'adapter.pth'))
+    assert not (tmp_path / 'out').exists()

@@ -22,6 +22,7 @@ from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, from_torch, to_torch
 from fla.rwkv7_convert.mapping.engine import lookup_blinkdl
 from fla.rwkv7_convert.mapping.plan import Plan
+from fla.rwkv7_convert.mapping.schema import Target
 from fla.rwkv7_convert.mapping.table import PEFT_MODULES
 
 PEFT_DIR = 'peft'  # inside the converted base model's directory
@@ -127,7 +128,7 @@ def peft_tensors(adapter: AdapterFile, plan: Plan, shown: str) -> PeftAdapter:
     no form for the method or for a trained tensor."""
     from fla.rwkv7_convert.mapping.adapter_plan import check_base
     check_base(adapter, {e.blinkdl: e.source for e in plan.entries}, shown)
-    if any(lookup_blinkdl(n)[0].target.name != 'WEIGHTS' for n in adapter.trained):
+    if any(lookup_blinkdl(n)[0].target is not Target.WEIGHTS for n in adapter.trained):
         raise UnsupportedVariantError(f'the adapter trains the initial state (time_state), which PEFT has no place '
                                       f'for; {_INSTEAD}', shown)
     factors, targets, r = _factor_tensors(adapter, shown)

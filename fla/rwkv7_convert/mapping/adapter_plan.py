@@ -187,6 +187,8 @@ def check_base(adapter: AdapterFile, base: dict[str, TensorRef], base_shown: str
     for name, ref in adapter.trained.items():
         if name in base and tuple(base[name].shape) != tuple(ref.shape):
             problems.append(f'{name} is {list(ref.shape)} in the adapter, {list(base[name].shape)} in the base')
+        elif name not in base and not lookup_blinkdl(name)[0].optional:  # a tuned state, layer-0 v0/v1/v2 may be new
+            problems.append(f'{name} is in the adapter but not in the base model')
     if problems:
         raise KeyMismatchError([f'the adapter {adapter.path} does not fit this base model (trained on another '
                                 f'size?): {problems[0]}', *problems[1:]], base_shown)
