@@ -19,7 +19,13 @@ from fla.rwkv7_convert.cli import main_inspect, main_to_fla
 from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.inspection import inspect_adapter
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError, UnsupportedVariantError
+from fla.rwkv7_convert.errors import (
+    ConversionError,
+    KeyMismatchError,
+    NonFiniteError,
+    NotACheckpointError,
+    UnsupportedVariantError,
+)
 
 SHAPE = Goose(hidden=128, layers=2)
 ALPHA = {'lora': 24.0}
@@ -223,4 +229,24 @@ def test_a_trained_tensor_the_base_lacks_is_refused(tmp_path):
     save(adapter, tmp_path / 'adapter.pth')
     with pytest.raises(KeyMismatchError, match='blocks.2.ln1.weight is in the adapter but not in the base model'):
         convert_to_fla(tmp_path / 'base.pth', tmp_path / 'out', adapter=AdapterSpec(tmp_path / 'adapter.pth'))
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('damage, error, message', [
+    pytest.param('nan', NonFiniteError, r'blocks.0.att.key.weight holds NaN or Inf', id='nan-in-a-factor'),
+    pytest.param('truncated', NotACheckpointError, r'adapter.pth', id='truncated-adapter'),
+])
+def test_a_broken_adapter_is_refused_in_one_line_with_nothing_written(tmp_path, damage, error, message):
+    base = make_state_dict(SHAPE)
+    adapter, _ = make_adapter(base, SHAPE, 'lora', rank=8)
+    if damage == 'nan':
+        adapter['blocks.0.att.key.lora_B'][0, 0] = float('nan')
+    save(base, tmp_path / 'base.pth')
+    save(adapter, tmp_path / 'adapter.pth')
+    if damage == 'truncated':
+        data = (tmp_path / 'adapter.pth').read_bytes()
+        (tmp_path / 'adapter.pth').write_bytes(data[:len(data) // 2])
+    with pytest.raises(error, match=message) as info:
+        convert_to_fla(tmp_path / 'base.pth', tmp_path / 'out', adapter=AdapterSpec(tmp_path / 'adapter.pth', alpha=8))
+    assert '\n' not in info.value.one_line()
     assert not (tmp_path / 'out').exists()
