@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from fla.rwkv7_convert.convert.adapters import AdapterSpec
+from fla.rwkv7_convert.convert.adapters import AdapterSpec, check_adapter_record, reference_source
 from fla.rwkv7_convert.convert.inspection import Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
@@ -130,7 +130,7 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
            tokens: int = DEFAULT_TOKENS,
            text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
            head_size: int | None = None, quiet: bool = True, state: PathLike | None = None,
-           model_state: PathLike | None = None, drop_state: bool = False) -> Report:
+           model_state: PathLike | None = None, drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
     device: 'auto' (default: cuda on a GPU; on the CPU 'cpu' for small models, 'cpu-torch' above: proof.backends.Auto),
@@ -143,14 +143,21 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     holding rwkv7_state.safetensors, or the file; default: the one in `model_dir`). A state-tuned merge as `source`
     needs neither: both sides start from their tuned states, checked to be the same state first.
     drop_state: verify the weights alone, both sides from zero states.
+    adapter: `model_dir` is `source` converted with this RWKV-PEFT adapter merged (AdapterSpec): the reference runs on
+        `source` with the adapter merged by RWKV-PEFT's formulas; `model_dir`'s record of the adapter (sha256, alpha)
+        is checked first.
 
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
-    return _verify(source, model_dir, device=device, dtype=dtype, tokens=tokens,
-                   text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
-                   head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
-                   model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
+    if adapter is not None:
+        check_adapter_record(os.fspath(model_dir), adapter)
+    with reference_source(os.fspath(source), adapter) as reference:
+        return _verify(reference, model_dir, device=device, dtype=dtype, tokens=tokens,
+                       text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
+                       head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
+                       model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state,
+                       check_source=adapter is None)
 
 
 def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection:

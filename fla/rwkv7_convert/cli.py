@@ -20,15 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.cli_adapters import (
-    adapter_flags,
-    adapter_spec,
-    check_adapter_record,
-    export_adapter_body,
-    export_adapter_flags,
-    reference_source,
-)
-from fla.rwkv7_convert.convert.adapters import adapter_notes
+from fla.rwkv7_convert.cli_adapters import adapter_flags, adapter_spec, export_adapter_body, export_adapter_flags
+from fla.rwkv7_convert.convert.adapters import adapter_notes, check_adapter_record, reference_source
 from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla

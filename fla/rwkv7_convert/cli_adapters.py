@@ -5,12 +5,8 @@ convert's --adapter, --pissa-init, --lora-alpha, --adapter-format (convert/adapt
 from __future__ import annotations
 
 import argparse
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-from fla.rwkv7_convert.convert.adapters import AdapterSpec, write_merged_checkpoint
+from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.peft_export import EXPORT_FORMS, export_adapter
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.display import human_bytes
@@ -44,42 +40,6 @@ def adapter_spec(args: argparse.Namespace):
             raise ConversionError(f'{(given or ["--adapter-format"])[0]} needs --adapter ADAPTER.pth')
         return None
     return AdapterSpec(args.adapter, args.pissa_init, args.lora_alpha, form)
-
-
-def check_adapter_record(model_dir: str, spec: AdapterSpec) -> None:
-    """The directory's rwkv7_convert.json records this adapter (sha256) and alpha: a directory converted without it,
-    with another adapter or another alpha is refused before any compute (--any-source skips this)."""
-    import json
-
-    from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
-    try:
-        record = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding='utf-8')).get('adapter')
-    except (OSError, ValueError, AttributeError):
-        record = None
-    if not isinstance(record, dict):
-        raise ConversionError(f'{PROVENANCE_FILE} records no adapter: this directory was not converted with --adapter '
-                              f'{Path(spec.path).name} (--any-source verifies anyway)', model_dir)
-    if record.get('sha256') != FileDigest(spec.path).result():
-        raise ConversionError(f'{PROVENANCE_FILE} records the adapter {record.get("name")} (sha256 '
-                              f'{str(record.get("sha256"))[:12]}...), not {spec.path} (--any-source verifies anyway)',
-                              model_dir)
-    if record.get('alpha') != spec.alpha:
-        raise ConversionError(f'{PROVENANCE_FILE} records alpha {record.get("alpha")}, not --lora-alpha {spec.alpha} '
-                              '(--any-source verifies anyway)', model_dir)
-
-
-@contextmanager
-def reference_source(source: str, spec: AdapterSpec | None) -> Iterator[str]:
-    """verify's reference file: `source` itself, or with an adapter the merge RWKV-PEFT's scripts would save, written
-    to a scratch folder for the run (removed after)."""
-    if spec is None:
-        yield source
-        return
-    if spec.form != 'merged':
-        raise ConversionError('--verify with --adapter-format peft: verify the merged form (the PEFT adapter is checked '
-                              'by tests/convert/test_peft_adapter.py against it)')
-    with tempfile.TemporaryDirectory(prefix='rwkv7-merged-') as scratch:
-        yield str(write_merged_checkpoint(source, spec, Path(scratch) / Path(source).name))
 
 
 def export_adapter_flags(p: argparse.ArgumentParser, Once: type[argparse.Action]) -> None:

@@ -9,6 +9,7 @@ from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter
 
 from fla.rwkv7_convert.cli import main_to_fla, main_verify
+from fla.rwkv7_convert.errors import ConversionError
 
 SHAPE = Goose(hidden=128, layers=2)
 RUN = ['--device', 'cpu-torch', '--tokens', '8', '--quiet']
@@ -50,3 +51,11 @@ def test_verify_without_the_adapter_fails(lora, capsys):
     """The base alone is not the merged directory's function."""
     assert main_verify(['--rwkv7', str(lora / 'base.pth'), '--model', str(lora / 'merged'), *RUN, '--any-source']) == 1
     assert capsys.readouterr().out.startswith('FAIL')
+
+
+def test_the_api_verifies_with_an_adapter(lora):
+    from fla.rwkv7_convert.api import AdapterSpec, verify
+    spec = AdapterSpec(lora / 'adapter.pth', alpha=16.0)
+    assert verify(lora / 'base.pth', lora / 'merged', device='cpu-torch', tokens=8, adapter=spec).passed
+    with pytest.raises(ConversionError, match='records alpha 16.0, not --lora-alpha 8.0'):
+        verify(lora / 'base.pth', lora / 'merged', device='cpu-torch', tokens=8, adapter=AdapterSpec(spec.path, alpha=8.0))

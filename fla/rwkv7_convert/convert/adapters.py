@@ -9,10 +9,13 @@ and that target's factors.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.provenance import FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, merged_tensors, read_adapter
@@ -38,7 +41,6 @@ class AdapterSpec:
 def open_adapter(stack: ExitStack, spec: AdapterSpec) -> AdapterFile:
     """The adapter (and init) file opened on `stack` and read against the table: one line on any refusal."""
     if spec.form not in ADAPTER_FORMATS:
-        from fla.rwkv7_convert.errors import ConversionError
         raise ConversionError(f'--adapter-format {spec.form!r}: expected one of {", ".join(ADAPTER_FORMATS)}')
     shown = os.fspath(spec.path)
     tree = stack.enter_context(open_checkpoint(spec.path)).tree
@@ -96,3 +98,39 @@ def write_merged_checkpoint(source: str | os.PathLike, spec: AdapterSpec, output
         out = [OutTensor(r.name, tuple(r.shape), r.dtype, r.load) for r in merged.values()]
         WRITERS['pth'].write(output, out, {}, None)
     return Path(output)
+
+
+def check_adapter_record(model_dir: str, spec: AdapterSpec) -> None:
+    """The directory's rwkv7_convert.json records this adapter (sha256) and alpha: a directory converted without it,
+    with another adapter or another alpha is refused before any compute (--any-source skips this)."""
+    import json
+
+    from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE
+    try:
+        record = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding='utf-8')).get('adapter')
+    except (OSError, ValueError, AttributeError):
+        record = None
+    if not isinstance(record, dict):
+        raise ConversionError(f'{PROVENANCE_FILE} records no adapter: this directory was not converted with --adapter '
+                              f'{Path(spec.path).name} (--any-source verifies anyway)', model_dir)
+    if record.get('sha256') != FileDigest(spec.path).result():
+        raise ConversionError(f'{PROVENANCE_FILE} records the adapter {record.get("name")} (sha256 '
+                              f'{str(record.get("sha256"))[:12]}...), not {spec.path} (--any-source verifies anyway)',
+                              model_dir)
+    if record.get('alpha') != spec.alpha:
+        raise ConversionError(f'{PROVENANCE_FILE} records alpha {record.get("alpha")}, not --lora-alpha {spec.alpha} '
+                              '(--any-source verifies anyway)', model_dir)
+
+
+@contextmanager
+def reference_source(source: str, spec: AdapterSpec | None) -> Iterator[str]:
+    """verify's reference file: `source` itself, or with an adapter the merge RWKV-PEFT's scripts would save, written
+    to a scratch folder for the run (removed after)."""
+    if spec is None:
+        yield source
+        return
+    if spec.form != 'merged':
+        raise ConversionError('--verify with --adapter-format peft: verify the merged form (the PEFT adapter is checked '
+                              'by tests/convert/test_peft_adapter.py against it)')
+    with tempfile.TemporaryDirectory(prefix='rwkv7-merged-') as scratch:
+        yield str(write_merged_checkpoint(source, spec, Path(scratch) / Path(source).name))
