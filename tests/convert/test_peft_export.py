@@ -124,3 +124,23 @@ def test_an_adapter_on_another_base_is_refused(tmp_path):
     with pytest.raises(KeyMismatchError, match='does not fit this base model'):
         export_adapter(tmp_path / 'other', tmp_path / 'fla' / PEFT_DIR, tmp_path / 'back.pth', form='merged')
     assert not (tmp_path / 'back.pth').exists()
+
+
+def test_blinkdl_rwkv_package_runs_the_merged_export_as_peft_runs_the_adapter(tmp_path):
+    """The merged .pth, run by BlinkDL's rwkv package, gives the logits of peft's model: base plus the adapter."""
+    from blinkdl_rwkv import rwkv_package_model
+    from transformers import AutoModelForCausalLM
+
+    import fla  # noqa: F401
+    from fla.rwkv7_convert.proof.torch_wkv import installed
+    _to_peft(tmp_path, 'bone', parts=('ln', 'head'))
+    export_adapter(tmp_path / 'fla', tmp_path / 'fla' / PEFT_DIR, tmp_path / 'model.pth', form='merged')
+    tokens = torch.randint(0, SHAPE.vocab, (24,), generator=torch.Generator().manual_seed(0))
+    expected, _ = rwkv_package_model(tmp_path / 'model').forward(tokens.tolist(), None, full_output=True)
+    with installed(), torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tmp_path / 'fla', dtype=torch.float32).eval()
+        plain = base(tokens[None]).logits[0]
+        got = peft.PeftModel.from_pretrained(base, tmp_path / 'fla' / PEFT_DIR).eval()(tokens[None]).logits[0]
+    rel = ((got - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt()).item()
+    assert rel < 1e-5, rel
+    assert ((plain - expected).pow(2).mean().sqrt() / expected.pow(2).mean().sqrt()).item() > 1e-2
