@@ -250,3 +250,18 @@ def test_a_broken_adapter_is_refused_in_one_line_with_nothing_written(tmp_path, 
         convert_to_fla(tmp_path / 'base.pth', tmp_path / 'out', adapter=AdapterSpec(tmp_path / 'adapter.pth', alpha=8))
     assert '\n' not in info.value.one_line()
     assert not (tmp_path / 'out').exists()
+
+
+def test_an_adapter_trained_with_its_state_merges_into_a_state_tuned_model(tmp_path):
+    """train_parts with "time" saves time_state beside the factors: the merge is then a state-tuned merge, written as
+    the oracle's merged file converts (rwkv7_state.safetensors beside the weights)."""
+    from rwkv7_factory import make_tuned_state, time_states
+    base = make_state_dict(SHAPE)
+    adapter, _ = make_adapter(base, SHAPE, 'bone', rank=8)
+    adapter.update(time_states(make_tuned_state(SHAPE)))
+    spec = _files(tmp_path, 'bone', base, adapter, None)
+    convert_to_fla(tmp_path / 'oracle' / 'model.pth', tmp_path / 'want', tokenizer='none')
+    convert_to_fla(tmp_path / 'base' / 'model.pth', tmp_path / 'got', tokenizer='none', adapter=spec)
+    _same_directory(tmp_path / 'want', tmp_path / 'got')
+    state = 'rwkv7_state.safetensors'
+    assert (tmp_path / 'got' / state).read_bytes() == (tmp_path / 'want' / state).read_bytes()
