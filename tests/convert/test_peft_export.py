@@ -103,9 +103,11 @@ def test_an_adapter_trained_in_peft_comes_back_as_rwkv_peft_and_merges_to_the_sa
 
 
 @pytest.mark.parametrize('change, error, message', [
-    pytest.param({'use_rslora': True}, UnsupportedVariantError, 'a LoRA with use_rslora: RWKV-PEFT\'s LoRA', id='rslora'),
+    pytest.param({'use_rslora': True}, UnsupportedVariantError, 'a LORA adapter with use_rslora=True has no RWKV-PEFT '
+                 'form .LoRA is W', id='rslora'),
+    pytest.param({'alpha_pattern': {'k_proj': 3}}, UnsupportedVariantError, 'alpha_pattern=', id='alpha-pattern'),
     pytest.param({'peft_type': 'MISS', 'init_weights': 'bat'}, UnsupportedVariantError,
-                 'MiSS init_weights=\'bat\' has no RWKV-PEFT form', id='miss-bat'),
+                 'a MISS adapter with init_weights=\'bat\' has no RWKV-PEFT form', id='miss-bat'),
     pytest.param({'peft_type': 'IA3'}, UnsupportedVariantError, "peft_type 'IA3' has no RWKV-PEFT form", id='ia3'),
 ])
 def test_peft_forms_without_an_rwkv_peft_equal_are_refused(tmp_path, change, error, message):

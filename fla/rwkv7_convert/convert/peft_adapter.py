@@ -17,12 +17,13 @@ from pathlib import Path
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.errors import UnsupportedVariantError
 from fla.rwkv7_convert.formats.atomic import write_json
+from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, from_torch, to_torch
 from fla.rwkv7_convert.mapping.engine import lookup_blinkdl
 from fla.rwkv7_convert.mapping.plan import Plan
-from fla.rwkv7_convert.mapping.schema import Target
+from fla.rwkv7_convert.mapping.schema import PeftTensor, Target
 from fla.rwkv7_convert.mapping.table import PEFT_MODULES
 
 PEFT_DIR = 'peft'  # inside the converted base model's directory
@@ -54,45 +55,35 @@ def fla_module(blinkdl: str) -> tuple[str, str]:
 
 def _factor_tensors(adapter: AdapterFile, shown: str) -> tuple[list[OutTensor], list[str], int]:
     method = adapter.method
-    if not method.peft:
+    if not method.peft_tensors:
         raise UnsupportedVariantError(f'a {method.name} adapter has no PEFT form: {method.peft_note}; {_INSTEAD}', shown)
     if len(adapter.ranks) > 1:
         raise UnsupportedVariantError(f'ranks {adapter.ranks} differ between targets; PEFT\'s form here takes one '
                                       f'rank; {_INSTEAD}', shown)
     out, modules = [], []
-    for target, f in adapter.factors.items():
+    for target, factors in adapter.factors.items():
         module = fla_module(target)[0]
         modules.append(module)
-        for suffix, produce, shape, dtype in _pieces(method.name, f):
-            out.append(OutTensor(f'{PEFT_PREFIX}{module}.{suffix}', shape, dtype, produce))
+        out += [_joined(f'{PEFT_PREFIX}{module}.{t.suffix}', t, factors) for t in method.peft_tensors]
     return out, modules, adapter.ranks[0]
 
 
-def _pieces(method: str, f: dict) -> list[tuple]:
-    """(PEFT suffix, produce, shape, dtype) of one target's factors."""
-    if method == 'PiSSA':  # W - B0 A0 + B A = W + [B, -B0] @ [A; A0]
-        A, B, A0, B0 = f['lora_A'], f['lora_B'], f['init_lora_A'], f['init_lora_B']
-        dtype = A.dtype if len({A.dtype, B.dtype, A0.dtype, B0.dtype}) == 1 else 'F32'
-
-        def cat_a():
-            import torch
-            return from_torch(torch.cat([to_torch(A), to_torch(A0)], 0).to(_torch_dtype(dtype)), dtype)
-
-        def cat_b():
-            import torch
-            return from_torch(torch.cat([to_torch(B), -to_torch(B0)], 1).to(_torch_dtype(dtype)), dtype)
-        return [('lora_A.weight', cat_a, (2 * A.shape[0], A.shape[1]), dtype),
-                ('lora_B.weight', cat_b, (B.shape[0], 2 * B.shape[1]), dtype)]
-    if method == 'LoRA':
-        return [(f'{s}.weight', f[s].load, f[s].shape, f[s].dtype) for s in ('lora_A', 'lora_B')]
-    return [('miss_block', f['disha'].load, f['disha'].shape, f['disha'].dtype)]  # Bone
-
-
-def _torch_dtype(dtype: str):
+def _joined(name: str, t: PeftTensor, factors: dict[str, TensorRef]) -> OutTensor:
+    """One PEFT tensor: a factor as stored, or several joined along `t.axis` with their signs (torch.cat's dtype)."""
+    refs = [(factors[s], sign) for s, sign in t.parts]
+    if t.as_stored:
+        ref = refs[0][0]
+        return OutTensor(name, tuple(ref.shape), ref.dtype, ref.load)
     import torch
 
-    from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
-    return getattr(torch, TORCH_NAME[dtype])
+    from fla.rwkv7_convert.formats.dtypes import TORCH_DTYPE, TORCH_NAME
+    meta = torch.cat([torch.empty(r.shape, dtype=getattr(torch, TORCH_NAME[r.dtype]), device='meta') for r, _ in refs],
+                     t.axis)
+    dtype = TORCH_DTYPE[str(meta.dtype).removeprefix('torch.')]
+
+    def produce():
+        return from_torch(torch.cat([to_torch(r) * sign for r, sign in refs], t.axis), dtype)
+    return OutTensor(name, tuple(meta.shape), dtype, produce)
 
 
 def _trained_tensors(adapter: AdapterFile, shown: str) -> tuple[list[OutTensor], list[str]]:
@@ -134,14 +125,14 @@ def peft_tensors(adapter: AdapterFile, plan: Plan, shown: str) -> PeftAdapter:
     factors, targets, r = _factor_tensors(adapter, shown)
     trained, modules = _trained_tensors(adapter, shown)
     method = adapter.method
-    config = {'peft_type': 'LORA' if method.peft == 'LoRA' else 'MISS', 'task_type': 'CAUSAL_LM',
-              'base_model_name_or_path': None, 'target_modules': targets, 'modules_to_save': modules or None,
-              'bias': 'none', 'inference_mode': True}
-    if method.name == 'LoRA':
-        config.update(r=r, lora_alpha=adapter.alpha, lora_dropout=0.0, use_rslora=False, init_lora_weights=True)
-    elif method.name == 'PiSSA':
-        config.update(r=2 * r, lora_alpha=2 * r, lora_dropout=0.0, use_rslora=False, init_lora_weights=True)
+    rank = r * method.peft_rank_factor
+    config = {'peft_type': method.peft_type, 'task_type': 'CAUSAL_LM', 'base_model_name_or_path': None,
+              'target_modules': targets, 'modules_to_save': modules or None, 'bias': 'none', 'inference_mode': True,
+              'r': rank}
+    if method.peft_type == 'LORA':
+        alpha = adapter.alpha if method.peft_alpha == 'alpha' else rank
+        config.update(lora_alpha=alpha, lora_dropout=0.0, use_rslora=False, init_lora_weights=True)
     else:
-        config.update(r=r, init_weights=True, miss_dropout=0.0, mini_r=1)
+        config.update(init_weights=True, miss_dropout=0.0, mini_r=1)
     config['converted_by'] = f'rwkv7_convert {__version__}: RWKV-PEFT {method.name} ({method.peft_note})'
     return PeftAdapter(config, factors + trained)

@@ -26,12 +26,11 @@ from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.formats.writers import writer_for
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, check_base, merged_tensors
 from fla.rwkv7_convert.mapping.engine import lookup_fla
+from fla.rwkv7_convert.mapping.schema import AdapterMethod
 from fla.rwkv7_convert.mapping.table import ADAPTER_METHODS, ADAPTER_TARGETS, LORA_ALPHA_HOME
 
 PEFT_PREFIX = 'base_model.model.'
 EXPORT_FORMS = ('rwkv-peft', 'merged')
-_FACTORS = {'.lora_A.weight': 'lora_A', '.lora_B.weight': 'lora_B', '.miss_block': 'disha'}
-_METHOD = {m.name: m for m in ADAPTER_METHODS}
 
 
 @dataclass
@@ -62,22 +61,27 @@ def _config(adapter_dir: Path) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _method(cfg: dict, shown: str):
+# PEFT's forms that are an RWKV-PEFT method exactly (every PEFT tensor a factor as stored), by peft_type
+_INVERTIBLE = {m.peft_type: m for m in ADAPTER_METHODS if m.peft_invertible}
+# the values each config key may have for that equality (LoRA: W + B A alpha / r, one alpha, any rank per target;
+# MiSS: Bone's block sum, whatever its initialization was)
+_EQUAL_ONLY_IF = {'LORA': {'use_rslora': (False, None), 'use_dora': (False, None), 'alpha_pattern': ({}, None),
+                           'fan_in_fan_out': (False, None), 'bias': ('none', None)},
+                  'MISS': {'init_weights': (True, False, None), 'bias': ('none', None)}}
+
+
+def _method(cfg: dict, shown: str) -> tuple[AdapterMethod, float | None]:
     """The RWKV-PEFT method equal to this PEFT configuration, and its alpha; one line for what has none."""
     kind = cfg.get('peft_type')
-    if kind == 'LORA':
-        unequal = [k for k in ('use_rslora', 'use_dora', 'rank_pattern', 'alpha_pattern', 'fan_in_fan_out')
-                   if cfg.get(k)]
-        if cfg.get('bias', 'none') != 'none':
-            unequal.append(f'bias {cfg["bias"]!r}')
-        if unequal:
-            raise UnsupportedVariantError(f'a LoRA with {", ".join(unequal)}: RWKV-PEFT\'s LoRA (W + B A alpha / r, '
-                                          'one rank, no bias) has no equal; merge it in peft instead', shown)
-        return _METHOD['LoRA'], float(cfg['lora_alpha'])
-    if kind == 'MISS' and cfg.get('init_weights', True) in (True, False):
-        return _METHOD['DiSHA Bone'], None
-    what = f'MiSS init_weights={cfg.get("init_weights")!r}' if kind == 'MISS' else f'peft_type {kind!r}'
-    raise UnsupportedVariantError(f'{what} has no RWKV-PEFT form (LoRA, and MiSS = DiSHA Bone, have one)', shown)
+    method = _INVERTIBLE.get(kind)
+    if method is None:
+        raise UnsupportedVariantError(f'peft_type {kind!r} has no RWKV-PEFT form (' + ', '.join(
+            f'{k} = {m.name}' for k, m in _INVERTIBLE.items()) + ' have one)', shown)
+    unequal = [f'{k}={cfg.get(k)!r}' for k, ok in _EQUAL_ONLY_IF[kind].items() if cfg.get(k) not in ok]
+    if unequal:
+        raise UnsupportedVariantError(f'a {kind} adapter with {", ".join(unequal)} has no RWKV-PEFT form ({method.name} '
+                                      f'is {method.formula}); merge it in peft instead', shown)
+    return method, float(cfg['lora_alpha']) if method.peft_alpha == 'alpha' else None
 
 
 def _reversed(ref: TensorRef, name: str, rule) -> TensorRef:
@@ -90,13 +94,14 @@ def read_peft_adapter(stack: ExitStack, adapter_dir: str | os.PathLike) -> Adapt
     adapter_dir = Path(adapter_dir)
     shown = str(adapter_dir)
     method, alpha = _method(_config(adapter_dir), shown)
+    suffixes = {f'.{t.suffix}': t.parts[0][0] for t in method.peft_tensors}  # '.lora_A.weight' -> 'lora_A'
     weights = adapter_dir / 'adapter_model.safetensors'
     tree = stack.enter_context(open_checkpoint(weights)).tree
     factors: dict[str, dict[str, TensorRef]] = {}
     trained, problems = {}, []
     for key, ref in tree.items():
         rest = key.removeprefix(PEFT_PREFIX)
-        suffix = next((s for s in _FACTORS if rest.endswith(s)), None)
+        suffix = next((s for s in suffixes if rest.endswith(s)), None)
         fla = rest.removesuffix(suffix) + '.weight' if suffix else rest
         found = lookup_fla(fla) if key.startswith(PEFT_PREFIX) else None
         if found is None or found[0].names(found[1])[1] != fla:
@@ -109,8 +114,8 @@ def read_peft_adapter(stack: ExitStack, adapter_dir: str | os.PathLike) -> Adapt
             problems.append(f'{key}: an adapter on {blinkdl}, which RWKV-PEFT never adapts (only '
                             f'{", ".join(t.split("}.")[1] for t in ADAPTER_TARGETS)})')
         else:
-            name = f'{blinkdl.removesuffix(".weight")}.{_FACTORS[suffix]}'
-            factors.setdefault(blinkdl, {})[_FACTORS[suffix]] = ref.renamed(name)
+            name = f'{blinkdl.removesuffix(".weight")}.{suffixes[suffix]}'
+            factors.setdefault(blinkdl, {})[suffixes[suffix]] = ref.renamed(name)
     if problems:
         raise KeyMismatchError(problems, shown)
     return AdapterFile(shown, method, factors, trained, alpha)

@@ -378,6 +378,20 @@ class Factor:
 
 
 @dataclass(frozen=True)
+class PeftTensor:
+    """One tensor of a method's PEFT form, per target: the adapter factors it is made of (suffix, sign), joined along
+    `axis` when there are several (PiSSA's [A; A0], [B, -B0]); one factor with sign 1 is the factor as stored."""
+
+    suffix: str  # after the module's name: 'lora_A.weight', 'miss_block'
+    parts: tuple[tuple[str, int], ...]
+    axis: int = 0
+
+    @property
+    def as_stored(self) -> bool:
+        return len(self.parts) == 1 and self.parts[0][1] == 1
+
+
+@dataclass(frozen=True)
 class AdapterMethod:
     """An RWKV-PEFT fine-tuning method: the factors it stores per target weight, how its rank is read, the merge
     (adapter_ops.py) and what else the merge needs, and what PEFT (Hugging Face) holds that is equal to it."""
@@ -392,6 +406,19 @@ class AdapterMethod:
     peft_note: str  # how it is carried to PEFT, or why it cannot be
     evidence: tuple[Source, ...]
     note: str = ''
+    peft_type: str = ''  # adapter_config.json's peft_type ('' when PEFT has no equal form)
+    peft_tensors: tuple[PeftTensor, ...] = ()
+    peft_alpha: str = ''  # LoRA's lora_alpha: 'alpha' (the merge's) or 'rank' (PEFT's rank: scale 1)
+
+    @property
+    def peft_rank_factor(self) -> int:
+        """PEFT's rank over the method's (PiSSA's LoRA joins two factors)."""
+        return len(self.peft_tensors[0].parts) if self.peft_tensors else 1
+
+    @property
+    def peft_invertible(self) -> bool:
+        """Every PEFT tensor is a factor as stored: a PEFT adapter of this form comes back as this method exactly."""
+        return bool(self.peft_tensors) and all(t.as_stored for t in self.peft_tensors)
 
     @property
     def adapter_factors(self) -> tuple[Factor, ...]:

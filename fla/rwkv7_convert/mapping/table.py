@@ -53,6 +53,7 @@ from fla.rwkv7_convert.mapping.schema import (
     Layout,
     MixedLayouts,
     NamePattern,
+    PeftTensor,
     Refusal,
     Rename,
     Rule,
@@ -171,7 +172,9 @@ ADAPTER_METHODS: tuple[AdapterMethod, ...] = (
          Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'LoraLinear: lora_A [r, in_features], lora_B '
                 '[out_features, r], scaling = alpha / r'),
          Source(_HF_PEFT, 'src/peft/tuners/lora/layer.py', _HF_PEFT_COMMIT, 'self.scaling[adapter_name] = lora_alpha / r'),
-         _RWKV_PEFT_TARGETS, _PEFT_RWKV7)),
+         _RWKV_PEFT_TARGETS, _PEFT_RWKV7),
+        peft_type='LORA', peft_tensors=(PeftTensor('lora_A.weight', (('lora_A', 1),)),
+                                        PeftTensor('lora_B.weight', (('lora_B', 1),))), peft_alpha='alpha'),
     AdapterMethod(
         'PiSSA', (Factor('lora_A', 'r,in'), Factor('lora_B', 'out,r'), Factor('init_lora_A', 'r,in', init_file=True),
                   Factor('init_lora_B', 'out,r', init_file=True)), ('lora_B', 1),
@@ -184,7 +187,10 @@ ADAPTER_METHODS: tuple[AdapterMethod, ...] = (
                 '= m.lora_A.data for each module of model.named_modules() (names start with model.)'),
          Source(_HF_PEFT, 'src/peft/peft_model.py', _HF_PEFT_COMMIT, 'path_initial_model_for_weight_conversion: '
                 'peft_config.r *= 2; lora_alpha *= 2 (PiSSA saved as a LoRA of twice the rank)')),
-        note='the merged target weights are bfloat16 whatever the base\'s dtype, as RWKV-PEFT\'s merge writes them'),
+        note='the merged target weights are bfloat16 whatever the base\'s dtype, as RWKV-PEFT\'s merge writes them',
+        peft_type='LORA', peft_tensors=(PeftTensor('lora_A.weight', (('lora_A', 1), ('init_lora_A', 1)), 0),
+                                        PeftTensor('lora_B.weight', (('lora_B', 1), ('init_lora_B', -1)), 1)),
+        peft_alpha='rank'),
     AdapterMethod(
         'DiSHA Bone', (Factor('disha', 'r,out'),), ('disha', 0), 'W[o, j*r + i] += disha[i, o]', adapter_ops.bone, '',
         'MiSS', 'MissConfig(r, init_weights=True): miss_block [r, out] is disha as stored; PEFT\'s MiSS is the same '
@@ -193,7 +199,8 @@ ADAPTER_METHODS: tuple[AdapterMethod, ...] = (
                 '.permute(1, 2, 0) + disha, a remainder of in % r columns gets disha.T[:, :last]'),
          Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'BoneLinear: disha = zeros(r, out_features)'),
          Source(_HF_PEFT, 'src/peft/tuners/miss/layer.py', _HF_PEFT_COMMIT, 'miss_block zeros(r, out_features); '
-                'get_delta_weight_miss: the same block sum'), _PEFT_RWKV7)),
+                'get_delta_weight_miss: the same block sum'), _PEFT_RWKV7),
+        peft_type='MISS', peft_tensors=(PeftTensor('miss_block', (('disha', 1),)),)),
     AdapterMethod(
         'DiSHA Bat', (Factor('disha', 'in/r,r,r'),), ('disha', 1), 'W[a, b] += W[a, b] @ disha[b] + disha[b] (r x r '
         'blocks)', adapter_ops.bat, '', '',
