@@ -111,13 +111,24 @@ class Shape:
         return sum(math.prod(s) for _, s, _ in self.tensors())
 
 
-def generate_checkpoint(shape: Shape, path: Path, seed: int = 0) -> Path:
+# How the values are drawn: 'trained-like' (the default: LayerNorm gains around 1, mixing coefficients in [0, 1], other
+# vectors N(0, 0.2)) or 'long-memory', issue #29's ill-conditioned recipe: every vector N(0, 0.1), the decay base w0
+# around -2 (decays exp(-exp(-softplus(2) - 0.5)) ~ 0.93 per token: long memory). Matrices are N(0, fan_in^-0.5) in both.
+PROFILES = ('trained-like', 'long-memory')
+LONG_MEMORY_W0, LONG_MEMORY_SCALE = -2.0, 0.1
+
+
+def generate_checkpoint(shape: Shape, path: Path, seed: int = 0, profile: str = 'trained-like') -> Path:
     """Write an RWKV-LM-format bf16 state dict with torch.save, the way RWKV-LM saves its checkpoints.
 
-    Values are finite random numbers of sensible scale (the converter refuses NaN/Inf); each tensor is drawn
-    directly in bf16, so memory is the file's size once and a 3 GB file takes ~15 s on 2 cores.
+    Values are finite random numbers of sensible scale (the converter refuses NaN/Inf), drawn as `profile` says
+    (PROFILES); each tensor is drawn directly in bf16, so memory is the file's size once and a 3 GB file takes ~15 s
+    on 2 cores.
     """
     import torch
+
+    if profile not in PROFILES:
+        raise ValueError(f'profile {profile!r}: expected one of {", ".join(PROFILES)}')
 
     torch.manual_seed(seed)
     sd = {}
@@ -125,6 +136,8 @@ def generate_checkpoint(shape: Shape, path: Path, seed: int = 0) -> Path:
         t = torch.empty(size, dtype=torch.bfloat16)
         if kind == 'matrix':
             t.normal_(0.0, 1.0 / math.sqrt(size[-1]))
+        elif profile == 'long-memory':
+            t.normal_(LONG_MEMORY_W0 if name.endswith('.att.w0') else 0.0, LONG_MEMORY_SCALE)
         elif kind == 'one':
             t.normal_(1.0, 0.1)
         elif kind == 'unit':

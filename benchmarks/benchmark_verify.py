@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Verification at released sizes, for every CPU backend: time, CPU, peak RSS, launches and the calibrated verdict.
+"""Verification at released sizes: time, CPU, peak RSS, the exact proof's error, the formula difference, launches.
 
 For each size it writes an RWKV-LM-format bf16 `.pth` shaped like BlinkDL's release (random trained-like values,
 vocab 65536; benchmark_convert.py's generator, in a process of its own) and converts it with the converter (neither
-timed), into --cache-dir, where later runs find them again. Then for each backend (proof.backends.BACKENDS: every
-CPU one by default, so a backend registered there is measured without changing this script) it runs
+timed), into --cache-dir, where later runs find them again; --weights long-memory draws w0 around -2 (decays near
+1: the ill-conditioned case). Then for each backend (`auto`, the default path: the exact proof alone; or keys of
+proof.backends.BACKENDS, which add their kernels' accuracy report: a backend registered there is measured without
+changing this script) it runs
 
   python benchmarks/verify_counted.py --rwkv7 F --model D --tokens T --device KEY [--per-layer]
 
@@ -18,14 +20,15 @@ the converted directory are corrupted (verify_cases.py) and each must FAIL, name
 interpreter would take hours. Files above --keep-gb are deleted after their size's runs; the free disk is checked
 before a size is generated (7.2B: ~15 GB for the file, as much again for its conversion).
 
-    python benchmarks/benchmark_verify.py --sizes 0.1B,0.4B --tokens 16            # every CPU backend
-    python benchmarks/benchmark_verify.py --sizes 1.5B,2.9B,7.2B --backends cpu     # one backend (by --device key)
+    python benchmarks/benchmark_verify.py --sizes 0.1B,1.5B,7.2B --tokens 16        # the default path (auto)
+    python benchmarks/benchmark_verify.py --sizes 2.9B --weights long-memory         # issue 29's 2.9B file
+    python benchmarks/benchmark_verify.py --sizes 0.1B,0.4B --backends cpu,cpu-torch # with the kernels' reports
     python benchmarks/benchmark_verify.py --sizes 0.1B --corruptions all --per-layer
-    python benchmarks/benchmark_verify.py --calibrate --tokens 48                   # the calibration table
+    python benchmarks/benchmark_verify.py --calibrate --tokens 48                   # the gap table (factory models)
 
-Targets: issue #11 (peak RSS: 1.5B <= 3 GiB, 2.9B <= 4 GiB, any backend) and issue #22 for a fast backend (1.5B
-<= 60 s wall and <= 2 GiB, 7.2B <= 300 s and <= 4 GiB), 16 tokens, this 2-core machine; a correct conversion must
-PASS.
+Targets: issue #29 for the default path (1.5B <= 30 s wall and <= 2 GiB, 7.2B <= 240 s and <= 4 GiB), issue #11 for
+any backend (peak RSS: 1.5B <= 3 GiB, 2.9B <= 4 GiB), 16 tokens, this 2-core machine; a correct conversion must
+PASS, and each corruption FAIL at its layer.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / 'utils'))
-from benchmark_convert import SIZES, Shape  # noqa: E402
+from benchmark_convert import PROFILES, SIZES, Shape  # noqa: E402
 from verify_cases import calibrate, corrupt, corruptions  # noqa: E402
 
 SIZES = {**SIZES, '7.2B': (4096, 32)}
@@ -55,22 +58,24 @@ COUNTED = HERE / 'verify_counted.py'
 CONVERT = REPO / 'utils' / 'convert_to_rwkv7.py'
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / 'rwkv7-verify-bench'
 GiB = 1 << 30
-# (wall s or None, peak RSS GiB): issue #11 for every backend, issue #22 for a fast one
+# (wall s or None, peak RSS GiB): issue #11 for every backend, issue #29 for the default path (auto: the exact proof)
 TARGETS = {'1.5B': (None, 3.0), '2.9B': (None, 4.0)}
-FAST_TARGETS = {'1.5B': (60.0, 2.0), '2.9B': (None, 4.0), '7.2B': (300.0, 4.0)}
+DEFAULT_TARGETS = {'1.5B': (30.0, 2.0), '2.9B': (None, 4.0), '7.2B': (240.0, 4.0)}
 
 
 def cpu_backends(wanted: str) -> dict:
-    """--device key -> Backend for the backends to measure: every CPU one (BACKENDS), or those named."""
+    """--device key -> Backend for the backends to measure: `auto` (the default path), or those named ('all': auto
+    and every CPU one of BACKENDS)."""
     from _bootstrap import light_fla
     light_fla()  # BACKENDS without fla's own __init__ (triton, torch): this process stays small
-    from fla.rwkv7_convert.proof.backends import BACKENDS
-    if wanted:
-        unknown = [k for k in wanted.split(',') if k not in BACKENDS]
-        if unknown:
-            raise SystemExit(f'--backends: {", ".join(unknown)} not in {", ".join(BACKENDS)}')
-        return {k: BACKENDS[k] for k in wanted.split(',')}
-    return {k: b for k, b in BACKENDS.items() if not str(getattr(b, 'device', k)).startswith('cuda')}
+    from fla.rwkv7_convert.proof.backends import AUTO, BACKENDS, EXACT
+    known = {'auto': EXACT, **{k: b for k, b in BACKENDS.items() if not str(b.device).startswith('cuda')}}
+    keys = list(known) if wanted == 'all' else wanted.split(',')
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise SystemExit(f'--backends: {", ".join(unknown)} not in all, {", ".join(known)}')
+    assert AUTO.choose(None, None) is EXACT  # on this CPU machine auto is the exact proof alone
+    return {k: known[k] for k in keys}
 
 
 def run_verify(source: Path, model: Path, tokens: int, device: str, per_layer: bool, plain: bool,
@@ -98,12 +103,13 @@ def run_verify(source: Path, model: Path, tokens: int, device: str, per_layer: b
         row['programs'] = sum(counts['programs'].values()) if counts['interpreted'] else 0
         row['helper_calls'] = sum(counts['device_calls'].values()) if counts['interpreted'] else 0
         row['counts'] = counts
-    m = re.search(r'relative RMS error\s+(\S+)\s+(\S+)', text)
-    if m:
-        row['fla_rel_rms'], row['ref_rel_rms'] = float(m.group(1)), float(m.group(2))
-    m = re.search(r'ratio fla / reference\s+(\S+)', text)
+    m = re.search(r'^\s*logits\s+relative RMS (\S+) \(bound', text, re.M)
+    row['exact_rel_rms'] = float(m.group(1)) if m else None
+    m = re.search(r"differs from BlinkDL's by relative RMS (\S+)", text)
+    row['formula_rel_rms'] = float(m.group(1)) if m else (0.0 if "fla's function is BlinkDL's" in text else None)
+    m = re.search(r'ratio kernels / reference\s+(\S+)', text)
     row['ratio'] = float(m.group(1)) if m else None
-    m = re.search(r'^\s*backend\s+(.+)$', text, re.M)
+    m = re.search(r'^\s*exact proof\s+(.+?) on ', text, re.M)
     row['backend_shown'] = m.group(1).strip() if m else None
     m = re.search(r'^(PASS|FAIL): ', text, re.M)
     row['verdict'] = m.group(1) if m else 'error'
@@ -118,10 +124,11 @@ def _need_bytes(name: str) -> int:
     return 2 * 2 * Shape(C, L).num_parameters + GiB
 
 
-def prepare_size(name: str, workdir: Path, say) -> tuple[Path, Path] | None:
+def prepare_size(name: str, workdir: Path, say, weights: str = 'trained-like') -> tuple[Path, Path] | None:
     """The size's file and its conversion in `workdir`, reused when there; None when the disk cannot hold them."""
     C, L = SIZES[name]
-    source, out = workdir / f'{name}.pth', workdir / f'{name}-out'
+    tag = name if weights == 'trained-like' else f'{name}-{weights}'
+    source, out = workdir / f'{tag}.pth', workdir / f'{tag}-out'
     have = (source.stat().st_size if source.exists() else 0) * (2 if (out / 'config.json').exists() else 1)
     free = shutil.disk_usage(workdir).free
     if _need_bytes(name) - have > free:
@@ -134,8 +141,8 @@ def prepare_size(name: str, workdir: Path, say) -> tuple[Path, Path] | None:
         # RSS to the file's size (3.07 GiB at 1.5B instead of 1.22 GiB)
         subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]); '
                         'from pathlib import Path; from benchmark_convert import Shape, generate_checkpoint; '
-                        'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]))',
-                        str(HERE), str(C), str(L), str(source)], check=True)
+                        'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]), '
+                        'profile=sys.argv[5])', str(HERE), str(C), str(L), str(source), weights], check=True)
     if not (out / 'config.json').exists():
         say(f'{name}: converting to {out}')
         shutil.rmtree(out, ignore_errors=True)
@@ -144,12 +151,12 @@ def prepare_size(name: str, workdir: Path, say) -> tuple[Path, Path] | None:
     return source, out
 
 
-def judge_row(row: dict, name: str, fast: bool, corruption) -> None:
+def judge_row(row: dict, name: str, default_path: bool, corruption) -> None:
     if corruption:
         row['expected'] = f'FAIL at {corruption[1]}'
         row['met'] = row['verdict'] == 'FAIL' and row['first_divergence'] == corruption[1]
         return
-    wall, rss = (FAST_TARGETS if fast else TARGETS).get(name, (None, None))
+    wall, rss = (DEFAULT_TARGETS if default_path else TARGETS).get(name, (None, None))
     row['expected'] = ', '.join(['PASS'] + ([f'wall <= {wall:g} s'] if wall else []) + ([f'RSS <= {rss:g} GiB'] if rss
                                                                                           else []))
     row['met'] = (row['verdict'] == 'PASS' and (wall is None or row['wall_s'] <= wall)
@@ -167,20 +174,25 @@ def _commit() -> str:
         return 'unknown'
 
 
+def _sci(x) -> str:
+    return '-' if x is None else f'{x:.1e}'
+
+
 def table(rows: list[dict]) -> str:
-    lines = ['| size | backend | case | tokens | verdict | ratio | fla rel. RMS | ref-f32 rel. RMS | wall | CPU | peak RSS '
-             '| launches / programs / helper calls | load | target |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| size | weights | backend | case | tokens | verdict | exact: fla float64 rel. RMS | formula vs BlinkDL | '
+             'kernels ratio | wall | CPU | peak RSS | launches / programs / helper calls | load | target |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         if r.get('skipped'):
-            lines.append(f"| {r['size']} | {r['backend']} | - | - | not run: {r['skipped']} | | | | | | | | | |")
+            lines.append(f"| {r['size']} | | {r['backend']} | - | - | not run: {r['skipped']} | | | | | | | | | |")
             continue
         counts = (f"{r['launches']} / {r['programs']} / {r['helper_calls']}" if 'launches' in r else '-')
         verdict = r['verdict'] + (f" at {r['first_divergence']}" if r['verdict'] == 'FAIL' and r['first_divergence']
                                   else '')
-        lines.append(f"| {r['size']} (C{r['C']} L{r['L']}) | {r['backend']} | {r['case']} | {r['tokens']}"
+        lines.append(f"| {r['size']} (C{r['C']} L{r['L']}) | {r['weights']} | {r['backend']} | {r['case']} | {r['tokens']}"
                      f"{' (piece ' + str(r['piece']) + ')' if r.get('piece') else ''} | {verdict} | "
-                     f"{r['ratio']} | {r.get('fla_rel_rms', '-')} | {r.get('ref_rel_rms', '-')} | {r['wall_s']} s | "
+                     f"{_sci(r.get('exact_rel_rms'))} | {_sci(r.get('formula_rel_rms'))} | {r['ratio'] or '-'} | "
+                     f"{r['wall_s']} s | "
                      f"{r['cpu_s']} s | {r['peak_rss_gib']} GiB | {counts} | {r['load']} | "
                      f"{r['expected']}: {'met' if r['met'] else 'NOT met'} |")
     return '\n'.join(lines)
@@ -191,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--sizes', default='0.1B,0.4B,1.5B,2.9B',
                    help=f'comma-separated from {", ".join(SIZES)} (default 0.1B,0.4B,1.5B,2.9B; 7.2B only with fast '
                         'backends)')
-    p.add_argument('--backends', default='', help='comma-separated --device keys (default: every CPU backend)')
+    p.add_argument('--backends', default='auto',
+                   help='comma-separated: auto (the default path: the exact proof alone) or --device keys of CPU '
+                        'backends (the exact proof and their kernels\' report), or all (default auto)')
+    p.add_argument('--weights', default='trained-like', choices=PROFILES,
+                   help='benchmark_convert.PROFILES: trained-like (default) or long-memory (every vector N(0, 0.1), w0 '
+                        'around -2: issue 29\'s ill-conditioned recipe)')
     p.add_argument('--tokens', type=int, default=16)
     p.add_argument('--per-layer', action='store_true')
     p.add_argument('--piece', type=int, default=None, help="tokens per fla call (default: the backend's)")
@@ -225,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({'size': name, 'backend': backends[key].name, 'skipped': 'only fast backends run 7.2B'})
         if not chosen:
             continue
-        files = prepare_size(name, args.workdir, say)
+        files = prepare_size(name, args.workdir, say, args.weights)
         if files is None:
             rows += [{'size': name, 'backend': b.name, 'skipped': 'not enough disk'} for b in chosen.values()]
             continue
@@ -233,17 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         wanted = corruptions(L)
         picked = list(wanted) if args.corruptions == 'all' else [c for c in args.corruptions.split(',') if c]
         runs = ([] if args.no_clean else [('correct', out, None)])
-        runs += [(c, args.workdir / f'{name}-{c}', wanted[c]) for c in picked]
+        runs += [(c, args.workdir / f'{source.stem}-{c}', wanted[c]) for c in picked]
         for what, model, corruption in runs:
             if corruption:
                 corrupt(out, model, corruption[0])
             for key, backend in chosen.items():
                 say(f'{name} {what}, {backend.name}: verifying ({args.tokens} tokens, load {os.getloadavg()[0]:.2f})')
                 row = {'size': name, 'C': C, 'L': L, 'case': what, 'tokens': args.tokens, 'piece': args.piece,
-                       'backend': backend.name,
+                       'backend': backend.name if key != 'auto' else f'auto ({backend.name})', 'weights': args.weights,
                        'device': key, **run_verify(source, model, args.tokens, key, args.per_layer, args.plain,
                                                       args.piece)}
-                judge_row(row, name, getattr(backend, 'fast', False), corruption)
+                judge_row(row, name, key == 'auto', corruption)
                 ok &= row['met']
                 rows.append(row)
                 if args.json:
@@ -252,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not row['met']:
                     say(row['output'])
                 say(f"  -> {row['verdict']} {row.get('first_divergence') or ''} {row['wall_s']} s wall, "
-                    f"{row['cpu_s']} s CPU, {row['peak_rss_gib']} GiB, ratio {row.get('ratio')}, "
+                    f"{row['cpu_s']} s CPU, {row['peak_rss_gib']} GiB, exact {row.get('exact_rel_rms')}, formula "
+                    f"{row.get('formula_rel_rms')}, kernels ratio {row.get('ratio')}, "
                     f"launches {row.get('launches', '-')}")
             if corruption:
                 shutil.rmtree(model, ignore_errors=True)

@@ -17,7 +17,7 @@ prefill then decode; the reference from a time_state file, fla from its conversi
 compiles in its own worker process while the truth worker computes the float64 references; at the --budget
 deadline workers are stopped and unfinished cells reported as such.
 
-    python benchmarks/gpu_parity.py --out OUT          # on a GPU: the full matrix (see README, "GPU matrix")
+    python benchmarks/gpu_parity.py --out OUT          # on a GPU: the full matrix (docs/benchmarks.md)
     python benchmarks/gpu_parity.py --cpu --out OUT    # CI: Triton's interpreter, tiny shapes, recurrent, fp32
 
 Writes OUT/gpu_parity.json and OUT/gpu_parity.md, prints the table; exit 0 only when every planned cell ran

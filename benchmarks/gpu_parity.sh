@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One cold GPU session, one command (README, "GPU matrix"): install the carried wheels (.whl/: fla, fla-core, rwkv,
+# One cold GPU session, one command (docs/benchmarks.md, "The GPU parity matrix"): install the carried wheels (.whl/: fla, fla-core, rwkv,
 # which the device image lacks), run the parity matrix (benchmarks/gpu_parity.py, <= 6 min with its budget),
 # and with FORWARD=1 the forward-throughput benchmark after it (PARITY=0 FORWARD=1: that benchmark alone, as a
 # second call: both together can pass the device tool's 10 minutes a call). Results go to $OUT (the device tool's

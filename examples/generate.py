@@ -1,4 +1,5 @@
-"""Generate with a converted directory: on a GPU, or on the CPU through Triton's interpreter (float32, slow).
+"""Generate with a converted directory: on a GPU, or on the CPU (float32; fla's modules with torch stand-ins for its
+Triton kernels, or --device cpu: the kernels through Triton's interpreter, slow).
 
     python examples/generate.py --model out/goose-mini --ids 1,2,3 --max-new-tokens 8
     python examples/generate.py --model out/world --prompt 'Hello' --chat      # needs the directory's tokenizer
@@ -24,7 +25,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument('--prompt', help='text (needs a tokenizer in the directory)')
     src.add_argument('--ids', help='token ids, comma-separated, e.g. 1,2,3')
     p.add_argument('--max-new-tokens', type=int, default=16)
-    p.add_argument('--device', choices=('cpu', 'cuda'), default=None, help='default: cuda when there is one, else cpu')
+    p.add_argument('--device', choices=('auto', 'cpu-torch', 'cpu', 'cuda'), default='auto',
+                   help="auto (default): cuda when there is one, else cpu-torch (torch stand-ins for fla's kernels); "
+                        "cpu: fla's Triton kernels through Triton's interpreter")
     p.add_argument('--chat', action='store_true', help="one user turn through the tokenizer's chat template")
     p.add_argument('--sample', action='store_true', help='sample (temperature 1) instead of greedy decoding')
     p.add_argument('--seed', type=int, default=0, help='seed for --sample')
@@ -53,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     from fla.rwkv7_convert.api import ConversionError, generate, load_model
     from fla.rwkv7_convert.hub.chat import TURN_END_TOKENS
 
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print('error: --device cuda: torch sees no CUDA device here; leave --device out (auto), or use --device '
+              'cpu-torch', file=sys.stderr)
+        return 1
     try:
-        model, tokenizer = load_model(args.model, device=device)
+        model, tokenizer = load_model(args.model, device=args.device)
         if args.prompt is not None:
             if tokenizer is None:
                 raise ConversionError('the directory has no tokenizer: use --ids, or convert with --tokenizer world '

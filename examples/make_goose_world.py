@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = Goose(vocab=VOCAB, hidden=HIDDEN, layers=LAYERS, head_size=HEAD_SIZE)
     path = save(make_state_dict(shape, dtype=torch.bfloat16, seed=SEED), args.output)
-    print(f'wrote {path} ({path.stat().st_size / 1e6:.2f} MB)')
+    print(f'wrote {path} ({path.stat().st_size / 1e6:.2f} MB; random weights: its generated text is gibberish by design)')
     return 0
 
 

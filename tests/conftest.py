@@ -57,3 +57,17 @@ def leaves_no_global_state():
         old, new = changed['environment']
         changed['environment'] = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
     assert not changed, f'the test left global state changed: {changed}'
+
+
+@pytest.fixture(scope='session')
+def user_env() -> dict:
+    """The environment of a user's shell for a subprocess: no interpreter variables (conftest sets them for this
+    process only), this checkout importable, and this interpreter's bin first on PATH (`python`, `rwkv7-convert`)."""
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ('TRITON_INTERPRET', 'FLA_CACHE_RESULTS')}
+    repo = Path(__file__).resolve().parents[1]
+    env['PYTHONPATH'] = os.pathsep.join([str(repo), env.get('PYTHONPATH', '')])
+    env['PATH'] = os.pathsep.join([str(Path(sys.executable).parent), env.get('PATH', '')])
+    return env

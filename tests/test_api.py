@@ -92,3 +92,16 @@ def test_dry_runs_write_nothing_and_bad_precision_is_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
     with pytest.raises(api.ConversionError, match='precision: .*int8'):
         api.convert_to_fla(BUNDLED, tmp_path / 'm', precision='int8')
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='the CPU without the interpreter')
+def test_verify_on_a_cpu_without_the_interpreter_variables_runs_torch_wkv_and_names_the_api_fix(dirs, monkeypatch):
+    """A script that imported fla (triton with it) and set no variables: auto takes the torch stand-ins and PASSes;
+    device='cpu' cannot, and says device='cpu-torch', never a command-line flag or an import order."""
+    assert 'triton' in sys.modules
+    monkeypatch.delenv('TRITON_INTERPRET')
+    report = api.verify(BUNDLED, dirs['model'], tokens=8)
+    assert report.passed and 'torch wkv' in report.render()
+    with pytest.raises(api.ConversionError, match=r"device='cpu-torch'.*TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0") as e:
+        api.verify(BUNDLED, dirs['model'], device='cpu')
+    assert '\n' not in str(e.value) and '--' not in str(e.value) and str(dirs['model']) in str(e.value)

@@ -71,7 +71,19 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, checkpoint):
     assert '"num_heads": 2' in r.stdout
     assert 'blocks.1.att.w1 [128, 32] BF16 -> model.layers.1.attn.w_lora.lora.0.weight [32, 128] BF16 (transpose)' in r.stdout
     assert 'blocks.0.att.v0 [1, 1, 128] BF16 -> (dropped' in r.stdout
+    assert '"fuse_norm": true' in r.stdout and '\nnorms: fuse_norm: true (fla\'s fused Triton norms;' in r.stdout
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_fuse_norm_false_is_shown_by_the_dry_run_and_written(tmp_path, checkpoint):
+    r = run('--rwkv7', checkpoint, '--output', tmp_path / 'dry', '--dry-run', '--fuse-norm', 'false')
+    assert r.returncode == 0, r.stderr
+    assert '"fuse_norm": false' in r.stdout and "\nnorms: fuse_norm: false (torch's unfused" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    r = run('--rwkv7', checkpoint, '--output', tmp_path / 'out', '--tokenizer', 'none', '-q', '--fuse-norm', 'false')
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / 'out' / 'config.json').read_text())['fuse_norm'] is False
+    assert "Norms: fuse_norm: false (torch's unfused" in (tmp_path / 'out' / 'README.md').read_text()
 
 
 def test_existing_output_is_refused_then_replaced_with_force(tmp_path, checkpoint):
@@ -121,6 +133,9 @@ def test_failed_conversion_keeps_the_old_model_and_leaves_no_scratch(tmp_path, c
     pytest.param(['--tokenizer', 'none', '--tokenizer', 'world'], '--tokenizer given more than once', id='repeated-tokenizer'),
     pytest.param(['--tokenizer', 'world'], '--tokenizer world: the model has 256 embedding rows, the RWKV World '
                  'tokenizer needs 65536', id='world-tokenizer-on-256-rows'),
+    pytest.param(['--fuse-norm', 'yes'], "--fuse-norm: invalid choice: 'yes'", id='fuse-norm-not-a-choice'),
+    pytest.param(['--fuse-norm', 'true', '--fuse-norm', 'false'], '--fuse-norm given more than once',
+                 id='repeated-fuse-norm'),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, checkpoint, args, message):
     r = run('--rwkv7', checkpoint, '--output', tmp_path / 'out', *args, cwd=tmp_path)
@@ -134,7 +149,7 @@ def test_repeated_options_are_refused_by_the_export_script_too(tmp_path):
     r = subprocess.run([sys.executable, str(script), '--model', 'a', '--model', 'b', '--output', tmp_path / 'o.pth'],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        'convert_from_fla_rwkv7.py: error: --model given more than once; give it once (see --help)']
+        'error: --model given more than once; give it once (see convert_from_fla_rwkv7.py --help)']
 
 
 def test_closed_pipe_ends_quietly(tmp_path, checkpoint):

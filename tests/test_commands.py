@@ -126,7 +126,7 @@ def test_python_m_without_a_command_prints_the_usage_and_exits_1():
     r = python('-m', 'fla.rwkv7_convert')
     assert r.returncode == 1 and r.stdout == ''
     assert all(f'\n  {name} ' in r.stderr for name in cli.COMMANDS), r.stderr
-    assert r.stderr.strip().splitlines()[-1] == 'python -m fla.rwkv7_convert: error: no command given'
+    assert r.stderr.strip().splitlines()[-1] == 'error: no command given'
 
 
 def test_python_m_of_the_cli_module_dispatches_too(fla_dir):
@@ -141,7 +141,7 @@ def test_main_usage_unknown_command_and_help(capsys):
     err = capsys.readouterr().err
     assert all(f'\n  {name} ' in err for name in cli.COMMANDS)
     assert cli.main(['convret']) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "python -m fla.rwkv7_convert: error: unknown command 'convret'"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: unknown command 'convret'"
     assert cli.main(['--help']) == 0 and 'commands:' in capsys.readouterr().out
 
 
@@ -164,7 +164,7 @@ def test_argparse_errors_exit_1_in_one_line(name, argv, capsys):
         cli.run_command(name, argv)
     err = capsys.readouterr().err
     assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f'{cli.CONSOLE_SCRIPTS[name]}: error: ')
+    assert err.startswith('error: ') and err.rstrip().endswith(f'(see {cli.CONSOLE_SCRIPTS[name]} --help)')
 
 
 # ------------------------------------------------------------------------------------------------------- --help
@@ -203,7 +203,8 @@ def test_inspect_json_is_a_stable_dict(fla_dir, capsys):
         assert cli.main_inspect([str(path), '--json']) == 0
         got = json.loads(capsys.readouterr().out)
         assert set(got) == {'schema', 'ok', 'path', 'direction', 'format', 'layouts', 'sizes', 'head_size', 'parameters',
-                            'tensors', 'dtypes', 'output', 'dropped', 'added', 'state', 'notes', 'warnings'}
+                            'tensors', 'dtypes', 'output', 'fuse_norm', 'dropped', 'added', 'state', 'notes', 'warnings'}
+        assert got['fuse_norm'] is True  # the converter's default, and what the export's directory holds
         assert got['state'] is None  # no tuned state (tests/convert/test_tuned_state.py has one)
         assert (got['schema'], got['ok'], got['direction'], got['head_size']) == (SCHEMA, True, direction, 64)
         assert set(got['sizes']) == {'V', 'C', 'L', 'H', 'N', 'F', 'Dw', 'Da', 'Dv', 'Dg'}
@@ -226,16 +227,33 @@ def test_inspect_shows_a_layout_and_the_names_that_show_it(tmp_path, capsys):
 def test_inspect_of_a_refused_file_is_one_line_and_exit_1_and_json_says_so(tmp_path, capsys):
     import torch
     from rwkv7_factory import save
-    sd = {f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(2)}  # a bare state: no base to fit
-    path = save(sd, tmp_path / 'state.pth')
+    sd = {'emb.weight': torch.zeros(256, 128), 'blocks.0.att.receptance.lora.A': torch.zeros(8, 128)}  # unmerged LoRA
+    path = save(sd, tmp_path / 'lora.pth')
     assert cli.main_inspect([str(path)]) == 1
     out, err = capsys.readouterr()
     assert out == '' and len(err.strip().splitlines()) == 1 and err.startswith(f'error: {path}: ')
-    assert '--base' in err
+    assert 'merge' in err
     assert cli.main_inspect([str(path), '--json']) == 1
     got = json.loads(capsys.readouterr().out)
-    assert (got['ok'], got['refusal'], got['error_type']) == (False, 'RWKV state-tuning file without its base model',
-                                                               'UnsupportedVariantError')
+    assert (got['ok'], got['refusal'], got['error_type']) == (False, 'unmerged LoRA of another trainer',
+                                                                'UnsupportedVariantError')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['lora.pth']  # nothing written
+
+
+def test_inspect_describes_a_bare_state_file_and_how_to_convert_it(tmp_path, capsys):
+    import torch
+    from rwkv7_factory import save
+    path = save({f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(3)}, tmp_path / 'state.pth')
+    assert cli.main_inspect([str(path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f'{path}: a bare tuned-state file (state tuning), no model weights (read as pth)'
+    assert '3 blocks of [2, 64, 64] F32 (blocks.N.att.time_state' in lines[1] and '2 heads of head size 64' in lines[1]
+    assert f'rwkv7-convert --rwkv7 {path} --base BASE_OUTDIR' in lines[2]
+    assert cli.main_inspect([str(path), '--json']) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got['ok'], got['direction'], got['head_size'], got['heads']) == (True, 'state', 64, 2)
+    assert got['state'] == {'names': 'blocks.N.att.time_state', 'layers': 3, 'shape': [2, 64, 64], 'dtype': 'F32',
+                            'file': 'state.pth'}
     assert sorted(p.name for p in tmp_path.iterdir()) == ['state.pth']  # nothing written
 
 

@@ -6,7 +6,7 @@
     result = convert_to_fla('model.pth', 'out/model', precision='bf16')
     report = verify('model.pth', 'out/model')    # report.passed, print(report.render())
     convert_from_fla('out/model', 'back.pth')
-    model, tokenizer = load_model('out/model')   # device='cpu' (Triton's interpreter, float32) or 'cuda'
+    model, tokenizer = load_model('out/model')   # device='auto': cuda on a GPU, else 'cpu-torch' (float32)
     print(generate(model, tokenizer, 16, prompt='Hello'))
 
 Tuned states (state tuning): a state-tuned merge converts with its state (out/model/rwkv7_state.safetensors); a bare
@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 
 from fla.rwkv7_convert.convert.adapters import AdapterSpec, check_adapter_record, reference_source
-from fla.rwkv7_convert.convert.inspection import Inspection
+from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
@@ -40,6 +40,7 @@ from fla.rwkv7_convert.convert.tuned_state import StateResult
 from fla.rwkv7_convert.convert.tuned_state import convert_state as _convert_state
 from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.proof.run import generate, load_model
 from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
@@ -47,15 +48,16 @@ from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['AdapterSpec', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult',
-           'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect',
-           'load_initial_state', 'load_model', 'verify']
+__all__ = ['AdapterSpec', 'BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result',
+           'StateResult', 'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_state', 'generate',
+           'initial_cache', 'inspect', 'load_initial_state', 'load_model', 'verify']
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
                    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, head_size: int | None = None,
                    tokenizer: str = 'auto', allow_nonfinite: bool = False, drop_state: bool = False,
-                   adapter: AdapterSpec | None = None, dry_run: bool = False) -> Result:
+                   fuse_norm: bool = DEFAULT_FUSE_NORM, adapter: AdapterSpec | None = None,
+                   dry_run: bool = False) -> Result:
     """Convert a BlinkDL RWKV-7 checkpoint into a Hugging Face directory that fla's RWKV7ForCausalLM loads.
 
     source: a `.pth` or `.safetensors` file in any layout of docs/mapping.md (or a Hugging Face directory holding
@@ -70,15 +72,17 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
     allow_nonfinite: convert tensors holding NaN/Inf instead of refusing.
     drop_state: convert a state-tuned merge's weights alone. Without it a merge's tuned state (blocks.N.att.time_state,
         RWKV-block's init_state.N.wkv) is written to `output`/rwkv7_state.safetensors, in fla's [H, K, V] per layer.
-    adapter: an RWKV-PEFT adapter of `source`: AdapterSpec(path, pissa_init=None, alpha=None, form='merged'), merged
-        as RWKV-PEFT's merge scripts do, bit for bit, or (form 'peft') `output`/peft, a PEFT adapter for the base.
+    fuse_norm: config.json's `fuse_norm`. True (the default): fla's fused Triton norms, whose l2-norm eps differs
+        from BlinkDL's by ~1e-9 relative logits in float64; False: torch's unfused norms, BlinkDL's function exactly
+        (docs/verification.md, "fuse_norm: fused against unfused norms", has the float32 measurements).
 
-    Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, and `plan` (`plan.dims`:
-    the sizes; `plan.notes`: what was detected). Raises ConversionError (one line, naming the path).
+    Returns a `Result`: `output`, `files`, `shards`, `bytes_written`, `dtype`, `seconds`, `config` (config.json's
+    contents), and `plan` (`plan.dims`: the sizes; `plan.notes`: what was detected). Raises ConversionError (one
+    line, naming the path).
     """
     return _convert_to_fla(source, output, precision=precision, force=force, max_shard_size=max_shard_size,
                            head_size=head_size, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite,
-                           drop_state=drop_state, adapter=adapter, dry_run=dry_run)
+                           drop_state=drop_state, fuse_norm=fuse_norm, adapter=adapter, dry_run=dry_run)
 
 
 def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision: str | None = None,
@@ -133,10 +137,13 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
            model_state: PathLike | None = None, drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
-    device: 'auto' (default: cuda on a GPU; on the CPU 'cpu' for small models, 'cpu-torch' above: proof.backends.Auto),
-        'cpu' (fla's Triton kernels under Triton's interpreter; float32, pieces under 64 tokens), 'cpu-torch' (fla's
-        modules with torch stand-ins for the kernels; float32) or 'cuda'.
-    dtype: what fla runs in: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
+    The verdict is the exact proof: fla's own modules in float64 (torch stand-ins for its kernels) against the
+    float64 reference of the function config.json configures; the report names how far that is from BlinkDL's.
+    device: the kernels whose accuracy is reported beside it (calibrated, never the verdict): 'auto' (default: none
+        on the CPU, the exact proof alone, needing no environment variables; on a GPU the compiled kernels), 'cpu'
+        (fla's Triton kernels under Triton's interpreter; float32, pieces under 64 tokens), 'cpu-torch' (the stand-ins
+        in float32, as the kernels round) or 'cuda'.
+    dtype: the kernels' precision: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
     state / model_state: a bare RWKV-PEFT state file beside the base model `source`, and its conversion (a directory
@@ -150,6 +157,13 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
+    if device == 'cpu':
+        from fla.rwkv7_convert.proof.runtime import interpreter_ready
+        if not interpreter_ready():
+            raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
+                                  'chosen before triton is imported, and this process has imported it (import fla does); '
+                                  "use device='cpu-torch' or 'auto' (fla's modules with torch stand-ins for the kernels), "
+                                  'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
     if adapter is not None:
         check_adapter_record(os.fspath(model_dir), adapter)
     with reference_source(os.fspath(source), adapter) as reference:
@@ -160,12 +174,14 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
                        check_source=adapter is None)
 
 
-def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection:
+def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection | BareState:
     """What a BlinkDL file or an fla directory holds and what converting it would do; writes nothing.
 
     Returns an `Inspection`: `direction` ('convert' or 'export'), `layouts` (each with the names that show it),
     `dims` (V, C, L, H, N, F and the LoRA ranks), `parameters`, `dtypes` (tensors and parameters per stored dtype),
     `dropped` / `added` (with why), `notes`, `warnings`; `lines()` for people and `to_dict()` for JSON (the keys of
-    `rwkv7-inspect --json`). Raises the ConversionError converting it would (one line, naming the path).
+    `rwkv7-inspect --json`). A bare tuned-state file (no weights) is a `BareState`: its layers, heads, head size,
+    dtype and how to convert it (against its base model's directory). Raises the ConversionError converting it would
+    (one line, naming the path).
     """
     return _inspect(path, head_size=head_size)

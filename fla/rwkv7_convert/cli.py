@@ -22,7 +22,7 @@ from pathlib import Path
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.cli_adapters import adapter_flags, adapter_spec, export_adapter_body, export_adapter_flags
 from fla.rwkv7_convert.convert.adapters import adapter_notes, check_adapter_record, reference_source
-from fla.rwkv7_convert.convert.inspection import inspect, refused
+from fla.rwkv7_convert.convert.inspection import export_plan_lines, inspect, plan_lines, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.convert.tuned_state import convert_state, export_state
@@ -33,11 +33,9 @@ from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
-from fla.rwkv7_convert.mapping.config import fla_config
-from fla.rwkv7_convert.mapping.ops import Identity
+from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, WRAPPER_KEYS
-from fla.rwkv7_convert.proof.backends import AUTO_MAX_LAYER_HEADS
 from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
@@ -55,11 +53,23 @@ class Once(argparse.Action):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (`prog: error: ...`) and exit status 1, like every other failure of these
-    commands (argparse's own status is 2; docs/export.md promises 1 for every failure)."""
+    """argparse with its errors on one line (`error: ...`, as every other failure of these commands) and exit status 1
+    (argparse's is 2; docs/export.md promises 1 for every failure); no abbreviations (`--out` is not `--output`), and
+    an unknown flag is named before any missing one (`--outptu` is not "required: --output")."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        flags = [a.split('=', 1)[0] for a in argv[:argv.index('--') if '--' in argv else None] if a.startswith('--')]
+        unknown = [f for f in flags if f != '--' and f not in self._option_string_actions]
+        if unknown:
+            self.error(f'unrecognized arguments: {" ".join(unknown)}')
+        return super().parse_known_args(argv, namespace)
 
     def error(self, message):
-        self.exit(1, f'{self.prog}: error: {message} (see --help)\n')
+        self.exit(1, f'error: {message} (see {self.prog} --help)\n')
 
 
 def _quiet_broken_pipe() -> int:
@@ -122,7 +132,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace,
     """Run `body`, turning every expected failure into one line on stderr (`interrupted`: what Ctrl-C left)."""
     try:
         with _termination_as_interrupt():
-            return body(args)
+            return body(args)  # a body may set args.interrupted: what an interrupt from then on leaves
     except ConversionError as e:
         print(f'error: {e.one_line()}', file=sys.stderr)
         if getattr(args, 'verbose', False):
@@ -134,7 +144,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace,
         return _quiet_broken_pipe()
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
-        print(f'interrupted ({signal.Signals(signum).name}): {interrupted}', file=sys.stderr)
+        print(f'interrupted ({signal.Signals(signum).name}): {getattr(args, "interrupted", interrupted)}', file=sys.stderr)
         return 128 + signum
     except OSError as e:
         where = f'{e.filename}: ' if e.filename else ''
@@ -161,25 +171,6 @@ def _progress(quiet: bool):
     return on_start, on_tensor, close
 
 
-def _print_plan(plan, result, precision: str | None, out=sys.stdout) -> None:
-    print('detected:', file=out)
-    for note in plan.notes:
-        print(f'  {note}', file=out)
-    print('config.json:', file=out)
-    print('  ' + json.dumps(fla_config(plan.dims, result.dtype), sort_keys=False).replace(', "', ',\n   "'), file=out)
-    print('mapping (RWKV-LM name [stored shape] dtype -> fla name [shape] op):', file=out)
-    for e in plan.entries:
-        dtype = precision or e.source.dtype
-        if e.fla is None:
-            print(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> (dropped: {e.rule.note})', file=out)
-        else:
-            op = '' if isinstance(e.rule.op, Identity) else f' ({e.rule.op.name})'
-            reshape = ' (alias: reshaped)' if e.source.shape != e.canonical_shape else ''
-            print(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> {e.fla} {list(e.fla_shape)} {dtype}'
-                  f'{op}{reshape}', file=out)
-
-
-
 # The flags the three commands share, declared once and given to each parser as an argparse parent.
 def _loudness_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
@@ -193,7 +184,7 @@ def _writing_flags(what: str) -> argparse.ArgumentParser:
     """Both converters: how the output is written. `what` names the output in the help ('OUTDIR', 'OUT')."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument('--precision', default=None, action=Once, metavar='P',
-                   help='float32/fp32, bfloat16/bf16 or float16/fp16; default: keep each tensor\'s stored dtype')
+                   help='float32/fp32, bfloat16/bf16, float16/fp16, or keep (the default): each tensor\'s stored dtype')
     p.add_argument('--force', action='store_true', help=f'replace an existing {what} (only once the new one is complete)')
     p.add_argument('--allow-nonfinite', action='store_true', help='convert tensors holding NaN/Inf instead of refusing')
     p.add_argument('--dry-run', action='store_true', help='print the detected model and the mapping; write nothing')
@@ -241,6 +232,9 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
                        help='IN is a bare state file tuned for the model converted in BASE_OUTDIR (read, never written)')
     tuned.add_argument('--drop-state', action='store_true',
                        help='convert a state-tuned merge\'s weights alone, without its tuned state')
+    p.add_argument('--fuse-norm', choices=('true', 'false'), default=None, action=Once,
+                   help=f'config.json\'s fuse_norm (default {str(DEFAULT_FUSE_NORM).lower()}): true, fla\'s fused '
+                        'Triton norms; false, torch\'s, BlinkDL\'s function exactly (docs/verification.md)')
     adapter_flags(p, Once)
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
@@ -264,10 +258,11 @@ def progress_callbacks(args: argparse.Namespace):
 
 def _state_body(args: argparse.Namespace) -> int:
     """convert --base: a bare state file against its base model's directory."""
-    if args.verify or args.drop_state or args.precision or args.tokenizer != 'auto' or args.adapter:
-        flag = next(f for f, on in (('--verify', args.verify), ('--drop-state', args.drop_state),
-                                    ('--precision', args.precision), ('--tokenizer', args.tokenizer != 'auto'),
-                                    ('--adapter', args.adapter)) if on)
+    given = (('--verify', args.verify), ('--drop-state', args.drop_state), ('--precision', args.precision),
+             ('--tokenizer', args.tokenizer != 'auto'), ('--fuse-norm', args.fuse_norm is not None),
+             ('--adapter', args.adapter is not None))
+    flag = next((f for f, on in given if on), None)
+    if flag:
         raise ConversionError(f'{flag} does not apply with --base (a bare state converts alone, in its stored dtype); '
                               'verify it with verify_rwkv7.py --rwkv7 BASE.pth --state STATE.pth --model BASE_OUTDIR '
                               '--model-state STATE_OUTDIR')
@@ -305,22 +300,24 @@ def _convert_body(args: argparse.Namespace) -> int:
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
             drop_state=args.drop_state, adapter=adapter_spec(args), dry_run=args.dry_run, on_start=on_start,
-            on_tensor=verbose_tensor)
+            on_tensor=verbose_tensor, fuse_norm=DEFAULT_FUSE_NORM if args.fuse_norm is None else args.fuse_norm == 'true')
     finally:
         close()
     plan = result.plan
     if args.dry_run:
-        _print_plan(plan, result, precision)
+        print('\n'.join(plan_lines(plan, result, precision)))
         print(f'dry run: would write {human_bytes(result.bytes_written)} of weights to {args.output}; nothing written')
         return 0
     if not args.quiet:
-        d = plan.dims
+        d, state = plan.dims, f', its tuned state in {STATE_FILE}' if plan.states else ''
         print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
               f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
-              f'{result.shards} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+              f'{result.shards} shard(s){state}, {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
         for line in adapter_notes(result.adapter, args.adapter_format) if result.adapter else ():
             print(f'  {line}')
     if args.verify:
+        args.interrupted = (f'verify stopped; the conversion was complete and is in place: {args.output} holds the '
+                            'new model (its model card without a verdict)')
         with reference_source(args.rwkv7, adapter_spec(args)) as source:
             return verify_after_convert(source, args.output, tokens=args.verify_tokens, head_size=args.head_size,
                                         quiet=args.quiet)
@@ -345,20 +342,21 @@ def verify_after_convert(source, model_dir, *, tokens: int = DEFAULT_TOKENS, hea
 
 def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=(
-        'Compare a converted fla model with the pure-PyTorch reference run on the original BlinkDL checkpoint, one '
-        'layer in memory at a time. PASS when fla\'s error against the float64 reference is within a calibrated '
-        'factor of the reference\'s own error in the same precision. Exit status 0 only on PASS.'),
+        'Prove a converted fla model computes the original BlinkDL checkpoint\'s function, one layer in memory at a '
+        'time: fla\'s own modules in float64 against the float64 pure-PyTorch reference of the function config.json '
+        'configures (PASS within 1e-9 relative RMS), with how far that function is from BlinkDL\'s named by config '
+        'key. Exit status 0 only on PASS.'),
         parents=[_head_size_flag(), _loudness_flags()])
     p.add_argument('--rwkv7', required=True, action=Once, metavar='IN', help='the BlinkDL checkpoint that was converted')
     p.add_argument('--model', required=True, action=Once, metavar='OUTDIR', help='the converted Hugging Face directory')
     p.add_argument('--device', default='auto', action=Once, choices=CHOICES,
-                   help='where both sides run: ' + '; '.join(f'{k}: {b.name}' for k, b in BACKENDS.items())
-                        + f'; auto (default): cuda on a GPU, else cpu (the Triton kernels themselves, interpreted) up '
-                        f'to {AUTO_MAX_LAYER_HEADS} layers x heads (~1 minute for 16 tokens on 2 cores) and cpu-torch '
-                        '(fla\'s modules with torch stand-ins for the kernels: much faster, but the kernels are not '
-                        'what ran) above')
+                   help='the verdict is always the exact proof (fla\'s modules in float64 against the float64 '
+                        'reference); --device also reports the accuracy of fla\'s kernels in --dtype, beside it: '
+                        + '; '.join(f'{k}: {b.name}' for k, b in BACKENDS.items())
+                        + '; auto (default): the exact proof alone on the CPU, on a GPU both there')
     p.add_argument('--dtype', default='float32', action=Once, choices=DTYPES,
-                   help='dtype fla runs in (default float32; bfloat16/float16 need --device cuda)')
+                   help='the precision of the kernels\' accuracy report (default float32; bfloat16/float16 need '
+                        '--device cuda)')
     what = p.add_mutually_exclusive_group()
     what.add_argument('--tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
                       help=f'N random tokens (default {DEFAULT_TOKENS})')
@@ -452,22 +450,6 @@ def build_from_fla_parser(prog: str = 'convert_from_fla_rwkv7.py') -> argparse.A
     return p
 
 
-def _print_export_plan(plan, out=None) -> None:
-    out = out or sys.stdout
-    print('detected:', file=out)
-    for note in plan.notes:
-        print(f'  {note}', file=out)
-    print('mapping (fla name [shape] dtype -> RWKV-LM name [shape] dtype):', file=out)
-    for e in plan.entries:
-        if e.source is None:
-            print(f'  (placeholder) -> {e.blinkdl} {list(e.shape)} {e.dtype}: {e.note}', file=out)
-            continue
-        op = e.rule.op.reverse.name
-        how = ', '.join(x for x in (e.note, '' if op == 'identity' else op) if x)
-        print(f'  {e.fla} {list(e.source.shape)} {e.source.dtype} -> {e.blinkdl} {list(e.shape)} {e.dtype}'
-              + (f' ({how})' if how else ''), file=out)
-
-
 def _export_state_body(args: argparse.Namespace) -> int:
     if args.precision:
         raise ConversionError('--precision does not apply with --state-only: the state keeps its dtype (bit for bit)')
@@ -495,7 +477,7 @@ def _export_body(args: argparse.Namespace) -> int:
         for warning in plan.warnings:
             print(f'warning: {warning}', file=sys.stderr)
     if args.dry_run:
-        _print_export_plan(plan)
+        print('\n'.join(export_plan_lines(plan)))
         print(f'dry run: would write {human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; '
               'nothing written')
         return 0
@@ -578,7 +560,7 @@ def main(argv: list[str] | None = None, prog: str = 'python -m fla.rwkv7_convert
         print(f'rwkv7_convert {__version__}')
         return 0
     print(usage(prog), file=sys.stderr)
-    print(f'{prog}: error: ' + (f'unknown command {argv[0]!r}' if argv else 'no command given'), file=sys.stderr)
+    print('error: ' + (f'unknown command {argv[0]!r}' if argv else 'no command given'), file=sys.stderr)
     return 1
 
 

@@ -168,9 +168,9 @@ def test_verify_result_lands_in_the_card(tmp_path, small):
                         str(out), '--verify', '--verify-tokens', '16', '--precision', 'fp32', '-q'],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert len(r.stdout.splitlines()) == 1 and r.stdout.startswith("PASS: fla's error is "), r.stdout  # -q: the verdict
+    assert len(r.stdout.splitlines()) == 1 and r.stdout.startswith("PASS: fla's float64 error is "), r.stdout  # -q: verdict
     card = (out / CARD_FILE).read_text()  # the whole report all the same
-    assert '`--verify` after converting: **PASS**' in card and 'relative RMS error' in card
+    assert '`--verify` after converting: **PASS**' in card and 'relative RMS' in card and 'exact proof' in card
     assert str(tmp_path) not in card and str(small.parent) not in card
     plain = convert_to_fla(small, tmp_path / 'plain', precision='F32').output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != CARD_FILE} == {

@@ -259,6 +259,8 @@ def test_the_commands_convert_and_export_a_bare_state(files, tmp_path):
         ('utils/convert_to_rwkv7.py', '--rwkv7', files['bare'], '--output', tmp_path / 'x'),  # no base
         ('utils/convert_to_rwkv7.py', '--rwkv7', files['bare'], '--base', files['base_dir'], '--output', tmp_path / 'x',
          '--verify'),
+        ('utils/convert_to_rwkv7.py', '--rwkv7', files['bare'], '--base', files['base_dir'], '--output', tmp_path / 'x',
+         '--fuse-norm', 'false'),  # a bare state has no config.json
         ('utils/convert_from_fla_rwkv7.py', '--model', tmp_path / 's', '--output', tmp_path / 'x', '--state-only',
          '--precision', 'bf16'),
         ('utils/convert_from_fla_rwkv7.py', '--model', files['base_dir'], '--output', tmp_path / 'x', '--state-only'),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
@@ -15,7 +17,8 @@ OK = dict(dtype=torch.float32, tokens=63, interpreted=True, training=False, grad
 @pytest.mark.parametrize('change, message', [
     pytest.param({}, None, id='fp32-63-tokens'),
     pytest.param({'dtype': torch.float16}, None, id='fp16'),  # numpy has float16: measured finite
-    pytest.param({'interpreted': False}, 'set TRITON_INTERPRET=1', id='no-interpreter'),
+    pytest.param({'interpreted': False}, "device='cpu-torch') (torch stand-ins for the kernels, no environment variables), "
+                 'or set TRITON_INTERPRET=1', id='no-interpreter'),
     pytest.param({'dtype': torch.bfloat16}, 'NaN logits in bfloat16', id='bf16'),
     pytest.param({'tokens': 64}, 'at most 63 tokens per call (this call: 64 tokens)', id='64-tokens'),
     pytest.param({'training': True}, 'training mode', id='training'),
@@ -23,7 +26,8 @@ OK = dict(dtype=torch.float32, tokens=63, interpreted=True, training=False, grad
 ])
 def test_cpu_problem(change, message):
     problem = cpu_problem(**{**OK, **change})
-    assert problem is None if message is None else message in problem and 'Running a converted model' in problem
+    assert problem is None if message is None else message in problem and '"Run a converted model" in' in problem
+    assert message is None or '## Run a converted model' in (Path(__file__).resolve().parents[2] / 'README.md').read_text()
 
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason='checks runs on a machine without CUDA')

@@ -2,10 +2,11 @@
 
 The full matrix (head sizes 32/64/128 x T up to 4096 x chunk/fused_recurrent x fp32 IEEE/TF32/bf16/fp16, left
 padding, prefill then decode, packed batches, a tuned initial state, the released 0.1B/1.5B shapes, the timed
-verify run) is one command for a cold GPU session: `bash benchmarks/gpu_parity.sh` (README, "GPU matrix"). Here pytest runs its
-quick form (T <= 257, no released shapes) in a subprocess, so that the script's patched autotuner and
-TRITON_F32_DEFAULT stay out of this process. Its CPU path runs in CI: tests/proof/test_gpu_parity_cpu.py; single
-cells through the library (proof.parity.run_cell), per precision on CUDA: tests/proof/test_parity_api.py.
+verify run) is one command for a cold GPU session: `bash benchmarks/gpu_parity.sh` (docs/benchmarks.md, "The GPU
+parity matrix"). Here pytest runs its quick form (T <= 257, no released shapes) in a subprocess, so that the
+script's patched autotuner and TRITON_F32_DEFAULT stay out of this process. Its CPU path runs in CI:
+tests/proof/test_gpu_parity_cpu.py; single cells through the library (proof.parity.run_cell), per precision on
+CUDA: tests/proof/test_parity_api.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The report's words: a verdict line that says what PASS and FAIL mean, what to do on a FAIL, and the perplexity
-on a text computed as exp(mean NLL). Reports built by hand: no model runs here."""
+"""The report's words: a verdict line that says what PASS and FAIL mean (the exact proof), how far fla's function is
+from BlinkDL's, what to do on a FAIL, the kernels' accuracy kept apart from the verdict, and the perplexity on a text
+computed as exp(mean NLL). Reports built by hand: no model runs here."""
 
 from __future__ import annotations
 
@@ -8,60 +9,93 @@ import math
 import pytest
 import torch
 
-from fla.rwkv7_convert.proof.report import Comparison, Perplexity, Report, Step, perplexity
+from fla.rwkv7_convert.proof.report import Comparison, Exact, Kernels, Perplexity, Report, perplexity
+from fla.rwkv7_convert.proof.variant import Difference
 from fla.rwkv7_convert.proof.verdict import judge
 
 REF = 5e-7
+EXACT = 3e-16
+L2 = Difference('kk l2-norm', 'fuse_norm', 'l2_norm', 'F.normalize', '"fuse_norm": false')
 
 
-def report(fla_error: float, steps: list[tuple[str, float]] = (), per_layer: bool = False) -> Report:
-    def comparison(err):
-        return Comparison(err, err, err, 0.0, 1.0)
-    made = [Step(key, comparison(err), comparison(REF), judge(err, REF, 'float32')) for key, err in steps]
-    r = Report('m.pth', 'out', 'cpu', 'float32', 'float32', 1, 8, comparison(fla_error), comparison(REF),
-               judge(fla_error, REF, 'float32'), steps=made, per_layer=per_layer)
-    r.first_divergence = next((s.key for s in made if not s.judgement.passed), None)
-    return r
+def comparison(err):
+    return Comparison(err, err, err, 0.0, 1.0)
 
 
-def test_pass_says_how_far_fla_is_from_the_reference():
-    r = report(REF * 1.02)
+def report(fla_error: float, steps: list[tuple[str, float]] = (), per_layer: bool = False, *, formula: float | None = None,
+           config: list[str] = (), kernels: float | None = None) -> Report:
+    exact = Exact(comparison(fla_error), list(steps), 'fla modules in float64, torch wkv', 'cpu',
+                  [L2] if formula is not None else [], None if formula is None else comparison(formula), list(config))
+    made = None
+    if kernels is not None:
+        made = Kernels('fla Triton kernels, interpreted', 'cpu', 'float32', 'float32', comparison(kernels),
+                       comparison(REF), judge(kernels, REF, 'float32'))
+    return Report('m.pth', 'out', 1, 8, exact, made, per_layer=per_layer)
+
+
+def test_pass_says_how_exact_and_how_far_from_blinkdl():
+    r = report(EXACT, formula=2.3e-9)
     assert r.passed
-    assert r.verdict_line() == ("PASS: fla's error is 1.02 times the reference's own in float32 on cpu (bound 8x + "
-                                '2e-06)')
+    assert r.verdict_line() == ("PASS: fla's float64 error is 3.00e-16 (bound 1e-09) against the float64 reference on "
+                                "cpu; fla's function differs from BlinkDL's by 2.3e-09 (fuse_norm)")
     text = r.render()
-    assert text.splitlines()[-1] == r.verdict_line() and 'what to do' not in text and 'part first' not in text
+    assert 'what to do' not in text and 'part first' not in text
+    assert '- kk l2-norm: fla l2_norm, BlinkDL F.normalize (config.json fuse_norm; "fuse_norm": false)' in text
+
+
+def test_pass_without_a_formula_difference_says_so():
+    r = report(EXACT)
+    assert r.verdict_line().endswith("; fla's function is BlinkDL's") and "is BlinkDL's (no constant differs)" in r.render()
 
 
 def test_fail_says_what_it_means_where_and_what_to_do():
-    r = report(0.08, [('ln0', REF), ('blocks.0.att', 0.09), ('blocks.0.ffn', 0.1)])
+    r = report(0.08, [('ln0', EXACT), ('blocks.0.att', 0.09), ('blocks.0.ffn', 0.1)])
     assert not r.passed
     line = r.verdict_line()
-    assert line == ("FAIL: fla's error is 1.6e+05 times the reference's own in float32 on cpu (bound 8x + 2e-06): "
-                    "this directory does not compute the file's function")
+    assert line == ("FAIL: fla's float64 error is 8.00e-02 (bound 1e-09) against the float64 reference on cpu, first at "
+                    "blocks.0.att: this directory does not compute the file's function")
     lines = r.render().splitlines()
     at = lines.index(line)
     assert lines[at + 1] == '  the models part first at layer 0, time mix (attention) (blocks.0.att)'
     assert lines[at + 2].startswith('  what to do: convert the file again') and 'is the file that was converted' in \
         lines[at + 2] and '--per-layer' in lines[at + 2]
-    assert 'within' not in r.render()  # the old wording read like a pass
 
 
-def test_per_layer_fail_with_agreeing_logits_names_the_sub_step():
-    r = report(REF, [('ln0', REF), ('blocks.0.att', 1e-3)], per_layer=True)
-    assert r.judgement.passed and not r.passed
-    assert r.verdict_line().startswith("FAIL: at blocks.0.att fla's error is 2e+03 times the reference's own")
-    assert '--per-layer' not in r.render().splitlines()[-1]  # it was given
+def test_a_sub_step_past_the_bound_fails_even_with_agreeing_logits():
+    r = report(EXACT, [('ln0', EXACT), ('blocks.0.att', 1e-6)], per_layer=True)
+    assert not r.passed
+    assert r.verdict_line().startswith("FAIL: at blocks.0.att fla's float64 error is 1.00e-06 (bound 1e-09)")
+    assert '--per-layer' not in r.render()  # it was given
 
 
-@pytest.mark.parametrize(('fla', 'ref', 'says'), [
-    pytest.param(math.nan, REF, "fla's error is not finite", id='nan'),
-    pytest.param(0.3, 0.0, "fla's error is 0.3 (relative RMS) where the reference's own is 0", id='reference-exact'),
-])
-def test_fail_lines_without_a_ratio(fla, ref, says):
-    r = report(REF)
-    r.judgement = judge(fla, ref, 'float32')
-    assert r.verdict_line().startswith(f'FAIL: {says}') and '\n' not in r.verdict_line()
+def test_a_config_value_no_conversion_writes_fails_named():
+    problem = 'config.json norm_eps = 2e-05, but the file converts to 64e-5 / head_size = 1e-05'
+    r = report(EXACT, config=[problem])
+    assert not r.passed and r.verdict_line().endswith(f', but {problem}')
+    assert f'  config: {problem}' in r.render().splitlines()
+
+
+@pytest.mark.parametrize('err', [pytest.param(math.nan, id='nan'), pytest.param(math.inf, id='inf')])
+def test_fail_lines_without_finite_logits(err):
+    r = report(err, [('ln0', err)])
+    assert not r.passed
+    assert r.verdict_line().startswith("FAIL: fla's float64 logits are not finite") and '\n' not in r.verdict_line()
+
+
+def test_kernels_past_their_calibration_never_fail_the_conversion():
+    r = report(EXACT, kernels=REF * 12.8)
+    assert r.passed and not r.kernels.within
+    assert r.verdict_line().startswith('PASS: ')
+    summary = r.kernels.summary()
+    assert summary.startswith("kernels: 12.8 times the reference's own error in float32, past the calibration")
+    assert 'not the conversion' in summary and 'convert the file again' not in r.render()
+    assert "kernels' accuracy (not the conversion's verdict)" in r.render()
+
+
+def test_kernels_within_calibration_say_so():
+    r = report(EXACT, kernels=REF * 1.02)
+    assert r.kernels.within and r.verdict_line().endswith("kernels: within calibration (1.02 times the reference's own "
+                                                          'error in float32)')
 
 
 def test_perplexity_is_exp_mean_nll_of_each_next_token():

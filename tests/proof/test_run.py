@@ -1,5 +1,5 @@
-"""Running a converted directory: load_model / generate (proof/run.py), examples/generate.py, the README's CPU
-example as written, and the World-vocabulary sample end to end (tokenizer, chat template, stop tokens)."""
+"""Running a converted directory: load_model / generate (proof/run.py) on both CPU paths, examples/generate.py, and
+the World-vocabulary sample end to end (tokenizer, chat template, stop tokens). The README's blocks: test_readme.py."""
 
 import json
 import os
@@ -58,20 +58,40 @@ def test_half_precisions_are_refused_on_the_cpu_with_the_reason_and_the_fix(goos
 
 
 @no_cuda
-def test_an_interpreter_chosen_too_late_is_one_line_with_the_fix(goose, monkeypatch):
-    # triton is imported in this process: with TRITON_INTERPRET unset it can no longer be chosen
+def test_without_the_interpreter_variables_the_cpu_runs_torch_stand_ins_with_the_interpreters_tokens(goose, monkeypatch):
+    """A script that imported fla without TRITON_INTERPRET: load_model's default (auto) takes the torch stand-ins,
+    which give the interpreted kernels' greedy tokens, also past 63 tokens a call; device='cpu' says the fix."""
+    interpreted, _ = load_model(goose / 'out' / 'goose-mini', device='cpu')
+    ids = torch.randint(0, 512, (1, 70), generator=torch.Generator().manual_seed(1))
+    expected = generate(interpreted, ids, 4, eos_token_id=[])
     assert 'triton' in sys.modules
     monkeypatch.delenv('TRITON_INTERPRET')
-    with pytest.raises(ConversionError, match='TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0') as e:
-        load_model(goose / 'out' / 'goose-mini')
+    model, _ = load_model(goose / 'out' / 'goose-mini')
+    assert getattr(model, 'rwkv7_torch_wkv', False) and model.dtype == torch.float32
+    assert torch.equal(generate(model, ids, 4, eos_token_id=[]), expected)
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape == (1, 70, 512)  # one call of 70 tokens: no interpreter limit
+    with pytest.raises(ConversionError, match=r"device='cpu-torch'.*TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0") as e:
+        load_model(goose / 'out' / 'goose-mini', device='cpu')
+    assert '\n' not in str(e.value) and '--' not in str(e.value) and 'before importing' not in str(e.value)
+
+
+def test_prompt_text_without_a_tokenizer_is_one_line_in_api_terms(goose):
+    model, tokenizer = load_model(goose / 'out' / 'goose-mini')
+    assert tokenizer is None
+    with pytest.raises(ConversionError, match=r'no tokenizer.*pass token ids instead: generate\(model') as e:
+        generate(model, tokenizer, 16, prompt='Hello', state=None)
     assert '\n' not in str(e.value)
 
 
 def test_not_a_directory_and_unknown_devices_are_refused(goose, tmp_path):
     with pytest.raises(ConversionError, match='config.json is missing'):
         load_model(tmp_path)
-    with pytest.raises(ConversionError, match="expected 'cpu' or 'cuda'"):
+    with pytest.raises(ConversionError, match="expected 'auto', 'cpu', 'cpu-torch' or 'cuda'"):
         load_model(goose / 'out' / 'goose-mini', device='tpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ConversionError, match="torch sees no CUDA device; use device='cpu-torch'"):
+            load_model(goose / 'out' / 'goose-mini', device='cuda')
 
 
 def test_a_long_prompt_goes_through_the_cache_in_pieces_and_greedy_picks_the_argmax(goose):
@@ -85,18 +105,6 @@ def test_a_long_prompt_goes_through_the_cache_in_pieces_and_greedy_picks_the_arg
     assert int(out[0, -1]) == int(fla_logits(model, ids)[0, -1].argmax())
     with pytest.raises(ConversionError, match=r'token ids must be in 0\.\.511'):
         generate(model, [1, 2, 600], 1)
-
-
-def test_the_readme_cpu_example_runs_as_written(goose):
-    readme = (REPO / 'README.md').read_text().splitlines()
-    start = readme.index('<!-- cpu-example -->') + 1
-    assert readme[start] == '```bash'
-    snippet = '\n'.join(readme[start + 1:readme.index('```', start + 1)])
-    assert "'out/goose-mini'" in snippet
-    r = _run(['bash', '-c', snippet], goose)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ids = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(ids) == 1 and ids[0][:3] == [1, 2, 3] and len(ids[0]) == 3 + 8 and all(0 <= i < 512 for i in ids[0])
 
 
 def test_the_world_sample_is_reproducible_and_its_help_writes_nothing(world, tmp_path):
@@ -152,3 +160,11 @@ def test_generate_py_says_in_one_line_when_a_prompt_has_no_tokenizer(goose):
     r = _run([sys.executable, str(REPO / 'examples' / 'generate.py'), '--model', 'out/goose-mini', '--prompt', 'hi'],
              goose)
     assert r.returncode == 1 and re.search(r'error: .*goose-mini: the directory has no tokenizer', r.stderr), r.stderr
+
+
+@no_cuda
+def test_generate_py_device_cuda_on_a_cpu_gives_the_command_line_fix(goose):
+    r = _run([sys.executable, str(REPO / 'examples' / 'generate.py'), '--model', 'out/goose-mini', '--ids', '1,2',
+              '--device', 'cuda'], goose)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr
+    assert '--device cpu-torch' in r.stderr and 'device=' not in r.stderr

@@ -137,3 +137,52 @@ def test_the_guard_catches_a_kernel(monkeypatch):
     monkeypatch.setattr(interpreter.GridExecutor, '__call__', launched)
     with pytest.raises(AssertionError, match='launched'):
         l2_norm(torch.randn(1, 3, 2, 32))
+
+
+def test_float64_inputs_are_computed_in_float64():
+    """The exact proof's stand-ins: float64 in, float64 arithmetic and state out (float32 in: float32, as the kernels)."""
+    r, w, k, v, kk, a, h0 = (x.double() for x in _inputs(1, 6, 2, 32, seed=5))
+    o64, s64 = torch_wkv.fused_mul_recurrent_rwkv7(r, w, k, v, kk, a, initial_state=h0, output_final_state=True)
+    o32, s32 = torch_wkv.fused_mul_recurrent_rwkv7(*(x.float() for x in (r, w, k, v, kk, a)),
+                                                   initial_state=h0.float(), output_final_state=True)
+    assert o64.dtype == s64.dtype == torch.float64 and o32.dtype == s32.dtype == torch.float32
+    # the recurrence written out in float64: S = diag(exp w) S + (kk*a)(-kk^T S)... per fla's [K, V] state
+    s = h0.clone()
+    for t in range(6):
+        sa = torch.einsum('bhk,bhkv->bhv', -kk[:, t], s)
+        s = (w[:, t].exp()[..., None] * s + (kk[:, t] * a[:, t])[..., None] * sa[:, :, None, :]
+             + k[:, t, :, :, None] * v[:, t, :, None, :])
+    torch.testing.assert_close(s64, s, rtol=0, atol=1e-13)
+    assert (s32.double() - s).abs().max() > 1e-9  # float32 really rounds: the float64 path is not the same numbers
+    x = torch.randn(2, 3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch_wkv.l2_norm(x).dtype == torch.float64
+    torch.testing.assert_close(torch_wkv.l2_norm(x), x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6), rtol=0,
+                               atol=1e-15)
+
+
+def test_fla_squared_relu_keeps_float64_inside_installed():
+    """fla's sqrelu squares in float32 whatever its input: the last float32 island, replaced while installed."""
+    from fla.modules.activations import sqrelu
+    x = torch.tensor([1 + 2 ** -40, -3.0, 0.5], dtype=torch.float64)
+    want = torch.relu(x) ** 2
+    with torch_wkv.installed():
+        got = sqrelu(x)
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+    assert not torch.equal(sqrelu(x), want)  # restored: fla's own rounds through float32
+
+
+def test_a_precise_kernel_computes_in_float64_and_rounds_once():
+    """installed(precise=...): the measurement benchmarks/benchmark_kernels.py makes of each kernel's rounding."""
+    from fla.modules import LayerNorm
+    norm = LayerNorm(64, eps=1e-5, bias=True)
+    x = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(4)) * 100 + 1000  # cancellation-prone
+    want = torch.nn.functional.layer_norm(x.double(), (64,), norm.weight.double(), norm.bias.double(), 1e-5).float()
+    with torch_wkv.installed():
+        rounded = norm(x)
+    with torch_wkv.installed(precise=frozenset({'layer_norm'})):
+        exact = norm(x)
+    assert exact.dtype == rounded.dtype == torch.float32
+    assert torch.equal(exact, want) and not torch.equal(rounded, want)
+    with pytest.raises(ValueError, match='not in'):
+        with torch_wkv.installed(precise=frozenset({'softmax'})):
+            pass

@@ -43,11 +43,14 @@ def converted(tmp_path_factory):
 
 
 def check_report(report: Report, backend: str, precision: str, tokens: int) -> None:
+    """The exact proof passed, and the named kernels ran beside it in `precision`, within their calibration."""
     assert isinstance(report, Report)
     assert report.passed, report.render()
-    assert report.backend == backend and f'backend                 {backend}' in report.render()
-    assert report.precision == precision and report.tokens == tokens
-    assert [s.key for s in report.steps][:2] == ['ln0', 'blocks.0.att'] and report.first_divergence is None
+    assert report.exact.backend == 'fla modules in float64, torch wkv' and report.exact.logits.rel_rms <= 1e-12
+    k = report.kernels
+    assert k.backend == backend and f"kernels' accuracy (not the conversion's verdict): {backend}" in report.render()
+    assert k.precision == precision and report.tokens == tokens and k.within, report.render()
+    assert [s.key for s in k.steps][:2] == ['ln0', 'blocks.0.att'] and report.first_divergence is None
 
 
 @interpreted
@@ -92,20 +95,26 @@ def test_the_torch_wkv_backend_passes_a_conversion_and_fails_a_broken_one_at_the
     assert not report.passed and report.first_divergence == 'blocks.1.att', report.render()
 
 
-def test_auto_chooses_by_the_models_shape():
+def test_auto_is_the_exact_proof_alone_on_the_cpu():
     from types import SimpleNamespace
 
-    from fla.rwkv7_convert.proof.backends import AUTO, AUTO_MAX_LAYER_HEADS
-    small, big = SimpleNamespace(L=2, C=64, N=32), SimpleNamespace(L=AUTO_MAX_LAYER_HEADS, C=128, N=64)
+    from fla.rwkv7_convert.proof.backends import AUTO, EXACT
+    small, big = SimpleNamespace(L=2, C=64, N=32), SimpleNamespace(L=32, C=4096, N=64)
     assert backend_for('auto') is AUTO
     if torch.cuda.is_available():
         assert AUTO.choose(small, None) is BACKENDS['cuda']
         return
-    assert AUTO.choose(small, None) is BACKENDS['cpu']
-    assert AUTO.choose(small, 64) is BACKENDS['cpu-torch']  # a piece the interpreter cannot take
-    assert AUTO.choose(big, None) is BACKENDS['cpu-torch']
-    with pytest.raises(ConversionError, match='--dtype bfloat16 with --device auto'):
+    assert AUTO.choose(small, None) is EXACT and AUTO.choose(big, 64) is EXACT and not EXACT.kernels
+    with pytest.raises(ConversionError, match='--dtype bfloat16: the exact proof runs in float64'):
         AUTO.check('bfloat16', None, 8)
+
+
+def test_the_default_needs_no_interpreter_and_reports_no_kernels(converted):
+    source, out, bad = converted
+    report = verify(source, out, tokens=12)
+    assert report.passed and report.kernels is None and "kernels'" not in report.render(), report.render()
+    report = verify(source, bad, tokens=12)
+    assert not report.passed and report.first_divergence == 'blocks.1.att', report.render()
 
 
 @pytest.mark.gpu

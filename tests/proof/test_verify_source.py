@@ -114,4 +114,4 @@ def test_any_source_verifies_anyway_and_says_so(files):
 def test_quiet_prints_the_verdict_line_only(files):
     code, out, err = cli('--rwkv7', files['a'], '--model', files['out'], '--tokens', 4, '-q')
     assert code == 0 and err == '' and len(out.splitlines()) == 1, (out, err)
-    assert out.startswith("PASS: fla's error is ") and 'times the reference\'s own in float32 on cpu' in out, out
+    assert out.startswith("PASS: fla's float64 error is ") and '(bound 1e-09) against the float64 reference on cpu' in out, out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count
+from fla.rwkv7_convert.hub.model_card import fuse_norm_line, runs_fused
 from fla.rwkv7_convert.mapping.config import Dims
 
 SCHEMA = 1  # the version of Inspection.to_dict's keys; raised when a key changes meaning or goes away
@@ -32,6 +33,7 @@ class Inspection:
     dtypes: dict[str, dict[str, int]]  # stored dtype -> {'tensors': n, 'parameters': m}
     output_dtype: str
     output_bytes: int
+    fuse_norm: bool  # fla's fused norms: what the conversion writes into config.json, or what the directory's says
     layouts: list[dict] = field(default_factory=list)  # {'name', 'kind', 'who', 'evidence', 'evidence_count'}
     dropped: list[dict] = field(default_factory=list)  # {'name', 'why'}: stored, not carried over
     added: list[dict] = field(default_factory=list)  # {'name', 'why'}: written without a stored source
@@ -46,7 +48,7 @@ class Inspection:
         return {'schema': SCHEMA, 'ok': True, 'path': self.path, 'direction': self.direction, 'format': self.format,
                 'layouts': self.layouts, 'sizes': dict(vars(self.dims)), 'head_size': self.dims.N,
                 'parameters': self.parameters, 'tensors': self.tensors, 'dtypes': self.dtypes,
-                'output': {'dtype': self.output_dtype, 'bytes': self.output_bytes},
+                'output': {'dtype': self.output_dtype, 'bytes': self.output_bytes}, 'fuse_norm': self.fuse_norm,
                 'dropped': self.dropped, 'added': self.added, 'state': self.state, 'notes': self.notes,
                 'warnings': self.warnings}
 
@@ -71,6 +73,8 @@ class Inspection:
                                                  for k, v in self.dtypes.items()))
         out.append(f'would write: {human_bytes(self.output_bytes)} of weights in {self.output_dtype}'
                    + (' and its tuned state' if self.state else ''))
+        out.append(('norms (the config.json it would write; --fuse-norm chooses): ' if self.direction == 'convert'
+                    else 'norms (its config.json): ') + fuse_norm_line(self.fuse_norm))
         if self.state:
             st = self.state
             out.append(f'tuned initial state: {st["layers"]} blocks of {st["shape"]} {st["dtype"]} ({st["names"]}, in '
@@ -85,6 +89,53 @@ class Inspection:
         out += [f'warning: {w}' for w in self.warnings]
         out.append('refused: nothing in names, shapes or config; tensor data (NaN/Inf) is checked only when converting')
         return out
+
+
+BARE_STATE = 'RWKV state-tuning file without its base model'  # the refusal (table.REFUSALS) inspect describes instead
+
+
+@dataclass
+class BareState:
+    """A bare tuned-state file (RWKV-PEFT's state tuning: blocks.N.att.time_state only, no weights), which converts
+    only against its base model's directory (rwkv7-convert --base)."""
+
+    path: str
+    format: str
+    names: str  # the pattern, e.g. blocks.N.att.time_state
+    layers: int
+    shape: list[int]  # one layer's, as stored: [H, V, K] (BlinkDL's orientation)
+    dtype: str
+    nbytes: int
+
+    def to_dict(self) -> dict:
+        state = {'names': self.names, 'layers': self.layers, 'shape': self.shape, 'dtype': self.dtype,
+                 'file': Path(self.path).name}
+        return {'schema': SCHEMA, 'ok': True, 'path': self.path, 'direction': 'state', 'format': self.format,
+                'head_size': self.shape[-1], 'heads': self.shape[0], 'state': state, 'bytes': self.nbytes}
+
+    def lines(self) -> list[str]:
+        h, n = self.shape[0], self.shape[-1]
+        return [f'{self.path}: a bare tuned-state file (state tuning), no model weights (read as {self.format})',
+                f'tuned initial state: {self.layers} blocks of {self.shape} {self.dtype} ({self.names}, '
+                f'[head, value, key]): a model of {self.layers} layers, {h} heads of head size {n} (hidden {h * n}), '
+                f'{human_bytes(self.nbytes)}',
+                f'convert: rwkv7-convert --rwkv7 {self.path} --base BASE_OUTDIR --output STATE_OUTDIR, BASE_OUTDIR '
+                'being its base model converted (its sizes are checked against this state)']
+
+
+def _bare_state(path: str, refusal: ConversionError) -> BareState:
+    import re
+
+    from fla.rwkv7_convert.formats.readers import open_checkpoint
+    from fla.rwkv7_convert.mapping.table import STATE_TENSOR
+    with open_checkpoint(path) as ckpt:
+        tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
+        refs = [(n, r) for n, r in tree.items() if STATE_TENSOR.match(re.sub(r'^.*?(?=blocks\.|init_state\.)', '', n))]
+        if not refs:  # wrapped or prefixed beyond a flat dict: the refusal says what to do
+            raise refusal
+        name, first = refs[0]
+        return BareState(path, ckpt.kind, re.sub(r'\.\d+\.', '.N.', name), len(refs), list(first.shape), first.dtype,
+                         sum(ref.nbytes for _, ref in refs))
 
 
 def _layouts(found) -> list[dict]:
@@ -107,7 +158,8 @@ def _blinkdl(path: str, head_size: int | None) -> Inspection:
     plan = result.plan
     return Inspection(
         path, 'convert', result.source_format, plan.dims, plan.num_parameters, len(plan.kept),
-        _dtypes(e.source for e in plan.kept), result.dtype, result.bytes_written, _layouts(plan.layouts),
+        _dtypes(e.source for e in plan.kept), result.dtype, result.bytes_written, runs_fused(result.config),
+        _layouts(plan.layouts),
         dropped=[{'name': e.source.name, 'why': e.rule.note or 'not carried over'} for e in plan.dropped],
         notes=plan.notes[2:],  # the first two are the sizes, shown on their own lines
         state=_merge_state(plan.states, Path(path).name))
@@ -138,7 +190,7 @@ def _fla(path: str) -> Inspection:
     sources = {e.fla: e.source for e in plan.entries if e.source is not None}  # a tied head is the embedding's copy
     return Inspection(
         path, 'export', 'hf-directory', plan.dims, plan.num_parameters, len(sources), _dtypes(sources.values()),
-        result.dtype, result.bytes_written, _layouts(plan.layouts),
+        result.dtype, result.bytes_written, runs_fused(plan.config), _layouts(plan.layouts),
         added=[{'name': e.blinkdl, 'why': e.note} for e in plan.entries if e.source is None],
         notes=plan.notes[2:], warnings=list(plan.warnings), state=_directory_state(path))
 
@@ -182,18 +234,21 @@ def refused(error: ConversionError, path: str | os.PathLike) -> dict:
             'error_type': type(error).__name__, 'refusal': refusal.variant if refusal is not None else None}
 
 
-def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspection:
+def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspection | BareState:
     """Describe `path` (a BlinkDL .pth / .safetensors file, an fla directory, or a Hugging Face directory holding
-    RWKV-LM names) from its direction's dry run. Raises the ConversionError that direction would (one line, naming
-    the path) when it would refuse the input."""
+    RWKV-LM names) from its direction's dry run; a bare tuned-state file as a `BareState`. Raises the ConversionError
+    that direction would (one line, naming the path) when it would refuse the input."""
     shown = os.fspath(path)
     if not Path(shown).is_dir():
         try:
             return _blinkdl(shown, head_size)
         except ConversionError as e:
-            if getattr(getattr(e, 'refusal', None), 'variant', '') != ADAPTER_REFUSAL:
+            variant = getattr(getattr(e, 'refusal', None), 'variant', None)
+            if variant == ADAPTER_REFUSAL:
+                return inspect_adapter(shown)
+            if variant != BARE_STATE:
                 raise
-        return inspect_adapter(shown)
+            return _bare_state(shown, e)
     try:  # a directory is either direction's: the one whose plan takes it
         return _blinkdl(shown, head_size)
     except ConversionError as e:
@@ -219,4 +274,43 @@ def _more_telling(to_fla: ConversionError, to_blinkdl: ConversionError) -> Conve
     return to_blinkdl
 
 
-__all__ = ['SCHEMA', 'AdapterInspection', 'Inspection', 'inspect', 'inspect_adapter', 'refused']
+def plan_lines(plan, result, precision: str | None) -> list[str]:
+    """convert --dry-run's listing: what was detected, the config.json, and every tensor's mapping."""
+    import json
+
+    from fla.rwkv7_convert.mapping.config import fla_config
+    from fla.rwkv7_convert.mapping.ops import Identity
+    config = result.config or fla_config(plan.dims, result.dtype)  # what the run writes (--fuse-norm included)
+    out = ['detected:', *(f'  {note}' for note in plan.notes), 'config.json:',
+           '  ' + json.dumps(config, sort_keys=False).replace(', "', ',\n   "'),
+           f'norms: {fuse_norm_line(config["fuse_norm"])}',
+           'mapping (RWKV-LM name [stored shape] dtype -> fla name [shape] op):']
+    for e in plan.entries:
+        dtype = precision or e.source.dtype
+        if e.fla is None:
+            out.append(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> (dropped: {e.rule.note})')
+        else:
+            op = '' if isinstance(e.rule.op, Identity) else f' ({e.rule.op.name})'
+            reshape = ' (alias: reshaped)' if e.source.shape != e.canonical_shape else ''
+            out.append(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> {e.fla} {list(e.fla_shape)} '
+                       f'{dtype}{op}{reshape}')
+    return out
+
+
+def export_plan_lines(plan) -> list[str]:
+    """export --dry-run's listing: what was detected and every tensor's mapping (placeholders included)."""
+    out = ['detected:', *(f'  {note}' for note in plan.notes),
+           'mapping (fla name [shape] dtype -> RWKV-LM name [shape] dtype):']
+    for e in plan.entries:
+        if e.source is None:
+            out.append(f'  (placeholder) -> {e.blinkdl} {list(e.shape)} {e.dtype}: {e.note}')
+            continue
+        op = e.rule.op.reverse.name
+        how = ', '.join(x for x in (e.note, '' if op == 'identity' else op) if x)
+        out.append(f'  {e.fla} {list(e.source.shape)} {e.source.dtype} -> {e.blinkdl} {list(e.shape)} {e.dtype}'
+                   + (f' ({how})' if how else ''))
+    return out
+
+
+__all__ = ['SCHEMA', 'AdapterInspection', 'BareState', 'Inspection', 'export_plan_lines', 'inspect', 'inspect_adapter',
+           'plan_lines', 'refused']

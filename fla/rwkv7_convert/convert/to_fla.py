@@ -26,7 +26,7 @@ from fla.rwkv7_convert.formats.states import METADATA as STATE_METADATA
 from fla.rwkv7_convert.formats.states import STATE_FILE
 from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import write_model_card
-from fla.rwkv7_convert.mapping.config import fla_config
+from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM, fla_config
 from fla.rwkv7_convert.mapping.engine import directory_layouts
 from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan
 from fla.rwkv7_convert.mapping.schema import Scope, Side
@@ -47,6 +47,7 @@ class Result:
     source_format: str = ''  # what the input was read as: 'pth', 'safetensors', 'hf-directory'
     state_file: str | None = None  # the tuned state's file (formats/states.py), when the source carried one
     adapter: object | None = None  # the RWKV-PEFT adapter merged or carried (mapping.adapter_plan.AdapterFile)
+    config: dict = field(default_factory=dict)  # the config.json written (or, in a dry run, that would be)
 
 
 def _fla_order(entry: Entry) -> tuple:
@@ -94,6 +95,7 @@ def convert_to_fla(
     allow_nonfinite: bool = False,
     drop_state: bool = False,
     adapter: AdapterSpec | None = None,
+    fuse_norm: bool = DEFAULT_FUSE_NORM,
     dry_run: bool = False,
     on_start: Callable[[Plan, int], None] | None = None,
     on_tensor: Callable[[str, int], None] | None = None,
@@ -105,7 +107,8 @@ def convert_to_fla(
     .output_precision), or None to keep each tensor's stored dtype.
     With `dry_run` nothing is written and the plan is returned. `on_start(plan, total_bytes)` and
     `on_tensor(name, nbytes)` report progress. A state-tuned merge's tuned states go to the
-    state file (formats/states.py: rwkv7_state.safetensors); `drop_state` converts the weights alone.
+    state file (formats/states.py: rwkv7_state.safetensors); `drop_state` converts the weights alone. `fuse_norm`:
+    config.json's, fla's fused norms (True) or torch's (mapping.config.DEFAULT_FUSE_NORM says why the default).
     `adapter`: an RWKV-PEFT adapter of `source`, merged as RWKV-PEFT's merge scripts do (form 'merged'), or written as
     a PEFT adapter directory beside the unmerged base (form 'peft': OUTDIR/peft, convert/peft_adapter.py).
     """
@@ -141,7 +144,8 @@ def convert_to_fla(
         total = sum(t.nbytes for t in tensors + states)
         total += sum(t.nbytes for t in peft.tensors) if peft else 0
         result = Result(None, plan, dtype=model_dtype, bytes_written=total, source_format=ckpt.kind,
-                        state_file=STATE_FILE if states else None, adapter=fine_tune)
+                        state_file=STATE_FILE if states else None, adapter=fine_tune,
+                        config=fla_config(plan.dims, model_dtype, fuse_norm=fuse_norm))
         if dry_run or output is None:
             return result
         if on_start:
@@ -158,7 +162,7 @@ def convert_to_fla(
                 files.append(STATE_FILE)
             tokenizer_files = write_tokenizer(scratch, tokenizer, plan.dims.V)
             world = tokenizer_kind(tokenizer, plan.dims.V)
-            write_json(scratch / 'config.json', fla_config(plan.dims, model_dtype))
+            write_json(scratch / 'config.json', result.config)
             write_json(scratch / 'generation_config.json', generation_config(chat=world == 'world'))
             files += ['config.json', 'generation_config.json', *tokenizer_files]
             # names, sizes and digests only: the folder may be published, local paths must not be

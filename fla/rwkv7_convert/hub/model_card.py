@@ -19,6 +19,25 @@ from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE
 CARD_FILE = 'README.md'
 
 
+def runs_fused(config: dict) -> bool:
+    """Whether fla runs a config.json with its fused norms: RWKV7Config's default (True) when the key is absent, and
+    fla tests the value's truth (`if config.fuse_norm`), so the string "false" runs fused too."""
+    return bool(config.get('fuse_norm', True))
+
+
+def fuse_norm_line(fuse_norm: bool) -> str:
+    """What config.json's `fuse_norm` makes fla compute, and what it costs: one line, shown by the card, the converter's
+    --dry-run and inspect (its default: mapping.config.DEFAULT_FUSE_NORM; the measurements: docs/verification.md)."""
+    if fuse_norm:
+        return ("fuse_norm: true (fla's fused Triton norms; its fused l2-norm of kk adds 1e-6 inside the root where "
+                "BlinkDL's F.normalize does not, ~1e-9 relative logits in float64; in float32 its fused LayerNorm's "
+                "error is 5-13x the float32 reference's on long-memory weights (w0 around -2), ~1x on trained-like "
+                "ones; false, the converter's --fuse-norm false, gives BlinkDL's exact function with torch's unfused "
+                'norms)')
+    return ("fuse_norm: false (torch's unfused LayerNorm/GroupNorm and F.normalize: BlinkDL's function exactly; true, "
+            "fla's default, uses its fused Triton norms instead)")
+
+
 def _tokenizer_section(meta: dict) -> list[str]:
     tok = meta.get('tokenizer', 'none')
     if tok == 'world':
@@ -121,6 +140,8 @@ def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None
         'head size 64 both are exact). `head_size` and `layer_norm_epsilon` are read by llama.cpp\'s converter, which',
         'then uses BlinkDL\'s eps everywhere; fla ignores them.',
         '',
+        f'Norms: {fuse_norm_line(runs_fused(config))}.',
+        '',
         '## How to load',
         '',
         '```python',
@@ -142,8 +163,8 @@ def render_card(config: dict, meta: dict, verify: tuple[bool, str] | None = None
         '```',
         '',
         *_state_section(meta),
-        "fla's kernels are Triton kernels for GPUs. On a CPU-only machine run them through Triton's interpreter in",
-        'float32, in calls of fewer than 64 tokens (see the converter\'s README, "Running a converted model"), or run the',
+        "fla's kernels are Triton kernels for GPUs. On a CPU-only machine the converter's `load_model` runs fla's modules",
+        "with torch stand-ins for them in float32 (see the converter's README, \"Run a converted model\"), or run the",
         "source checkpoint with BlinkDL's `rwkv` package, or llama.cpp after its `convert_hf_to_gguf.py`.",
         '',
         '## Tokenizer',

@@ -193,7 +193,7 @@ def render() -> str:
         f'BlinkDL uses LayerNorm eps {BLINKDL_NORM_EPS:g} and GroupNorm (`ln_x`) eps {BLINKDL_LN_X_EPS:g} for every head '
         'size; fla uses `norm_eps` and `head_dim * norm_eps`. The converter writes `norm_eps = 64e-5 / N`: exact for '
         'N = 64; for other N `ln_x` stays exact and the LayerNorm eps moves to 64e-5/N, which measured 20-200x closer '
-        'to BlinkDL than the other choice (see README, "Parity").',
+        'to BlinkDL than the other choice (docs/verification.md, "Parity measured").',
         '',
         '## Adding a naming variant',
         '',

@@ -596,7 +596,8 @@ REFUSALS: tuple[Refusal, ...] = (
             evidence=(Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT, 'time_state [H,N,N]'),)),
     Refusal('fla / Hugging Face RWKV-7 state dict', Stage.NAMES, BLINKDL,
             NamePattern(r'^(model\.(layers|embeddings)\.|lm_head\.)'),
-            'it is already in fla\'s naming; use utils/convert_from_fla_rwkv7.py to go back to RWKV-LM format',
+            'it is already in fla\'s naming; rwkv7-export --model DIR --output OUT.pth takes an fla directory back to '
+            'RWKV-LM format',
             other_direction=True),
     Refusal('anything else', Stage.NAMES, BLINKDL,
             Absent(r'\.att\.(r_k|k_k)\Z', '`blocks.*.att.r_k` / `att.k_k` tensors'), 'not an RWKV-7 checkpoint',

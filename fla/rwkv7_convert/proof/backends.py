@@ -21,11 +21,16 @@ CPU_PIECE = 63
 
 
 class Backend:
-    """What runs fla's RWKV7Block during a verification, and what that means for the run."""
+    """What runs fla's RWKV7Block during a verification, and what that means for the run.
+
+    Every verification runs the exact proof (fla's modules in float64 with the torch stand-ins, on this backend's
+    device: the verdict); a backend with `kernels` also runs fla's kernels in the precision under test beside it, for
+    the kernels' accuracy report (calibrated, never the conversion's verdict)."""
 
     device = ''  # torch device type, and the --device name
     name = ''  # shown in the report
     fast = False  # runs at the speed of the arithmetic (no interpreter): benchmarks/benchmark_verify.py runs 7.2B with it
+    kernels = True  # runs fla's kernels for the accuracy report beside the exact proof
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         """Refuse what cannot work here from the arguments alone (one line, nothing imported or read); returns the
@@ -86,8 +91,8 @@ class CpuInterpreted(Backend):
 
 class TorchWkv(Backend):
     """fla's own modules (RWKV7Block, LoRAs, norms, FFN) on the CPU with every Triton kernel they launch replaced by
-    a torch function of the same contract (torch_wkv.py): proves the conversion and fla's modules, not the Triton
-    kernels themselves (CpuInterpreted and Cuda do). IEEE float32, torch using every core this process may use."""
+    a torch function of the same contract (torch_wkv.py) computing in float32 as the kernels do: their rounding
+    without the kernels themselves (CpuInterpreted and Cuda run those). Torch uses every core this process may use."""
 
     device = 'cpu'
     name = 'fla modules, torch wkv'
@@ -118,38 +123,47 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# --device auto on the CPU: the interpreted kernels (they prove the Triton kernels too) while a 16-token run of
-# them stays around a minute on 2 cores, torch wkv above. Interpreted time grows with layers x heads (programs per
-# kernel launch, launches per token): measured in README.md (benchmarks/benchmark_verify.py).
-AUTO_MAX_LAYER_HEADS = 24 * 16  # 0.4B (24 layers x 16 heads): 31.6 s interpreted; 1.5B is 24 x 32
+class Exact(Backend):
+    """The exact proof alone: fla's modules in float64 with the torch stand-ins (torch_wkv.py), against the float64
+    reference of the function config.json configures. torch on the CPU, every core this process may use."""
+
+    device = 'cpu'
+    name = 'fla modules in float64, torch wkv'
+    fast = True
+    kernels = False
+
+    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
+        if dtype != 'float32':
+            raise ConversionError(f'--dtype {dtype}: the exact proof runs in float64; a precision is for the kernels\' '
+                                  'accuracy report: name the kernels with --device cpu, cpu-torch or cuda')
+        piece = self.default_piece(tokens) if piece is None else piece
+        if piece < 1:
+            raise ConversionError(f'--piece {piece}: must be at least 1')
+        return piece
+
+    def default_piece(self, tokens: int) -> int:
+        return CPU_PIECE
+
+    def precision(self, dtype: str, piece: int) -> str:
+        return 'float64'
 
 
 class Auto(Backend):
-    """The default: CUDA where there is a device; on the CPU the interpreted kernels for models up to
-    AUTO_MAX_LAYER_HEADS layers x heads (and for any --piece <= 63 the user sets below it), torch wkv above or for
-    pieces longer than the interpreter takes. Chosen from the source's shape before anything runs."""
+    """The default: the exact proof, on the CPU (Exact), or with CUDA present on the GPU, beside the compiled
+    kernels' accuracy report there (Cuda: it costs little on a GPU). Chosen before anything runs."""
 
     device = 'cpu'
     name = 'auto'
+    kernels = False
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32' and not _cuda_present():  # on a GPU auto is cuda, which runs any dtype
-            raise ConversionError(f'--dtype {dtype} with --device auto: on the CPU fla is verified in float32; use '
-                                  'float32, or --device cuda')
-        if piece is not None and piece < 1:
-            raise ConversionError(f'--piece {piece}: must be at least 1')
-        return self.default_piece(tokens) if piece is None else piece
+        return (BACKENDS['cuda'] if _cuda_present() else EXACT).check(dtype, piece, tokens)
 
     def default_piece(self, tokens: int) -> int:
         return CPU_PIECE
 
     def choose(self, dims, piece: int | None) -> Backend:
-        from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
-        if _cuda_present():
-            return BACKENDS['cuda']
-        if (piece is not None and piece > RECURRENT_MAX_TOKENS) or dims.L * (dims.C // dims.N) > AUTO_MAX_LAYER_HEADS:
-            return BACKENDS['cpu-torch']
-        return BACKENDS['cpu']
+        return BACKENDS['cuda'] if _cuda_present() else EXACT
 
 
 def _cuda_present() -> bool:
@@ -185,7 +199,9 @@ class Cuda(Backend):
         return dtype
 
 
+# the kernels whose accuracy a run reports beside the exact proof (--device)
 BACKENDS: dict[str, Backend] = {'cpu': CpuInterpreted(), 'cpu-torch': TorchWkv(), 'cuda': Cuda()}
+EXACT = Exact()  # the exact proof alone: what auto runs on the CPU
 AUTO = Auto()  # not in BACKENDS (what benchmarks measure): it runs one of them
 CHOICES = ['auto', *BACKENDS]  # --device
 

@@ -14,7 +14,7 @@ import os
 
 from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
 
-HOW = 'see "Running a converted model" in the rwkv7-convert README'
+HOW = 'see "Run a converted model" in the rwkv7-convert README'
 
 
 class CpuRunError(RuntimeError):
@@ -26,9 +26,10 @@ def cpu_problem(*, dtype, tokens: int, interpreted: bool, training: bool, grad: 
     import torch
 
     if not interpreted:
-        return ("fla's Triton kernels need CUDA, or Triton's CPU interpreter: set TRITON_INTERPRET=1 and "
-                'FLA_CACHE_RESULTS=0 before starting Python and call fla.rwkv7_convert.proof.runtime.use_interpreter() '
-                f'first ({HOW})')
+        return ("fla's Triton kernels need CUDA, or Triton's CPU interpreter: load with fla.rwkv7_convert.api."
+                "load_model(model_dir, device='cpu-torch') (torch stand-ins for the kernels, no environment variables), "
+                'or set TRITON_INTERPRET=1 and FLA_CACHE_RESULTS=0 before starting Python and call '
+                f'fla.rwkv7_convert.proof.runtime.use_interpreter() first ({HOW})')
     if dtype == torch.bfloat16:
         return ("bfloat16 on the CPU: Triton's interpreter gives NaN logits in bfloat16; load with "
                 f'dtype=torch.float32 or call model.float() ({HOW})')
@@ -47,8 +48,8 @@ def guard_cpu_runs(model):
 
     def check(module, args, kwargs):
         param = next(module.parameters(), None)
-        if param is None or param.device.type != 'cpu':
-            return None
+        if param is None or param.device.type != 'cpu' or getattr(module, 'rwkv7_torch_wkv', False):
+            return None  # CUDA, or the torch stand-ins (run.with_torch_wkv): none of the interpreter's limits
         ids = kwargs.get('input_ids', args[0] if args else None)
         if ids is None:
             ids = kwargs.get('inputs_embeds')

@@ -4,6 +4,9 @@ It is the yardstick the converter is judged against: no fla, no Triton, one toke
 recurrence, in float64 by default. Names are RWKV-LM's canonical ones (no `_orig_mod.`/`module.` prefix); vectors
 may be `[1, 1, C]` or `[C]`, `r_k` `[H, N]` or flat (then pass `head_size`).
 
+`l2_eps`, `norm_eps` and `ln_x_eps` select the variant of the function: BlinkDL's by default, or the one an fla
+config.json configures (proof/variant.py), so that fla can be proven exactly against the function it runs.
+
 Per head the wkv state S is N x N indexed [value, key], as in BlinkDL's code:
     S_t = S_{t-1} diag(w_t) + (S_{t-1} (-kk_t)) (kk_t * a_t)^T + v_t k_t^T,    y_t = S_t r_t
 """
@@ -64,8 +67,10 @@ class RWKV7Reference:
         head_size: int | None = None,
         ln_x_eps: float = 64e-5,
         norm_eps: float = 1e-5,
+        l2_eps: float | None = None,
     ):
         self.dtype = dtype
+        self.l2_eps = l2_eps
         # BlinkDL keeps the wkv state in fp32 when the weights are fp16/bf16
         self.state_dtype = torch.promote_types(dtype, torch.float32)
         self.ln_x_eps = ln_x_eps
@@ -114,12 +119,12 @@ class RWKV7Reference:
 
     @classmethod
     def empty(cls, *, vocab: int, hidden: int, layers: int, head_size: int, dtype: torch.dtype = torch.float64,
-              ln_x_eps: float = 64e-5, norm_eps: float = 1e-5) -> RWKV7Reference:
+              ln_x_eps: float = 64e-5, norm_eps: float = 1e-5, l2_eps: float | None = None) -> RWKV7Reference:
         """The reference's arithmetic without weights, for running one layer at a time (`embed`, `block`, `final`):
         a caller that streams a checkpoint holds one layer's tensors, never the whole model."""
         self = cls.__new__(cls)
         self.dtype, self.state_dtype = dtype, torch.promote_types(dtype, torch.float32)
-        self.ln_x_eps, self.norm_eps = ln_x_eps, norm_eps
+        self.ln_x_eps, self.norm_eps, self.l2_eps = ln_x_eps, norm_eps, l2_eps
         self.vocab, self.hidden, self.layers = vocab, hidden, layers
         if hidden % head_size:
             raise ValueError(f'hidden size {hidden} is not a multiple of head_size {head_size}')
@@ -235,6 +240,13 @@ class RWKV7Reference:
     def _layer_norm(self, x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, (self.hidden,), wb[0], wb[1], eps=self.norm_eps)
 
+    def _l2_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Each head's kk as a unit vector: BlinkDL's F.normalize (x / max(|x|, 1e-12)), or with `l2_eps` fla's fused
+        l2_norm (x / sqrt(|x|^2 + eps), fla/modules/norm/l2norm.py), the one formula fla's fuse_norm changes."""
+        if self.l2_eps is None:
+            return F.normalize(x, dim=-1, p=2.0)
+        return x / torch.sqrt((x * x).sum(-1, keepdim=True) + self.l2_eps)
+
     @staticmethod
     def _shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """Previous token's input minus this one's; x_prev stands before the first token."""
@@ -255,7 +267,7 @@ class RWKV7Reference:
         a = torch.sigmoid(p['att.a0'] + (xa @ p['att.a1']) @ p['att.a2'])
         g = torch.sigmoid(xg @ p['att.g1']) @ p['att.g2']
 
-        kk = F.normalize((k * p['att.k_k']).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
+        kk = self._l2_normalize((k * p['att.k_k']).view(B, T, H, N)).view(B, T, C)
         k = k * (1 + (a - 1) * p['att.k_a'])
         if layer == 0:
             v_first = v

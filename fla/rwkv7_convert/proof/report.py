@@ -25,9 +25,122 @@ class Comparison:
 @dataclass
 class Step:
     key: str  # 'ln0', 'blocks.{i}.att', 'blocks.{i}.ffn', 'ln_out'
-    fla: Comparison  # fla against the float64 reference
+    fla: Comparison  # fla's kernels against the float64 reference
     ref: Comparison  # the reference in the precision under test against float64
     judgement: object  # verdict.Judgement
+
+
+@dataclass
+class Exact:
+    """The conversion's verdict: fla's own modules in float64 (`backend`) against the float64 reference of the
+    function config.json configures (variant.fla_variant), at the logits and after every sub-step, within
+    verdict.EXACT_BOUND; plus how far that function is from BlinkDL's (`formula`, with the `differences` named) and
+    the config.json values no conversion of the file writes (`config_problems`: a FAIL, named)."""
+
+    logits: Comparison
+    steps: list[tuple[str, float]]  # (sub-step, fla's relative RMS error there), in forward order
+    backend: str
+    device: str
+    differences: list = field(default_factory=list)  # variant.Difference
+    formula: Comparison | None = None  # the reference of fla's function against BlinkDL's; None when they are one
+    config_problems: list[str] = field(default_factory=list)
+
+    @property
+    def bound(self) -> float:
+        from fla.rwkv7_convert.proof.verdict import EXACT_BOUND
+        return EXACT_BOUND
+
+    @property
+    def first_divergence(self) -> str | None:
+        return next((key for key, err in self.steps if not err <= self.bound), None)  # NaN: diverged
+
+    @property
+    def passed(self) -> bool:
+        return self.logits.rel_rms <= self.bound and self.first_divergence is None and not self.config_problems
+
+    def lines(self, per_layer: bool) -> list[str]:
+        c = self.logits
+        lines = [f'  {"exact proof":<24}{self.backend} on {self.device}, against the float64 reference of the function '
+                 'config.json configures',
+                 f'  {"logits":<24}relative RMS {c.rel_rms:.3e} (bound {self.bound:.0e}), max |Δlogit| {c.max_abs:.3e}, '
+                 f'top-1 {100 * c.top1:.1f}%']
+        if per_layer:
+            lines.append(f'  {"per sub-step (rel RMS)":<24}{"fla float64":>12}')
+            lines += [f'  {key:<24}{err:>12.3e}' + ('  <- first divergence' if key == self.first_divergence else '')
+                      for key, err in self.steps]
+        if self.formula is None:
+            lines.append(f'  {"formula":<24}fla\'s function is BlinkDL\'s (no constant differs)')
+        else:
+            f = self.formula
+            lines.append(f'  {"formula":<24}fla\'s function differs from BlinkDL\'s by relative RMS {f.rel_rms:.3e} '
+                         f'(max |Δlogit| {f.max_abs:.3e}, top-1 {100 * f.top1:.1f}%) on these tokens, from:')
+            lines += [f'    - {d.render()}' for d in self.differences]
+        return lines
+
+
+@dataclass
+class Kernels:
+    """fla's kernels in the precision under test (`backend`: interpreted, compiled, or the stand-ins in float32):
+    their accuracy, calibrated against the reference's own error in that precision (verdict.CALIBRATION). A report
+    on the kernels' rounding, never the conversion's verdict (that is Exact)."""
+
+    backend: str
+    device: str
+    dtype: str
+    precision: str  # what the calibration is for: float32, tf32, bfloat16, float16
+    logits: Comparison  # the kernels against the float64 reference
+    reference: Comparison  # the reference in `precision` against float64
+    judgement: object  # verdict.Judgement on the logits
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def within(self) -> bool:
+        return self.judgement.passed
+
+    @property
+    def first_divergence(self) -> str | None:
+        return next((s.key for s in self.steps if not s.judgement.passed), None)
+
+    def lines(self, per_layer: bool) -> list[str]:
+        from fla.rwkv7_convert.proof.verdict import calibration
+        c, r, j = self.logits, self.reference, self.judgement
+        cal = calibration(self.precision)
+        lines = [f'  kernels\' accuracy (not the conversion\'s verdict): {self.backend} on {self.device}, {self.dtype}; '
+                 f'calibrated against the reference in {self.precision}',
+                 f'  {"logits":<24}{"kernels":>12}{"ref-" + self.precision:>16}']
+        lines += [f'  {name:<24}{a:>12}{b:>16}' for name, a, b in (
+            ('relative RMS error', f'{c.rel_rms:.3e}', f'{r.rel_rms:.3e}'),
+            ('max |Δlogit|', f'{c.max_abs:.3e}', f'{r.max_abs:.3e}'),
+            ('mean |Δlogit|', f'{c.mean_abs:.3e}', f'{r.mean_abs:.3e}'),
+            ('KL(ref64‖x)', f'{c.kl:.3e}', f'{r.kl:.3e}'),
+            ('top-1 agreement', f'{100 * c.top1:.1f}%', f'{100 * r.top1:.1f}%'))]
+        lines.append(f'  {"ratio kernels / reference":<24}{j.ratio:>10.2f}   calibration: {cal.factor:g} x ref + '
+                     f'{cal.floor:.0e} = {j.bound:.3e}')
+        if per_layer:
+            lines.append(f'  {"per sub-step (rel RMS)":<24}{"kernels":>12}{"ref-" + self.precision:>16}{"ratio":>9}')
+            lines += [f'  {s.key:<24}{s.fla.rel_rms:>12.3e}{s.ref.rel_rms:>16.3e}{s.judgement.ratio:>9.2f}'
+                      + ('  <- first past the calibration' if s.key == self.first_divergence else '') for s in self.steps]
+        lines.append('  ' + self.summary())
+        return lines
+
+    def summary(self) -> str:
+        j = self.judgement
+        if not math.isfinite(j.fla_error):
+            return f'kernels: not finite (NaN or Inf) in {self.precision}: fla\'s kernels, not the conversion'
+        said = (f'{j.ratio:.3g} times the reference\'s own error in {self.precision}' if j.ref_error > 0
+                else f'{j.fla_error:.3g} (relative RMS) where the reference\'s own is 0')
+        if j.passed:
+            return f'kernels: within calibration ({said})'
+        where = f', first past it at {self.first_divergence}' if self.first_divergence else ''
+        return (f'kernels: {said}, past the calibration ({calibration_text(self.precision)}){where}: the kernels\' '
+                'rounding on these weights, not the conversion (the exact proof judges that); docs/verification.md '
+                'names which kernel dominates (the fused LayerNorm, on ill-conditioned weights)')
+
+
+def calibration_text(precision: str) -> str:
+    from fla.rwkv7_convert.proof.verdict import calibration
+    cal = calibration(precision)
+    return f'{cal.factor:g}x + {cal.floor:.0e}'
 
 
 @dataclass
@@ -52,94 +165,80 @@ class Perplexity:
 class Report:
     source: str
     model: str
-    device: str
-    dtype: str
-    precision: str  # what the verdict is calibrated for: float32, tf32, bfloat16, float16
     batch: int
     tokens: int
-    logits: Comparison  # fla against the float64 reference
-    reference: Comparison  # the reference in `precision` against float64
-    judgement: object  # verdict.Judgement on the logits
-    steps: list[Step] = field(default_factory=list)  # residual stream after every sub-step, in forward order
-    per_layer: bool = False  # judge and show every step
-    first_divergence: str | None = None  # first step whose judgement fails
+    exact: Exact  # the verdict
+    kernels: Kernels | None = None  # with a kernels backend (--device cpu, cpu-torch, cuda)
+    per_layer: bool = False  # show every step
     notes: list[str] = field(default_factory=list)
-    backend: str = ''  # what ran fla (backends.Backend.name), e.g. 'fla Triton kernels, CUDA'
     perplexity: Perplexity | None = None  # with --text
     state: object = None  # state_pair.TunedStates: both sides ran from a tuned initial state
     state_problems: list[str] = field(default_factory=list)  # its direct check: a converted state that is not the source's
 
     @property
     def passed(self) -> bool:
-        return self.judgement.passed and not (self.per_layer and self.first_divergence) and not self.state_problems
+        return self.exact.passed and not self.state_problems
+
+    @property
+    def first_divergence(self) -> str | None:
+        return self.exact.first_divergence
 
     def render(self, source_name: str | None = None, model_name: str | None = None) -> str:
         """The report as text; the model card passes names for the two files (no local paths published)."""
-        from fla.rwkv7_convert.proof.verdict import calibration
-        c, r, j = self.logits, self.reference, self.judgement
-        cal = calibration(self.precision)
         source, model = source_name or self.source, model_name or self.model
-        lines = [f'verify {source} (reference: float64, and {self.precision} for calibration) vs {model} '
-                 f'(fla, {self.device}, {self.dtype}), {self.batch} x {self.tokens} tokens',
-                 *([f'  {"backend":<24}{self.backend}'] if self.backend else []),
+        lines = [f'verify {source} (reference) vs {model} (fla), {self.batch} x {self.tokens} tokens',
                  *([f'  {"initial state":<24}' + self.state.describe(
                      source_name and Path(self.state.source).name, model_name and Path(self.state.converted).name)]
-                   if self.state is not None else []),
-                 f'  {"logits":<24}{"fla":>12}{"ref-" + self.precision:>16}']
-        lines += [f'  {name:<24}{a:>12}{b:>16}' for name, a, b in (
-            ('relative RMS error', f'{c.rel_rms:.3e}', f'{r.rel_rms:.3e}'),
-            ('max |Δlogit|', f'{c.max_abs:.3e}', f'{r.max_abs:.3e}'),
-            ('mean |Δlogit|', f'{c.mean_abs:.3e}', f'{r.mean_abs:.3e}'),
-            ('KL(ref64‖x)', f'{c.kl:.3e}', f'{r.kl:.3e}'),
-            ('top-1 agreement', f'{100 * c.top1:.1f}%', f'{100 * r.top1:.1f}%'))]
-        lines.append(f'  {"ratio fla / reference":<24}{j.ratio:>12.2f}   bound: {cal.factor:g} x ref + {cal.floor:.0e} '
-                     f'= {j.bound:.3e}')
-        if self.per_layer:
-            lines.append(f'  {"per sub-step (rel RMS)":<24}{"fla":>12}{"ref-" + self.precision:>16}{"ratio":>9}')
-            for s in self.steps:
-                mark = '  <- first divergence' if s.key == self.first_divergence else ''
-                lines.append(f'  {s.key:<24}{s.fla.rel_rms:>12.3e}{s.ref.rel_rms:>16.3e}{s.judgement.ratio:>9.2f}'
-                             f'{mark}')
+                   if self.state is not None else [])]
+        lines += self.exact.lines(self.per_layer)
         if self.perplexity is not None:
             lines.append(f'  {self.perplexity.render()}')
         lines.append(self.verdict_line())
         lines += [f'  state: {p}' for p in self.state_problems]
+        lines += [f'  config: {p}' for p in self.exact.config_problems]
         if not self.passed:
-            if self.first_divergence:
-                lines.append(f'  the models part first at {describe_step(self.first_divergence)}')
+            if self.exact.first_divergence:
+                lines.append(f'  the models part first at {describe_step(self.exact.first_divergence)}')
             lines.append('  what to do: convert the file again (the directory may have been changed or damaged); check '
                          'that this is the file that was converted' + ('' if self.per_layer else
                                                                       '; --per-layer shows every sub-step'))
+        if self.kernels is not None:
+            lines += self.kernels.lines(self.per_layer)
         lines += [f'  note: {n}' for n in self.notes]
         return '\n'.join(lines)
 
     def verdict_line(self) -> str:
-        """The verdict in one line, as `verify -q` prints it: PASS or FAIL, fla's error as a multiple of the
-        reference's own in the same precision, and the bound."""
-        from fla.rwkv7_convert.proof.verdict import calibration
-        cal = calibration(self.precision)
-        j, where = self.judgement, "fla's error"
-        if j.passed and not self.passed:  # --per-layer: the logits agree, a sub-step does not
-            j = next(s.judgement for s in self.steps if s.key == self.first_divergence)
-            where = f"at {self.first_divergence} fla's error"
-        if not math.isfinite(j.fla_error):
-            times = f"{where} is not finite (NaN or Inf in fla's values)"
-        elif j.ref_error > 0:
-            times = f"{where} is {j.ratio:.3g} times the reference's own"
-        else:  # tiny sub-steps can round to exactly nothing in the precision under test
-            times = f"{where} is {j.fla_error:.3g} (relative RMS) where the reference's own is 0"
-        said = f'{times} in {self.precision} on {self.device} (bound {cal.factor:g}x + {cal.floor:.0e})'
+        """The verdict in one line, as `verify -q` prints it: PASS or FAIL, fla's float64 error against the function
+        it runs and the bound, how far that function is from BlinkDL's, and a kernels' summary when they ran."""
+        e = self.exact
+        err = e.logits.rel_rms
+        if e.passed:
+            err_at = f'fla\'s float64 error is {err:.2e}'
+        elif e.first_divergence and e.logits.rel_rms <= e.bound:
+            err_at = f'at {e.first_divergence} fla\'s float64 error is {dict(e.steps)[e.first_divergence]:.2e}'
+        elif math.isfinite(err):
+            err_at = f'fla\'s float64 error is {err:.2e}'
+        else:
+            err_at = 'fla\'s float64 logits are not finite (NaN or Inf)'
+        said = f'{err_at} (bound {e.bound:.0e}) against the float64 reference on {e.device}'
         if self.state is not None:
             said += ', from the tuned initial state'
+        formula = ('; fla\'s function is BlinkDL\'s' if e.formula is None else
+                   f'; fla\'s function differs from BlinkDL\'s by {e.formula.rel_rms:.1e} '
+                   f'({", ".join(sorted({d.key for d in e.differences}))})')
+        kernels = f'; {self.kernels.summary()}' if self.kernels is not None else ''
         if self.passed:
-            return f'PASS: {said}'
+            return f'PASS: {said}{formula}{kernels}'
+        where = f', first at {e.first_divergence}' if e.first_divergence else ''
+        if e.config_problems and e.logits.rel_rms <= e.bound and not e.first_divergence:
+            return f'FAIL: {said}, but {e.config_problems[0]}'
         state = ''
         if self.state_problems:  # named in the one line -q prints too
             more = len(self.state_problems) - 1
             state = f'; {self.state_problems[0]}' + (f' (and {more} more layer(s))' if more else '')
-        if j.passed:  # the logits agree within the bound, the stored state does not
+        if e.passed:  # the logits agree, the stored state does not
             return f'FAIL: {said}, but the converted state is not the source\'s{state}'
-        return f"FAIL: {said}: this directory does not compute the file's function{state}"
+        return f"FAIL: {said}{where}: this directory does not compute the file's function{state}"
 
 
 def perplexity(logits, ids) -> tuple[float, float]:

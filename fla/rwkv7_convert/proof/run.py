@@ -1,9 +1,10 @@
 """Running a converted directory: load it with its tokenizer, and generate, on a GPU or on the CPU.
 
-On the CPU fla's kernels run only under Triton's interpreter (runtime.py), which must be chosen before triton is
-imported, computes with numpy (no bfloat16: NaN logits, and `generate` returns token 0 over and over) and runs only
-fla's recurrent kernel, which fla picks below 64 tokens per call. `load_model` sets the interpreter up and loads in
-float32; `generate` feeds the prompt in pieces through the cache there. On a GPU `generate` is `model.generate`.
+On the CPU fla's kernels run either as torch stand-ins (torch_wkv.py, device 'cpu-torch', the default there: no
+environment variables) or under Triton's interpreter (runtime.py, device 'cpu'), which must be chosen before triton is
+imported, computes with numpy (no bfloat16: NaN logits) and runs only fla's recurrent kernel, which fla picks below
+64 tokens per call. `load_model` loads in float32 there; `generate` feeds the prompt in pieces through the cache. On
+a GPU `generate` is `model.generate`.
 """
 
 from __future__ import annotations
@@ -30,43 +31,86 @@ def _torch_dtype(dtype):
         raise ConversionError(f'dtype={dtype!r}: expected float32, bfloat16 or float16') from None
 
 
-def load_model(model_dir: str | os.PathLike, device: str = 'cpu', dtype: Any = None) -> tuple[Any, Any]:
+CPU_DEVICES = ('cpu', 'cpu-torch')  # load_model's CPU choices, as verify's --device names them
+
+
+def resolve_device(device: str) -> str:
+    """device='auto': 'cuda' where torch sees a GPU (and Triton's interpreter was not asked for); on the CPU 'cpu'
+    (Triton's interpreter) when TRITON_INTERPRET=1 was set before Python started, else 'cpu-torch' (no variables)."""
+    from fla.rwkv7_convert.proof.runtime import cuda_available
+    if device != 'auto':
+        return device
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        return 'cpu'
+    return 'cuda' if cuda_available() else 'cpu-torch'
+
+
+def _check_device(device: str, model_dir: Path) -> None:
+    """One line, in this API's terms, for a device that cannot run here."""
+    from fla.rwkv7_convert.proof.runtime import cuda_available, interpreter_ready
+    if device == 'cpu' and not interpreter_ready():
+        raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
+                              'chosen before triton is imported, and this process has imported it (import fla does); '
+                              "use device='cpu-torch' (fla's modules with torch stand-ins for the kernels; no "
+                              'environment variables), or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0',
+                              str(model_dir))
+    if device.startswith('cuda') and not cuda_available():
+        raise ConversionError(f"device={device!r}: torch sees no CUDA device; use device='cpu-torch' (or 'auto')",
+                              str(model_dir))
+    if device not in CPU_DEVICES and not device.startswith('cuda'):
+        raise ConversionError(f"device={device!r}: expected 'auto', 'cpu', 'cpu-torch' or 'cuda'", str(model_dir))
+
+
+def with_torch_wkv(model):
+    """`model` (on the CPU) runs every forward call with fla's Triton kernels replaced by the torch stand-ins of
+    torch_wkv.py (verify's cpu-torch backend): no interpreter, no environment variables, any number of tokens a call."""
+    import functools
+
+    from fla.rwkv7_convert.proof.torch_wkv import installed
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with installed():
+            return forward(*args, **kwargs)
+
+    model.forward = run
+    model.rwkv7_torch_wkv = True  # cpu_guard: no interpreter limits apply
+    return model
+
+
+def load_model(model_dir: str | os.PathLike, device: str = 'auto', dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) from a converted directory: an eval-mode RWKV7ForCausalLM on `device` and the directory's
     tokenizer (None when it has none).
 
-    device 'cpu': Triton's interpreter is set up (it must be chosen before triton is imported: start Python with
-    TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0, or call this before anything imports fla's models) and the weights are
-    loaded in float32; bfloat16 and float16 are refused. device 'cuda': dtype None keeps the stored dtype.
+    device: 'auto' (default): 'cuda' on a GPU; on the CPU 'cpu-torch', or 'cpu' when Python was started with
+        TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0. 'cpu-torch': fla's modules with torch stand-ins for its Triton
+        kernels (proof/torch_wkv.py), no environment variables needed. 'cpu': fla's Triton kernels through Triton's
+        interpreter (those two variables set before Python starts; under 64 tokens a call). On the CPU the weights are
+        loaded in float32 (bfloat16 and float16 are refused); on 'cuda' dtype None keeps the stored dtype.
     Raises ConversionError (one line) for what cannot run.
     """
     model_dir = Path(model_dir)
     if not (model_dir / 'config.json').is_file():
         raise ConversionError('not a converted directory: config.json is missing', str(model_dir))
     dtype = _torch_dtype(dtype)
-    device = str(device)
-    if device == 'cpu':
+    device = resolve_device(str(device))
+    _check_device(device, model_dir)
+    if device in CPU_DEVICES:
         import torch
         if dtype not in (None, torch.float32):
             raise ConversionError(f'dtype={str(dtype).replace("torch.", "")} on the CPU: Triton\'s interpreter computes '
                                   'with numpy, which has no bfloat16 (NaN logits; generate returns [0, 0, ...]); load '
-                                  'with dtype=float32 on the CPU, or run bf16/fp16 on a GPU (device="cuda")',
+                                  "with dtype=float32 on the CPU, or run bf16/fp16 on a GPU (device='cuda')",
                                   str(model_dir))
         dtype = torch.float32
-        from fla.rwkv7_convert.proof.runtime import use_interpreter
-        try:
+        if device == 'cpu':
+            from fla.rwkv7_convert.proof.runtime import use_interpreter
             use_interpreter()
-        except RuntimeError:
-            raise ConversionError('triton was imported before its CPU interpreter was chosen; start Python with '
-                                  'TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0 (or call load_model before importing fla\'s '
-                                  'models or triton)', str(model_dir)) from None
-    elif not device.startswith('cuda'):
-        raise ConversionError(f"device={device!r}: expected 'cpu' or 'cuda'", str(model_dir))
-    else:
-        from fla.rwkv7_convert.proof.runtime import cuda_available
-        if not cuda_available():
-            raise ConversionError(f'device={device!r}: torch sees no CUDA device; use device="cpu"', str(model_dir))
     from fla.rwkv7_convert.proof.loading import load_fla_model
-    model = load_fla_model(model_dir, dtype=dtype, device=device)
+    model = load_fla_model(model_dir, dtype=dtype, device='cpu' if device in CPU_DEVICES else device)
+    if device == 'cpu-torch':
+        model = with_torch_wkv(model)
     tokenizer = None
     if any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
         from transformers import AutoTokenizer
@@ -133,6 +177,9 @@ def generate(model: Any, tokenizer_or_ids: Any, max_new_tokens: int = 16, *, pro
     if isinstance(tokenizer_or_ids, torch.Tensor | list | tuple):
         ids = torch.as_tensor(tokenizer_or_ids, dtype=torch.long)
         ids = ids[None] if ids.dim() == 1 else ids
+    elif tokenizer_or_ids is None:  # load_model's tokenizer for a directory without one
+        raise ConversionError('generate: no tokenizer (the directory load_model read has none), so prompt text cannot be '
+                              'encoded; pass token ids instead: generate(model, [[1, 2, 3]], 16)')
     else:
         tokenizer = tokenizer_or_ids
         if prompt is None:

@@ -21,6 +21,13 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def interpreter_ready() -> bool:
+    """Whether Triton's CPU interpreter is chosen, or can still be: TRITON_INTERPRET=1 was set, or triton is not
+    imported yet (`import fla` and `import fla.rwkv7_convert.api` import it, so from a script it must be set before
+    Python starts)."""
+    return os.environ.get('TRITON_INTERPRET') == '1' or 'triton' not in sys.modules
+
+
 def use_interpreter() -> bool:
     """Route Triton to its CPU interpreter when there is no CUDA device; returns whether it is in use."""
     if cuda_available():

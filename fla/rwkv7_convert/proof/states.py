@@ -68,14 +68,15 @@ def initial_cache(model: Any, state: StateLike, batch_size: int = 1, device: Any
     return seeded_cache(layers, batch_size, device)
 
 
-def seeded_cache(layers: Sequence[Any], batch_size: int, device: Any):
+def seeded_cache(layers: Sequence[Any], batch_size: int, device: Any, dtype: Any = None):
     """A fresh fla Cache whose layer i starts from `layers[i]` ([H, K, V], fla's orientation) for each of `batch_size`
-    sequences, in float32 as fla keeps it; no checks (initial_cache checks against a model; verify's streaming
+    sequences, in float32 as fla keeps it (or `dtype`: float64 for the exact proof); no checks (initial_cache checks
+    against a model; verify's streaming
     pair, which runs fla's blocks one at a time, has checked the state against the directory's config)."""
     import torch
     from fla.models.utils import Cache
 
     # every key fla's layers index, the token shifts None (= zeros: no previous token)
-    seeded = [{'recurrent_state': t.to(device=device, dtype=torch.float32).unsqueeze(0).expand(batch_size, *t.shape)
+    seeded = [{'recurrent_state': t.to(device=device, dtype=dtype or torch.float32).unsqueeze(0).expand(batch_size, *t.shape)
                .contiguous(), 'attn_state': None, 'conv_state': None, 'ffn_state': None} for t in layers]
     return Cache.from_legacy_cache(seeded, seen_tokens=0)

@@ -1,7 +1,9 @@
 """The reference and fla, walked one layer at a time over the same tokens (StreamingPair), and verify's progress bar.
 
-Only one layer's weights are in memory: the reference (reference.py, float64 plus the precision under test) and
-fla's `RWKV7Block`s read their tensors from the two files (files.py) layer by layer, carrying `v_first` and each
+Only one layer's weights are in memory: the reference's lanes (reference.py: the function fla runs in float64, BlinkDL's
+function in float64 where config.json makes them differ, and fla's function in the kernels' precision for their
+accuracy report) and fla's sides (its modules in float64 with the torch stand-ins: the exact proof; its kernels in
+their precision) read their tensors from the two files (files.py) layer by layer, carrying `v_first` and each
 layer's recurrent state; fla's blocks are built on the meta device and given their weights with `assign=True`, then
 sent back to meta. The embedding is read for the rows the tokens use, the head a slice of the vocabulary at a time.
 """
@@ -9,10 +11,14 @@ sent back to meta. The embedding is read for the rows the tokens use, the head a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from fla.rwkv7_convert.errors import ConfigError
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, to_torch
+from fla.rwkv7_convert.proof.variant import Variant
 
 HEAD_ROWS = 8192  # vocabulary rows of the head held at once
 # the sizes fla builds from config.json, defaults included, and the symbols the file has them under
@@ -66,20 +72,41 @@ class Progress:
 # ---------------------------------------------------------------------------------------- the streaming pair
 
 
-class StreamingPair:
-    """The reference (float64, plus optional `lanes` in other precisions) and fla, walked one layer at a time over
-    the same tokens. `state` carries both sides' recurrent states, so a later call continues the sequence. With
-    `initial` (state_pair.TunedStates) both start from a tuned state: every reference lane from the source's
-    [H, V, K] tensors, fla from the converted [H, K, V] ones (proof.states.seeded_cache), token shifts zero."""
+@dataclass(frozen=True)
+class Lane:
+    """One run of the reference: `name` ('exact': the function fla runs, float64; 'blinkdl': BlinkDL's function,
+    float64; 'calibration': fla's function in the kernels' precision), its precision (verdict.PRECISIONS or
+    'float64') and its constants (variant.Variant)."""
 
-    def __init__(self, src: SourceFile, out: ConvertedDir, *, device: str, dtype: str, precision: str | None,
-                 piece: int, progress: Progress | None = None, initial=None):
+    name: str
+    precision: str
+    variant: Variant
+    rounded: bool = True  # weights as the directory stores them (rounded where --precision narrowed them), or the file's
+
+
+@dataclass(frozen=True)
+class Side:
+    """One run of fla's blocks: `name` ('exact' or 'kernels'), its dtype, tokens per fla call, and the context each
+    call runs inside (the torch stand-ins for the exact proof; the backend's own for the kernels)."""
+
+    name: str
+    dtype: str
+    piece: int
+    running: Callable[[], AbstractContextManager]
+
+
+class StreamingPair:
+    """The reference `lanes` and fla's `sides`, walked one layer at a time over the same tokens. `state` carries
+    every lane's and side's recurrent state, so a later call continues the sequence. With `initial`
+    (state_pair.TunedStates) all start from a tuned state: every reference lane from the source's [H, V, K] tensors,
+    fla from the converted [H, K, V] ones (proof.states.seeded_cache), token shifts zero."""
+
+    def __init__(self, src: SourceFile, out: ConvertedDir, *, device: str, lanes: list[Lane], sides: list[Side],
+                 progress: Progress | None = None, initial=None, rounding: dict[str, str] | None = None):
         import torch
 
-        from fla.rwkv7_convert.mapping.config import norm_eps_for
         from fla.rwkv7_convert.proof.loading import ensure_real_fla, fla_init_skipped
         from fla.rwkv7_convert.proof.reference import RWKV7Reference
-        from fla.rwkv7_convert.proof.verdict import storage_dtype
         ensure_real_fla()
         import warnings
 
@@ -88,19 +115,14 @@ class StreamingPair:
         from fla.modules import LayerNorm
         warnings.filterwarnings('ignore', message='According to Bo')  # fla's per-layer port warning: our job
 
-        self.src, self.out, self.device, self.piece = src, out, torch.device(device), piece
-        self.initial = initial
-        self.fla_dtype = getattr(torch, dtype)
+        self.src, self.out, self.device = src, out, torch.device(device)
+        self.lanes, self.sides, self.initial = list(lanes), list(sides), initial
+        self.rounding = dict(rounding or {})  # canonical name -> the directory's narrower dtype (variant.narrowed)
         self.progress = progress or Progress(0, True)
         d = src.plan.dims
         self.dims = d
-        # fla's eps for this head size (config.norm_eps_for; BlinkDL's exactly for N = 64): the reference checks the
-        # conversion, and the config's eps is what the converter chose from the file, not read from the directory
-        eps = norm_eps_for(d.N)
-        self.precision = precision
-        dtypes = [torch.float64] + ([storage_dtype(precision)] if precision else [])
-        self.refs = [RWKV7Reference.empty(vocab=d.V, hidden=d.C, layers=d.L, head_size=d.N, dtype=t,
-                                          ln_x_eps=d.N * eps, norm_eps=eps) for t in dtypes]
+        self.refs = [RWKV7Reference.empty(vocab=d.V, hidden=d.C, layers=d.L, head_size=d.N, dtype=_dtype(lane.precision),
+                                          **lane.variant.reference()) for lane in self.lanes]
         try:  # from the config.json ConvertedDir read and checked, not read again by transformers
             self.config = RWKV7Config.from_dict(dict(out.config))
             with torch.device('meta'), fla_init_skipped():
@@ -112,8 +134,13 @@ class StreamingPair:
                               str(out.path)) from e
         _check_fla_config(self.config, out.config, d, str(out.path))
 
+    def only(self, lanes: int, sides: int) -> StreamingPair:
+        """The same pair with its first `lanes` reference lanes and `sides` fla sides (greedy tokens: exact only)."""
+        self.lanes, self.refs, self.sides = self.lanes[:lanes], self.refs[:lanes], self.sides[:sides]
+        return self
+
     def zero_state(self, batch: int):
-        return {'ref': [r.zero_state(batch) for r in self.refs], 'fla': [None] * self.dims.L}
+        return {'ref': [r.zero_state(batch) for r in self.refs], 'fla': [[None] * self.dims.L for _ in self.sides]}
 
     def start_state(self, batch: int):
         """Where a sequence starts: the tuned state (`initial`) if there is one, else zeros. A fresh one each call:
@@ -121,80 +148,112 @@ class StreamingPair:
         if self.initial is None:
             return self.zero_state(batch)
         from fla.rwkv7_convert.proof.states import seeded_cache
-        cache = seeded_cache(self.initial.fla, batch, self.device)  # one Cache: block i reads and updates its layer i
+        # one Cache per side: block i reads and updates its layer i; the exact side keeps its state in float64
+        caches = [seeded_cache(self.initial.fla, batch, self.device, _state_dtype(side.dtype)) for side in self.sides]
         return {'ref': [r.tuned_state(self.initial.blinkdl, batch, self.device) for r in self.refs],
-                'fla': [cache] * self.dims.L}
+                'fla': [[cache] * self.dims.L for cache in caches]}
 
     def run(self, ids, state=None, on_step=None):
-        """Logits [B, T, V] of each reference lane and of fla for `ids` [B, T] after `state` (default: start_state);
-        returns (ref logits list, fla logits, new state). `on_step(key, [reference values...], fla value)` sees the
-        residual stream after every sub-step as soon as both sides have it (compared there, not kept)."""
+        """Logits [B, T, V] of each reference lane and of each fla side for `ids` [B, T] after `state` (default:
+        start_state); returns (ref logits list, fla logits list, new state). `on_step(key, [reference values...],
+        [fla values...])` sees the residual stream after every sub-step as soon as all have it (compared there, not
+        kept)."""
         import torch
         from fla.models.cache_utils import Cache
-
-        from fla.rwkv7_convert.proof.verdict import matmul_precision
         state = state or self.start_state(ids.shape[0])
-        new = {'ref': [type(s)([], [], []) for s in state['ref']], 'fla': []}
+        new = {'ref': [type(s)([], [], []) for s in state['ref']], 'fla': [[] for _ in self.sides]}
         dev, p = self.device, self.progress
-
-        def lane(k):  # the float32 lane of a 'tf32' run computes its matmuls in TF32, like fla's chunk kernel
-            return matmul_precision('tf32' if self.precision == 'tf32' and k > 0 else 'float32')
 
         p.stage('embedding')
         rows = self._rows(self.src.raw('emb.weight'), ids)
-        ln0 = [self.src.load(f'blocks.0.ln0.{n}') for n in ('weight', 'bias')]
-        xs = [r.embed(rows.to(dev), tuple(r.shaped('ln0', t).to(dev) for t in ln0)) for r in self.refs]
+        ln0 = {n: self.src.load(n) for n in ('blocks.0.ln0.weight', 'blocks.0.ln0.bias')}
+        xs = [r.embed(self._as_stored('emb.weight', rows, lane).to(dev),
+                      tuple(r.shaped('ln0', self._as_stored(n, t, lane)).to(dev) for n, t in ln0.items()))
+              for r, lane in zip(self.refs, self.lanes)]
         ln0_ref, v_firsts = list(xs), [None] * len(self.refs)
-        fla_rows = self._rows(self.out.raw('model.embeddings.weight'), ids).to(dev, self.fla_dtype)
-        x = fla_rows
-        v_first = torch.zeros_like(x)
+        fla_rows = self._rows(self.out.raw('model.embeddings.weight'), ids)
+        fx = [fla_rows.to(dev, _dtype(side.dtype)) for side in self.sides]
+        fv = [torch.zeros_like(x) for x in fx]
+        ln0_fla = [None] * len(self.sides)
         p.advance()
 
         for i in range(self.dims.L):
             p.stage(f'layer {i + 1}/{self.dims.L}')
-            names = [f'blocks.{i}.{n}' for n in self.refs[0].block_names(i)]
-            weights = {n: self.src.load(n) for n in names}
-            outs = []
-            for k, r in enumerate(self.refs):
-                params = {n.split('.', 2)[2]: r.shaped(n, t).to(dev) for n, t in weights.items()}
-                with lane(k):
-                    x_att, xs[k], v_firsts[k], layer_state = r.block(i, params, xs[k], v_firsts[k],
-                                                                     state['ref'][k].layer(i))
-                new['ref'][k].append(layer_state)
-                outs.append(x_att)
-                del params
-            del weights
-            block = self._load_block(i)
-            x_att, x, v_first, cache = self._fla_block(block, x, v_first, state['fla'][i], Cache)
-            new['fla'].append(cache)
-            self.blocks[i] = block.to('meta')
+            outs = self._reference_layer(i, xs, v_firsts, state['ref'], new['ref'])
+            atts = []
+            for k, side in enumerate(self.sides):
+                block = self._load_block(i, _dtype(side.dtype))
+                with side.running():
+                    x_att, fx[k], fv[k], cache, ln0_fla[k] = self._fla_block(block, fx[k], fv[k], state['fla'][k][i],
+                                                                            Cache, side.piece)
+                self.blocks[i] = block.to('meta')
+                new['fla'][k].append(cache)
+                atts.append(x_att)
             if on_step is not None:
                 if i == 0:
-                    on_step('ln0', ln0_ref, self._ln0_fla)
-                on_step(f'blocks.{i}.att', outs, x_att)
-                on_step(f'blocks.{i}.ffn', xs, x)
+                    on_step('ln0', ln0_ref, ln0_fla)
+                on_step(f'blocks.{i}.att', outs, atts)
+                on_step(f'blocks.{i}.ffn', xs, fx)
             p.advance()
 
         p.stage('head')
-        ln_out = [self.src.load(f'ln_out.{n}') for n in ('weight', 'bias')]
-        finals = [r.final(xs[k], tuple(r.shaped('ln_out', t).to(dev) for t in ln_out)) for k, r in enumerate(self.refs)]
-        self.norm.load_state_dict({'weight': self.out.load('model.norm.weight', self.fla_dtype, dev),
-                                   'bias': self.out.load('model.norm.bias', self.fla_dtype, dev)}, assign=True)
-        with torch.no_grad():
-            fla_final = self.norm(x)
-        self.norm.to('meta')
+        ln_out = {n: self.src.load(n) for n in ('ln_out.weight', 'ln_out.bias')}
+        finals = [r.final(xs[k], tuple(r.shaped('ln_out', self._as_stored(n, t, self.lanes[k])).to(dev)
+                                       for n, t in ln_out.items())) for k, r in enumerate(self.refs)]
+        fla_finals = [self._fla_norm(x, side) for x, side in zip(fx, self.sides)]
         if on_step is not None:
-            on_step('ln_out', finals, fla_final)
-        ref_chunks = [[] for _ in self.refs]
+            on_step('ln_out', finals, fla_finals)
+        ref_chunks, fla_chunks = [[] for _ in self.refs], [[] for _ in self.sides]
         for w in self._head_chunks(self.src.raw('head.weight')):
             for k, r in enumerate(self.refs):
-                with lane(k):
-                    ref_chunks[k].append(torch.nn.functional.linear(finals[k], w.to(dev, r.dtype)))
-        ref_logits = [torch.cat(chunks, -1) for chunks in ref_chunks]
-        fla_logits = torch.cat([torch.nn.functional.linear(fla_final, w.to(dev, self.fla_dtype))
-                                for w in self._head_chunks(self.out.raw(self.out.head))], -1)
+                with self._lane(k):
+                    head = self._as_stored('head.weight', w, self.lanes[k])
+                    ref_chunks[k].append(torch.nn.functional.linear(finals[k], head.to(dev, r.dtype)))
+        for w in self._head_chunks(self.out.raw(self.out.head)):
+            for k, side in enumerate(self.sides):
+                fla_chunks[k].append(torch.nn.functional.linear(fla_finals[k], w.to(dev, _dtype(side.dtype))))
         p.advance()
-        return ref_logits, fla_logits, new
+        return [torch.cat(c, -1) for c in ref_chunks], [torch.cat(c, -1) for c in fla_chunks], new
+
+    def _lane(self, k: int):
+        """The calibration lane of a 'tf32' run computes its matmuls in TF32, like fla's chunk kernel; the rest IEEE."""
+        from fla.rwkv7_convert.proof.verdict import matmul_precision
+        return matmul_precision('tf32' if self.lanes[k].precision == 'tf32' else 'float32')
+
+    def _reference_layer(self, i: int, xs: list, v_firsts: list, state: list, new: list) -> list:
+        """Block i in every reference lane (its weights read once, shaped once per dtype); xs, v_firsts and `new`
+        are updated in place; returns each lane's stream after the time mix."""
+        names = [f'blocks.{i}.{n}' for n in self.refs[0].block_names(i)]
+        weights = {n: self.src.load(n) for n in names}
+        shaped: dict = {}
+        outs = []
+        for k, (r, lane) in enumerate(zip(self.refs, self.lanes)):
+            key = r.dtype, lane.rounded and bool(self.rounding)  # lanes that read the same values share one copy
+            if key not in shaped:
+                shaped[key] = {n.split('.', 2)[2]: r.shaped(n, self._as_stored(n, t, lane)).to(self.device)
+                               for n, t in weights.items()}
+            with self._lane(k):
+                x_att, xs[k], v_firsts[k], layer_state = r.block(i, shaped[key], xs[k], v_firsts[k],
+                                                                 state[k].layer(i))
+            new[k].append(layer_state)
+            outs.append(x_att)
+        return outs
+
+    def _as_stored(self, name: str, t, lane: Lane):
+        """The file's tensor `name` as the directory stores it (rounded to its narrower dtype) for a rounded lane."""
+        to = self.rounding.get(name) if lane.rounded else None
+        return t if to is None else t.to(_dtype(TORCH_NAME[to])).to(t.dtype)
+
+    def _fla_norm(self, x, side: Side):
+        import torch
+        dtype = _dtype(side.dtype)
+        self.norm.load_state_dict({'weight': self.out.load('model.norm.weight', dtype, self.device),
+                                   'bias': self.out.load('model.norm.bias', dtype, self.device)}, assign=True)
+        try:
+            with torch.no_grad(), side.running():
+                return self.norm(x)
+        finally:
+            self.norm.to('meta')
 
     @staticmethod
     def _rows(raw, ids):
@@ -209,10 +268,10 @@ class StreamingPair:
         for start in range(0, data.shape[0], HEAD_ROWS):
             yield to_torch(data[start:start + HEAD_ROWS], dtype)
 
-    def _load_block(self, i: int):
+    def _load_block(self, i: int, dtype):
         prefix = f'model.layers.{i}.'
         block = self.blocks[i]
-        sd = {name[len(prefix):]: self.out.load(name, self.fla_dtype, self.device)
+        sd = {name[len(prefix):]: self.out.load(name, dtype, self.device)
               for name in self.out.refs if name.startswith(prefix)}
         try:
             block.load_state_dict(sd, assign=True, strict=True)
@@ -221,36 +280,46 @@ class StreamingPair:
                               f'{prefix}* ({" ".join(str(e).split())})', str(self.out.path)) from e
         return block.eval()
 
-    def _fla_block(self, block, x, v_first, cache, cache_cls):
+    def _fla_block(self, block, x, v_first, cache, cache_cls, piece: int):
         """fla's block over all tokens, in pieces through its cache; (x after the time mix, x after the block,
-        v_first, cache)."""
+        v_first, cache, block 0's ln0 output or None)."""
         import torch
-        captured = []
+        captured, ln0 = [], []
 
         def after_att(module, args, output):  # fla fuses the residual add into ffn_norm: (normed, residual)
             captured.append(output[1] if isinstance(output, tuple) else args[0])
 
+        hooks = [block.ffn_norm.register_forward_hook(after_att)]
         if block.layer_idx == 0:
-            pre = block.pre_norm.register_forward_hook(lambda m, a, o: self._ln0_parts.append(o))
-            self._ln0_parts = []
-        hook = block.ffn_norm.register_forward_hook(after_att)
+            hooks.append(block.pre_norm.register_forward_hook(lambda m, a, o: ln0.append(o)))
         cache = cache if cache is not None else cache_cls.from_legacy_cache(None)
         T = x.shape[1]
-        n = math.ceil(T / self.piece)
+        n = math.ceil(T / piece)
         outs, vfs = [], []
         try:
             with torch.no_grad():
-                for k, start in enumerate(range(0, T, self.piece)):
+                for k, start in enumerate(range(0, T, piece)):
                     self.progress.piece(f'layer {block.layer_idx}', k + 1, n)
-                    h, _, cache, vf = block(x[:, start:start + self.piece], past_key_values=cache, use_cache=True,
-                                            v_first=v_first[:, start:start + self.piece])
+                    h, _, cache, vf = block(x[:, start:start + piece], past_key_values=cache, use_cache=True,
+                                            v_first=v_first[:, start:start + piece])
                     outs.append(h)
                     vfs.append(vf)
         finally:
-            hook.remove()
-            if block.layer_idx == 0:
-                pre.remove()
-        if block.layer_idx == 0:
-            self._ln0_fla = torch.cat(self._ln0_parts, 1)
-        return torch.cat(captured, 1), torch.cat(outs, 1), torch.cat(vfs, 1), cache
+            for hook in hooks:
+                hook.remove()
+        return (torch.cat(captured, 1), torch.cat(outs, 1), torch.cat(vfs, 1), cache,
+                torch.cat(ln0, 1) if ln0 else None)
 
+
+def _dtype(precision: str):
+    """The torch dtype a lane or side holds its tensors in ('float64', or verdict.storage_dtype's)."""
+    import torch
+
+    from fla.rwkv7_convert.proof.verdict import storage_dtype
+    return torch.float64 if precision == 'float64' else storage_dtype(precision)
+
+
+def _state_dtype(precision: str):
+    """fla keeps its recurrent state in float32; the exact side in float64."""
+    import torch
+    return torch.float64 if precision == 'float64' else torch.float32

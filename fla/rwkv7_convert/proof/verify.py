@@ -6,10 +6,13 @@ the converter's memory), `v_first` and each layer's cache carried along (streami
 activations for all tokens are kept, weights for one layer (plus the rows of the embedding the tokens use, and the
 head a slice of the vocabulary at a time).
 
-The verdict is calibrated (verdict.py): the reference runs in float64 (the truth) and in the precision under test;
-fla passes when its error against float64 is within a documented factor of the reference's own error in that
-precision. KL(ref‖fla) and top-1 agreement are reported, not judged. The residual stream after every sub-step is
-compared as well; `per_layer` shows and judges each, and a failing run always names where the models part first.
+The verdict is exact (verdict.EXACT_BOUND): fla's own modules run in float64, with torch stand-ins for the kernels
+they launch (torch_wkv.py), against the float64 reference of the function config.json configures (variant.py), so
+a correct conversion agrees to float64 rounding and a wrong tensor does not, with no calibration. The residual
+stream after every sub-step is judged as well, and a failing run names where the models part first. How far the
+configured function is from BlinkDL's is measured on the same tokens and named by config key, never called a broken
+directory. fla's kernels (interpreted, compiled, or the stand-ins in float32) may run beside it for a separate,
+calibrated report of their accuracy (verdict.CALIBRATION): never the verdict.
 
 `verify` is the entry point (the command line, the converter's --verify and tests call it). The parts: files.py
 (the two files, the pair check, the check of the recorded source), streaming.py (the pair walked layer by layer),
@@ -20,15 +23,17 @@ text). Their names stay importable from here.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.states import has_state
-from fla.rwkv7_convert.proof.backends import BACKENDS, CHOICES, CPU_PIECE, Backend, backend_for
+from fla.rwkv7_convert.proof.backends import BACKENDS, CHOICES, CPU_PIECE, EXACT, Backend, backend_for
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile, check_pair, load_blinkdl_weights
 from fla.rwkv7_convert.proof.report import (
     SUBSTEP_NAMES,
     Comparison,
+    Exact,
+    Kernels,
     Perplexity,
     Report,
     Step,
@@ -37,10 +42,11 @@ from fla.rwkv7_convert.proof.report import (
     perplexity,
 )
 from fla.rwkv7_convert.proof.state_pair import TunedStates, load_states
-from fla.rwkv7_convert.proof.streaming import HEAD_ROWS, Progress, StreamingPair
+from fla.rwkv7_convert.proof.streaming import HEAD_ROWS, Lane, Progress, Side, StreamingPair
 
 __all__ = ['BACKENDS', 'CHOICES', 'CPU_PIECE', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend',
-           'Comparison', 'ConvertedDir', 'Perplexity', 'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step',
+           'Comparison', 'ConvertedDir', 'Exact', 'Kernels', 'Lane', 'Perplexity', 'Side',
+           'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step',
            'StreamingPair', 'TunedStates', 'load_states',
            'backend_for', 'check_pair', 'check_run', 'compare', 'describe_step', 'load_blinkdl_weights', 'perplexity',
            'precision_for', 'prepare', 'verify']
@@ -77,15 +83,19 @@ def verify(source, model_dir, *, device: str | Backend = 'auto', dtype: str = 'f
            text: str | None = None, batch: int = 1, per_layer: bool = False, piece: int | None = None, seed: int = 0,
            head_size: int | None = None, quiet: bool = True, greedy: int = 0, check_source: bool = True,
            state=None, model_state=None, drop_state: bool = False) -> Report:
-    """Compare the converted directory with the reference on the source file; see the module docstring.
+    """Prove the converted directory computes the source file's function; see the module docstring.
 
-    `device` names a backend (backends.CHOICES: 'auto', 'cpu', 'cpu-torch', 'cuda') or is one; 'auto' picks one from
-    the source's shape (backends.Auto). With `greedy` > 0 the report's notes
-    also hold that many greedy tokens from both models after token 0. With `text` (a file) the tokens are token 0
-    and the text's, and the report holds both models' perplexity on it. Everything refused (unreadable or hostile
-    files, a directory that is not the source's conversion, a run the backend cannot do) is a one-line
-    ConversionError before any compute; that includes a directory whose rwkv7_convert.json records another source
-    file (size, then sha256) unless `check_source` is False.
+    The verdict is the exact proof: fla's own modules in float64 (the torch stand-ins for its kernels) against the
+    float64 reference of the function config.json configures, within verdict.EXACT_BOUND at the logits and after
+    every sub-step; the report also measures how far that function is from BlinkDL's and names each config key
+    that makes them differ (variant.py). `device` names the kernels whose accuracy is reported beside it in `dtype`
+    (backends.CHOICES: 'cpu' interpreted, 'cpu-torch' the stand-ins in float32, 'cuda' compiled; calibrated, never
+    the verdict) or is a Backend; 'auto' runs the exact proof alone on the CPU, and on a GPU both, there. With
+    `greedy` > 0 the report's notes also hold that many greedy tokens from both models after token 0. With `text`
+    (a file) the tokens are token 0 and the text's, and the report holds both models' perplexity on it. Everything
+    refused (unreadable or hostile files, a directory that is not the source's conversion, a run the backend cannot
+    do) is a one-line ConversionError before any compute; that includes a directory whose rwkv7_convert.json records
+    another source file (size, then sha256) unless `check_source` is False.
 
     Tuned states (state_pair.py): a source that carries them (a state-tuned merge), or a bare state file `state`
     beside the base model `source`, is verified from its state: the reference from the source's, fla from the
@@ -94,7 +104,6 @@ def verify(source, model_dir, *, device: str | Backend = 'auto', dtype: str = 'f
     both from zero states, whatever the files carry."""
     backend = device if isinstance(device, Backend) else backend_for(device)
     asked, piece = piece, check_run(backend, dtype, piece, tokens, batch)
-    from fla.rwkv7_convert.proof.verdict import judge
     with SourceFile(source, head_size) as src, ConvertedDir(model_dir) as out:
         check_pair(src, out)
         if backend.choose(src.plan.dims, asked) is not backend:  # --device auto: from the source's shape
@@ -103,72 +112,118 @@ def verify(source, model_dir, *, device: str | Backend = 'auto', dtype: str = 'f
         tuned = load_states(src, out, state=state, model_state=model_state, drop_state=drop_state)
         origin = SourceCheck(src, out, check_source)  # the sizes now; the sha256 on a thread, while we prepare
         progress = None
-        scope = ExitStack()
         try:
             backend.prepare()  # a refused pair costs no torch or triton import
-            scope.enter_context(backend.running())  # the torch stand-ins for cpu-torch, restored in `finally`
             ids = _tokens(model_dir, src.plan.dims.V, tokens, text, batch, seed)
             origin.finish()  # before any compute
-            precision = backend.precision(dtype, min(piece, ids.shape[1]))
             progress = Progress(src.plan.dims.L + 2, quiet)
-            pair = StreamingPair(src, out, device=backend.device, dtype=dtype, precision=precision, piece=piece,
-                                 progress=progress, initial=tuned)
-            steps: list[Step] = []
-
-            def on_step(key, refs, fla_value):
-                f, r = compare(fla_value, refs[0]), compare(refs[1], refs[0])
-                steps.append(Step(key, f, r, judge(f.rel_rms, r.rel_rms, precision)))
-
-            (want, ref_p), got, _ = pair.run(ids, on_step=on_step)
-            report = _report(src, out, backend, dtype, precision, ids, want, ref_p, got, steps, per_layer)
+            run = _Run(src, out, backend, dtype, piece, ids, progress, tuned)
+            report = run.report(per_layer)
             if tuned is not None:
                 report.state, report.state_problems = tuned, list(tuned.problems)
             elif drop_state and (src.states or state is not None or model_state is not None or has_state(out.path)):
                 report.notes.append('tuned initial states ignored (--drop-state): the weights verified from zero states')
             if text is not None and ids.shape[1] > 1:  # a next token to predict
-                (ref_ppl, ref_top1), (fla_ppl, fla_top1) = perplexity(want, ids), perplexity(got, ids)
+                (ref_ppl, ref_top1), (fla_ppl, fla_top1) = perplexity(run.want, ids), perplexity(run.got, ids)
                 report.perplexity = Perplexity(text, ids.shape[1], ref_ppl, fla_ppl, ref_top1, fla_top1)
             report.notes += [origin.note] if origin.note else []
+            if src.plan.dims.N != 64:
+                report.notes.append(f'head size {src.plan.dims.N}: fla ties ln_x\'s eps to the LayerNorms\' (head_dim x '
+                                    'norm_eps); the conversion keeps ln_x exact, so the LayerNorm eps differs from '
+                                    'BlinkDL\'s 1e-5 (README: eps for head sizes other than 64)')
+            if out.tied:
+                report.notes.append('config.json ties the embeddings: fla\'s head is model.embeddings.weight (any stored '
+                                    'lm_head.weight is not what fla loads), judged against the file\'s head.weight')
             if greedy:
-                report.notes.append(_greedy_note(pair, out, greedy))
+                report.notes.append(_greedy_note(run.pair, out, greedy))
         finally:
-            scope.close()
             origin.cancel()
             if progress is not None:
                 progress.close()
     return report
 
 
-def _report(src, out, backend, dtype, precision, ids, want, ref_p, got, steps, per_layer) -> Report:
-    from fla.rwkv7_convert.proof.verdict import judge
-    fla_c, ref_c = compare(got, want), compare(ref_p, want)
-    report = Report(src.path, str(out.path), backend.device, dtype, precision, ids.shape[0], ids.shape[1], fla_c,
-                    ref_c, judge(fla_c.rel_rms, ref_c.rel_rms, precision), steps=steps, per_layer=per_layer,
-                    backend=backend.name)
-    report.first_divergence = next((s.key for s in steps if not s.judgement.passed), None)
-    if src.plan.dims.N != 64:
-        from fla.rwkv7_convert.mapping.config import norm_eps_for
-        report.notes.append(f'head size {src.plan.dims.N}: judged with the eps the converter wrote (LayerNorm '
-                            f'{norm_eps_for(src.plan.dims.N):.3g}, ln_x 64e-5); BlinkDL keeps LayerNorm eps 1e-5 '
-                            '(README: eps for head sizes other than 64)')
-    if out.tied:
-        report.notes.append('config.json ties the embeddings: fla\'s head is model.embeddings.weight (any stored '
-                            'lm_head.weight is not what fla loads), judged against the file\'s head.weight')
-    return report
+def exact_side(device: str, piece: int) -> Side:
+    """fla's modules in float64 with the torch stand-ins (torch_wkv.installed): the exact proof."""
+    from fla.rwkv7_convert.proof.backends import cpu_threads
+    from fla.rwkv7_convert.proof.torch_wkv import installed
+    threads = cpu_threads() if device == 'cpu' else None
+    return Side('exact', 'float64', piece, lambda: installed(threads=threads))
+
+
+class _Run:
+    """One pass over the files: the reference lanes (fla's function in float64; BlinkDL's where they differ; fla's
+    function in the kernels' precision when kernels run) and fla's sides (exact; kernels), compared step by step."""
+
+    def __init__(self, src, out, backend: Backend, dtype: str, piece: int, ids, progress, tuned):
+        from fla.rwkv7_convert.proof.variant import (
+            BLINKDL,
+            config_problems,
+            differences,
+            fla_variant,
+            narrowed,
+            storage_difference,
+        )
+        d = src.plan.dims
+        self.src, self.out, self.backend, self.dtype, self.ids = src, out, backend, dtype, ids
+        variant = fla_variant(out.config, d.N)
+        self.differences, self.config_problems = differences(variant, d.N), config_problems(out.config, d.N)
+        stored = {e.blinkdl: e.source.dtype for e in src.plan.kept}
+        rounding = narrowed([(e.blinkdl, e.source.dtype, out.refs[e.fla].dtype) for e in src.plan.kept
+                             if e.fla in out.refs])
+        if out.tied and 'head.weight' in stored:  # fla's head is the embedding, as the directory stores it
+            rounding.pop('head.weight', None)
+            rounding.update(narrowed([('head.weight', stored['head.weight'], out.refs['model.embeddings.weight'].dtype)]))
+        self.differences += [x for x in [storage_difference(rounding, stored)] if x is not None]
+        lanes, sides = [Lane('exact', 'float64', variant)], [exact_side(backend.device, piece)]
+        if self.differences:
+            lanes.append(Lane('blinkdl', 'float64', BLINKDL, rounded=False))
+        self.precision = None
+        if backend.kernels:
+            self.precision = backend.precision(dtype, min(piece, ids.shape[1]))
+            lanes.append(Lane('calibration', self.precision, variant))
+            sides.append(Side('kernels', dtype, piece, backend.running))
+        self.pair = StreamingPair(src, out, device=backend.device, lanes=lanes, sides=sides, progress=progress,
+                                  initial=tuned, rounding=rounding)
+        self.exact_steps: list[tuple[str, float]] = []
+        self.kernel_steps: list[Step] = []
+        refs, flas, _ = self.pair.run(ids, on_step=self._on_step)
+        self.want, self.got = refs[0], flas[0]
+        self.refs, self.flas = refs, flas
+
+    def _on_step(self, key, refs, flas):
+        from fla.rwkv7_convert.proof.verdict import judge, rel_rms
+        self.exact_steps.append((key, rel_rms(flas[0], refs[0])))
+        if self.precision is not None:
+            f, r = compare(flas[1], refs[0]), compare(refs[-1], refs[0])
+            self.kernel_steps.append(Step(key, f, r, judge(f.rel_rms, r.rel_rms, self.precision)))
+
+    def report(self, per_layer: bool) -> Report:
+        from fla.rwkv7_convert.proof.verdict import judge
+        exact = Exact(compare(self.got, self.want), self.exact_steps, EXACT.name, self.backend.device,
+                      self.differences, compare(self.refs[1], self.want) if self.differences else None,
+                      self.config_problems)
+        kernels = None
+        if self.precision is not None:
+            k, r = compare(self.flas[1], self.want), compare(self.refs[-1], self.want)
+            kernels = Kernels(self.backend.name, self.backend.device, self.dtype, self.precision, k, r,
+                              judge(k.rel_rms, r.rel_rms, self.precision), self.kernel_steps)
+        return Report(self.src.path, str(self.out.path), self.ids.shape[0], self.ids.shape[1], exact, kernels,
+                      per_layer=per_layer)
 
 
 def _greedy_note(pair: StreamingPair, out: ConvertedDir, steps: int) -> str:
-    """Greedy continuations of token 0 by the reference and by fla, each through its own recurrent state."""
+    """Greedy continuations of token 0 by the reference and by fla (exact side), each through its own state."""
     import torch
     if pair.src.plan.num_parameters > GREEDY_MAX_PARAMS:
         return (f'greedy tokens skipped: each token re-reads all {pair.src.plan.num_parameters / 1e9:.1f}B parameters '
                 '(streaming); the logits above are the proof')
-    pair.refs, pair.precision = pair.refs[:1], None
+    pair.only(lanes=1, sides=1)
     sides = []
     for side in (0, 1):
         ids, state, picked = torch.tensor([[0]]), None, []
         for _ in range(steps):
-            (ref,), got, state = pair.run(ids, state)
+            (ref,), (got,), state = pair.run(ids, state)
             picked.append(int((ref if side == 0 else got)[0, -1].argmax()))
             ids = torch.tensor([picked[-1:]])
         sides.append(picked)

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""fuse_norm: fla's fused norms against its unfused ones, in float32, on the CPU backends (issue #29, part 3).
+
+For each size and weight profile (benchmark_convert.PROFILES: 'trained-like', and 'long-memory', w0 around -2) it
+writes an RWKV-LM-format bf16 `.pth` shaped like BlinkDL's release (benchmark_convert.py's generator, in a process of
+its own) and converts it once with the converter (neither timed). The directory is then copied twice (the weights
+hard-linked), config.json set to `"fuse_norm": true` in one and `false` in the other, and each copy is verified in a
+fresh process on each backend:
+
+  cpu-torch  fla's modules with the torch stand-ins for its kernels (those of the fused norms follow fla's fused
+             Triton LayerNorm/GroupNorm and l2_norm; with fuse_norm false fla uses torch's norms itself)
+  cpu        fla's Triton kernels, interpreted (only for --interpreted sizes: it is slow)
+
+Printed: a markdown table of fla's error and the float32 reference's error (relative RMS of the logits against the
+float64 reference), their ratio for each fuse_norm value, the worst sub-step ratio, the verdicts and the CPU time
+(user + sys of the child, os.wait4).
+
+    python benchmarks/benchmark_fuse_norm.py --sizes 0.1B,0.4B --tokens 16
+    python benchmarks/benchmark_fuse_norm.py --sizes 0.1B --profiles long-memory --backends cpu-torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from benchmark_convert import PROFILES  # noqa: E402
+from benchmark_verify import SIZES  # noqa: E402
+
+CONVERT = REPO / 'utils' / 'convert_to_rwkv7.py'
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / 'rwkv7-fuse-norm-bench'
+BACKENDS = ('cpu-torch', 'cpu')
+FUSE_NORM = (True, False)
+
+
+def prepare(size: str, profile: str, workdir: Path, say) -> tuple[Path, dict[bool, Path]]:
+    """The size's file, and its conversion with config.json's fuse_norm set to each value; reused when there."""
+    C, L = SIZES[size]
+    source, converted = workdir / f'{size}-{profile}.pth', workdir / f'{size}-{profile}-out'
+    if not source.exists():
+        say(f'{size} {profile}: writing {source}')
+        subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]); '
+                        'from pathlib import Path; from benchmark_convert import Shape, generate_checkpoint; '
+                        'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]), '
+                        'profile=sys.argv[5])', str(HERE), str(C), str(L), str(source), profile], check=True)
+    if not (converted / 'config.json').exists():
+        say(f'{size} {profile}: converting to {converted}')
+        shutil.rmtree(converted, ignore_errors=True)
+        subprocess.run([sys.executable, str(CONVERT), '--rwkv7', str(source), '--output', str(converted), '--quiet',
+                        '--tokenizer', 'none'], check=True)
+    dirs = {}
+    for value in FUSE_NORM:
+        d = dirs[value] = workdir / f'{size}-{profile}-fuse-{str(value).lower()}'
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(converted, d, copy_function=os.link)  # the weights are read only: links, not copies
+        config = json.loads((converted / 'config.json').read_text())
+        (d / 'config.json').unlink()  # a file of its own, not the link to the converted one
+        (d / 'config.json').write_text(json.dumps({**config, 'fuse_norm': value}, indent=2))
+    return source, dirs
+
+
+def measure(source: Path, model: Path, device: str, tokens: int) -> dict:
+    """One verify in a fresh process (this script's --one): its figures, with wall and CPU time."""
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), '--one', str(source), str(model), device,
+                              str(tokens)], stdout=subprocess.PIPE, text=True)
+    out = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f'verify of {model} on {device} failed (exit {child.returncode})')
+    row = json.loads(out.strip().splitlines()[-1])
+    return {**row, 'wall_s': time.perf_counter() - start, 'cpu_s': usage.ru_utime + usage.ru_stime}
+
+
+def one(source: str, model: str, device: str, tokens: int) -> None:
+    """The child: verify with every sub-step judged; one JSON line on stdout."""
+    sys.path.insert(0, str(REPO / 'utils'))
+    from _bootstrap import light_fla
+    light_fla()
+    from fla.rwkv7_convert.api import verify
+    report = verify(source, model, device=device, tokens=tokens, per_layer=True, quiet=True)
+    steps = [(s.fla.rel_rms / s.ref.rel_rms, s.key) for s in report.steps if s.ref.rel_rms > 0]
+    worst = max(steps, default=(float('nan'), '-'))
+    print(json.dumps({'fla': report.logits.rel_rms, 'ref': report.reference.rel_rms,
+                      'ratio': report.logits.rel_rms / report.reference.rel_rms, 'verdict': 'PASS' if report.passed
+                      else 'FAIL', 'first': report.first_divergence, 'worst': worst[0], 'worst_at': worst[1]}))
+
+
+def table(rows: list[dict]) -> str:
+    head = ('| size | weights | backend | ref-f32 rel. RMS | fla rel. RMS, fused | ratio, fused | worst sub-step, fused '
+            '| fla rel. RMS, unfused | ratio, unfused | worst sub-step, unfused | verdicts (fused / unfused) '
+            '| CPU s (fused / unfused) |')
+    out = [head, '|' + '---|' * head.count(' | ') + '---|']
+    for r in rows:
+        t, f = r[True], r[False]
+        out.append(f'| {r["size"]} (C{r["C"]} L{r["L"]}) | {r["profile"]} | {r["backend"]} | {t["ref"]:.3g} '
+                   f'| {t["fla"]:.3g} | **{t["ratio"]:.3g}** | {t["worst"]:.3g} ({t["worst_at"]}) '
+                   f'| {f["fla"]:.3g} | **{f["ratio"]:.3g}** | {f["worst"]:.3g} ({f["worst_at"]}) '
+                   f'| {t["verdict"]} / {f["verdict"]} | {t["cpu_s"]:.0f} / {f["cpu_s"]:.0f} |')
+    return '\n'.join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--sizes', default='0.1B,0.4B', help=f'comma-separated, of {", ".join(SIZES)}')
+    p.add_argument('--profiles', default=','.join(PROFILES), help=f'comma-separated, of {", ".join(PROFILES)}')
+    p.add_argument('--backends', default=','.join(BACKENDS), help='comma-separated --device keys')
+    p.add_argument('--interpreted', default='0.1B', help='sizes also run on the interpreted kernels (--device cpu)')
+    p.add_argument('--tokens', type=int, default=16)
+    p.add_argument('--cache-dir', type=Path, default=DEFAULT_CACHE, help='generated files and conversions, reused')
+    p.add_argument('--json', type=Path, default=None, help='append every row as JSON lines here')
+    p.add_argument('--one', nargs=4, metavar=('SOURCE', 'MODEL', 'DEVICE', 'TOKENS'), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        one(*args.one[:3], int(args.one[3]))
+        return 0
+
+    def say(msg: str) -> None:
+        print(f'[{time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
+
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    interpreted = set(args.interpreted.split(','))
+    rows = []
+    for size in args.sizes.split(','):
+        for profile in args.profiles.split(','):
+            source, dirs = prepare(size, profile, args.cache_dir, say)
+            for backend in args.backends.split(','):
+                if backend == 'cpu' and size not in interpreted:
+                    continue
+                row = {'size': size, 'C': SIZES[size][0], 'L': SIZES[size][1], 'profile': profile, 'backend': backend,
+                       'tokens': args.tokens}
+                for value in FUSE_NORM:
+                    say(f'{size} {profile} {backend} fuse_norm {str(value).lower()}: verify, {args.tokens} tokens')
+                    row[value] = measure(source, dirs[value], backend, args.tokens)
+                    say(f'  ratio {row[value]["ratio"]:.3g} ({row[value]["verdict"]}), {row[value]["cpu_s"]:.0f} s CPU')
+                rows.append(row)
+                if args.json:
+                    with open(args.json, 'a') as f:
+                        f.write(json.dumps({k if isinstance(k, str) else f'fuse_norm_{str(k).lower()}': v
+                                            for k, v in row.items()}) + '\n')
+    print(f'Command: python benchmarks/benchmark_fuse_norm.py {" ".join(argv if argv is not None else sys.argv[1:])}')
+    print(f'({args.tokens} tokens, float32, relative RMS of the logits against the float64 reference; ratio = fla / '
+          'ref-f32; fused: config.json "fuse_norm": true, unfused: false)\n')
+    print(table(rows))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
