@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.errors import UnsupportedVariantError
 from fla.rwkv7_convert.formats.atomic import write_json
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
@@ -134,5 +133,4 @@ def peft_tensors(adapter: AdapterFile, plan: Plan, shown: str) -> PeftAdapter:
         config.update(lora_alpha=alpha, lora_dropout=0.0, use_rslora=False, init_lora_weights=True)
     else:
         config.update(init_weights=True, miss_dropout=0.0, mini_r=1)
-    config['converted_by'] = f'rwkv7_convert {__version__}: RWKV-PEFT {method.name} ({method.peft_note})'
     return PeftAdapter(config, factors + trained)
