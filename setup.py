@@ -27,7 +27,7 @@ setup(
         'flash-linear-attention>=0.6.0',
     ],
     extras_require={
-        'test': ['pytest', 'hypothesis', 'rwkv==0.8.32', 'ruff'],
+        'test': ['pytest', 'hypothesis', 'rwkv==0.8.32', 'ruff', 'peft', 'einops'],
         'benchmark': ['matplotlib'],
     },
 )

@@ -35,11 +35,11 @@ def module_name(path: Path) -> str:
 
 def part_of(module: str) -> str:
     """'fla.rwkv7_convert.formats.dtypes' -> 'formats'; the root, errors.py -> ''; cli.py and __main__.py (`python
-    -m fla.rwkv7_convert`, which only calls cli.main) -> 'cli'."""
+    -m fla.rwkv7_convert`, which only calls cli.main) and cli_adapters.py (the fine-tune flags cli.py uses) -> 'cli'."""
     rest = module[len(ROOT) + 1:].split('.') if module != ROOT else []
     if not rest or rest[0] == 'errors':
         return ''
-    return 'cli' if rest[0] == '__main__' else rest[0]
+    return 'cli' if rest[0] in ('__main__', 'cli_adapters') else rest[0]
 
 
 def modules() -> dict[str, Path]:

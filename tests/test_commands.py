@@ -227,7 +227,7 @@ def test_inspect_shows_a_layout_and_the_names_that_show_it(tmp_path, capsys):
 def test_inspect_of_a_refused_file_is_one_line_and_exit_1_and_json_says_so(tmp_path, capsys):
     import torch
     from rwkv7_factory import save
-    sd = {'emb.weight': torch.zeros(256, 128), 'blocks.0.att.receptance.lora_A': torch.zeros(8, 128)}  # unmerged LoRA
+    sd = {'emb.weight': torch.zeros(256, 128), 'blocks.0.att.receptance.lora.A': torch.zeros(8, 128)}  # unmerged LoRA
     path = save(sd, tmp_path / 'lora.pth')
     assert cli.main_inspect([str(path)]) == 1
     out, err = capsys.readouterr()
@@ -235,7 +235,8 @@ def test_inspect_of_a_refused_file_is_one_line_and_exit_1_and_json_says_so(tmp_p
     assert 'merge' in err
     assert cli.main_inspect([str(path), '--json']) == 1
     got = json.loads(capsys.readouterr().out)
-    assert (got['ok'], got['refusal'], got['error_type']) == (False, 'unmerged LoRA adapter', 'UnsupportedVariantError')
+    assert (got['ok'], got['refusal'], got['error_type']) == (False, 'unmerged LoRA of another trainer',
+                                                                'UnsupportedVariantError')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['lora.pth']  # nothing written
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from fla.rwkv7_convert.convert.adapters import AdapterSpec, check_adapter_record, reference_source
 from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
@@ -47,15 +48,16 @@ from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result', 'StateResult', 'convert_from_fla',
-           'convert_state', 'convert_to_fla', 'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state',
-           'load_model', 'verify']
+__all__ = ['AdapterSpec', 'BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result',
+           'StateResult', 'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_state', 'generate',
+           'initial_cache', 'inspect', 'load_initial_state', 'load_model', 'verify']
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
                    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, head_size: int | None = None,
                    tokenizer: str = 'auto', allow_nonfinite: bool = False, drop_state: bool = False,
-                   fuse_norm: bool = DEFAULT_FUSE_NORM, dry_run: bool = False) -> Result:
+                   fuse_norm: bool = DEFAULT_FUSE_NORM, adapter: AdapterSpec | None = None,
+                   dry_run: bool = False) -> Result:
     """Convert a BlinkDL RWKV-7 checkpoint into a Hugging Face directory that fla's RWKV7ForCausalLM loads.
 
     source: a `.pth` or `.safetensors` file in any layout of docs/mapping.md (or a Hugging Face directory holding
@@ -80,7 +82,7 @@ def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str 
     """
     return _convert_to_fla(source, output, precision=precision, force=force, max_shard_size=max_shard_size,
                            head_size=head_size, tokenizer=tokenizer, allow_nonfinite=allow_nonfinite,
-                           drop_state=drop_state, fuse_norm=fuse_norm, dry_run=dry_run)
+                           drop_state=drop_state, fuse_norm=fuse_norm, adapter=adapter, dry_run=dry_run)
 
 
 def convert_from_fla(model_dir: PathLike, output: PathLike | None, *, precision: str | None = None,
@@ -132,7 +134,7 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
            tokens: int = DEFAULT_TOKENS,
            text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
            head_size: int | None = None, quiet: bool = True, state: PathLike | None = None,
-           model_state: PathLike | None = None, drop_state: bool = False) -> Report:
+           model_state: PathLike | None = None, drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
     The verdict is the exact proof: fla's own modules in float64 (torch stand-ins for its kernels) against the
@@ -148,6 +150,9 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     holding rwkv7_state.safetensors, or the file; default: the one in `model_dir`). A state-tuned merge as `source`
     needs neither: both sides start from their tuned states, checked to be the same state first.
     drop_state: verify the weights alone, both sides from zero states.
+    adapter: `model_dir` is `source` converted with this RWKV-PEFT adapter merged (AdapterSpec): the reference runs on
+        `source` with the adapter merged by RWKV-PEFT's formulas; `model_dir`'s record of the adapter (sha256, alpha)
+        is checked first.
 
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
@@ -159,10 +164,14 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
                                   'chosen before triton is imported, and this process has imported it (import fla does); '
                                   "use device='cpu-torch' or 'auto' (fla's modules with torch stand-ins for the kernels), "
                                   'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
-    return _verify(source, model_dir, device=device, dtype=dtype, tokens=tokens,
-                   text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
-                   head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
-                   model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
+    if adapter is not None:
+        check_adapter_record(os.fspath(model_dir), adapter)
+    with reference_source(os.fspath(source), adapter) as reference:
+        return _verify(reference, model_dir, device=device, dtype=dtype, tokens=tokens,
+                       text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
+                       head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
+                       model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state,
+                       check_source=adapter is None)
 
 
 def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection | BareState:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.cli_adapters import adapter_flags, adapter_spec, export_adapter_body, export_adapter_flags
+from fla.rwkv7_convert.convert.adapters import adapter_notes, check_adapter_record, reference_source
 from fla.rwkv7_convert.convert.inspection import export_plan_lines, inspect, plan_lines, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -233,6 +235,7 @@ def build_to_fla_parser(prog: str = 'convert_to_rwkv7.py') -> argparse.ArgumentP
     p.add_argument('--fuse-norm', choices=('true', 'false'), default=None, action=Once,
                    help=f'config.json\'s fuse_norm (default {str(DEFAULT_FUSE_NORM).lower()}): true, fla\'s fused '
                         'Triton norms; false, torch\'s, BlinkDL\'s function exactly (docs/verification.md)')
+    adapter_flags(p, Once)
     p.add_argument('--verify', action='store_true',
                    help='after converting, compare logits of the fla model with the reference on the source file')
     p.add_argument('--verify-tokens', type=int, default=DEFAULT_TOKENS, action=Once, metavar='N',
@@ -256,7 +259,8 @@ def progress_callbacks(args: argparse.Namespace):
 def _state_body(args: argparse.Namespace) -> int:
     """convert --base: a bare state file against its base model's directory."""
     given = (('--verify', args.verify), ('--drop-state', args.drop_state), ('--precision', args.precision),
-             ('--tokenizer', args.tokenizer != 'auto'), ('--fuse-norm', args.fuse_norm is not None))
+             ('--tokenizer', args.tokenizer != 'auto'), ('--fuse-norm', args.fuse_norm is not None),
+             ('--adapter', args.adapter is not None))
     flag = next((f for f, on in given if on), None)
     if flag:
         raise ConversionError(f'{flag} does not apply with --base (a bare state converts alone, in its stored dtype); '
@@ -295,8 +299,8 @@ def _convert_body(args: argparse.Namespace) -> int:
         result = convert_to_fla(
             args.rwkv7, args.output, precision=precision, force=args.force, max_shard_size=max_shard_size,
             head_size=args.head_size, tokenizer=args.tokenizer, allow_nonfinite=args.allow_nonfinite,
-            drop_state=args.drop_state, dry_run=args.dry_run, on_start=on_start, on_tensor=verbose_tensor,
-            fuse_norm=DEFAULT_FUSE_NORM if args.fuse_norm is None else args.fuse_norm == 'true')
+            drop_state=args.drop_state, adapter=adapter_spec(args), dry_run=args.dry_run, on_start=on_start,
+            on_tensor=verbose_tensor, fuse_norm=DEFAULT_FUSE_NORM if args.fuse_norm is None else args.fuse_norm == 'true')
     finally:
         close()
     plan = result.plan
@@ -309,11 +313,14 @@ def _convert_body(args: argparse.Namespace) -> int:
         print(f'converted {args.rwkv7} -> {args.output}: RWKV-7, {d.L} layers, hidden {d.C}, head size {d.N}, '
               f'vocab {d.V}, {human_count(plan.num_parameters)} params, {TORCH_NAME[result.dtype]}, '
               f'{result.shards} shard(s){state}, {human_bytes(result.bytes_written)} in {result.seconds:.1f} s')
+        for line in adapter_notes(result.adapter, args.adapter_format) if result.adapter else ():
+            print(f'  {line}')
     if args.verify:
         args.interrupted = (f'verify stopped; the conversion was complete and is in place: {args.output} holds the '
                             'new model (its model card without a verdict)')
-        return verify_after_convert(args.rwkv7, args.output, tokens=args.verify_tokens, head_size=args.head_size,
-                                    quiet=args.quiet)
+        with reference_source(args.rwkv7, adapter_spec(args)) as source:
+            return verify_after_convert(source, args.output, tokens=args.verify_tokens, head_size=args.head_size,
+                                        quiet=args.quiet)
     return 0
 
 
@@ -375,6 +382,7 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
     tuned.add_argument('--drop-state', action='store_true',
                        help='verify the weights alone, both sides from zero states, whatever the files carry (for a '
                             'merge converted with --drop-state)')
+    adapter_flags(p, Once, verify=True)
     p.add_argument('--any-source', dest='check_source', action='store_false',
                    help="verify even when OUTDIR's rwkv7_convert.json records a source file other than IN (by size "
                         'or sha256); by default that is refused before any compute')
@@ -382,11 +390,24 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
 
 
 def _verify_body(args) -> int:
+    spec = adapter_spec(args)
+    if spec is not None and args.check_source:
+        check_adapter_record(args.model, spec)
     try:
-        report = verify(args.rwkv7, args.model, device=args.device, dtype=args.dtype,
+        with reference_source(args.rwkv7, spec) as source:
+            return _verify_source(args, source)
+    except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
+        raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
+
+
+def _verify_source(args, source: str) -> int:
+    # with an adapter the directory records the base as its source, the reference runs on the merge: not compared
+    check_source = args.check_source and args.adapter is None
+    try:
+        report = verify(source, args.model, device=args.device, dtype=args.dtype,
                         tokens=args.max_tokens if args.text else args.tokens, text=args.text, batch=args.batch,
                         per_layer=args.per_layer, piece=args.piece, seed=args.seed, head_size=args.head_size,
-                        quiet=args.quiet, check_source=args.check_source, state=args.state,
+                        quiet=args.quiet, check_source=check_source, state=args.state,
                         model_state=args.model_state, drop_state=args.drop_state)
     except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
         raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
@@ -425,6 +446,7 @@ def build_from_fla_parser(prog: str = 'convert_from_fla_rwkv7.py') -> argparse.A
     mode.add_argument('--state-only', action='store_true',
                       help=f'write the tuned state alone, as RWKV-PEFT\'s state file; HF_DIR may then be a state '
                            f'directory (convert --base\'s output) or a {STATE_FILE} file')
+    export_adapter_flags(p, Once)
     return p
 
 
@@ -438,6 +460,8 @@ def _export_state_body(args: argparse.Namespace) -> int:
 
 
 def _export_body(args: argparse.Namespace) -> int:
+    if args.peft_adapter is not None:
+        return export_adapter_body(args)
     if args.state_only:
         return _export_state_body(args)
     precision = precision_arg(args)

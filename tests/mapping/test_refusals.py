@@ -50,10 +50,14 @@ SHAPE_DUMP = {'head.weight': (C, V)}  # the rwkv package's runtime form: head st
 TWO_MATCHES = [
     pytest.param(Side.BLINKDL, Seen(shapes(**{'blocks.0.qkv.emm.weight': (V, C)})), 'RWKV-8 hybrid', 'RWKV-7b "DEA"',
                  id='names-names'),
-    pytest.param(Side.BLINKDL, Seen(shapes(**{'blocks.0.att.key.init_lora_A': (8, C), 'blocks.0.att.key.lora_A': (8, C)})),
-                 'PiSSA adapter', 'unmerged LoRA adapter', id='names-names-adapters'),
+    pytest.param(Side.BLINKDL, Seen(shapes(**{'blocks.0.att.key.lora_A': (8, C)})),
+                 'RWKV-PEFT adapter without its base model', 'unmerged LoRA of another trainer', id='names-names-adapters'),
+    pytest.param(Side.ADAPTER, Seen({'blocks.0.att.key.init_lora_A': (8, C), 'blocks.0.att.key.disha': (8, C),
+                                     'blocks.0.att.value.lora_A': (8, C)}),
+                 'PiSSA init file given as the adapter', 'adapter mixing methods', id='names-names-adapter-side'),
     pytest.param(Side.BLINKDL, Seen(shapes(**SHAPE_DUMP, **{'blocks.0.att.key.lora_A': (8, C)})),
-                 'unmerged LoRA adapter', 'in-memory dump of BlinkDL\'s `rwkv` package', id='names-shapes'),
+                 'RWKV-PEFT adapter without its base model', 'in-memory dump of BlinkDL\'s `rwkv` package',
+                 id='names-shapes'),
     pytest.param(Side.BLINKDL, Seen(shapes(**SHAPE_DUMP, **{'blocks.0.ln0.weight': None, 'blocks.0.ln0.bias': None})),
                  'ln0 folded into emb', 'in-memory dump of BlinkDL\'s `rwkv` package', id='names-shapes-ln0'),
     pytest.param(Side.BLINKDL, Seen(transposed_factors(**SHAPE_DUMP, **{'blocks.1.att.w1': (C, C)})),
@@ -86,7 +90,7 @@ def _refs(named: dict[str, tuple[int, ...]]) -> dict[str, TensorRef]:
 
 def test_the_plan_raises_the_first_refusal_in_order():
     """The walk of plan.py runs the registry in its order: the names stage before the shapes stage."""
-    with pytest.raises(UnsupportedVariantError, match='unmerged LoRA adapter'):
+    with pytest.raises(UnsupportedVariantError, match='RWKV-PEFT adapter tensors'):
         make_plan(_refs(shapes(**SHAPE_DUMP, **{'blocks.0.att.key.lora_A': (8, C)})), 'm.pth')
     with pytest.raises(UnsupportedVariantError, match=r"in-memory dump of BlinkDL's `rwkv` package checkpoint \(head"):
         make_plan(_refs(shapes(**SHAPE_DUMP)), 'm.pth')

@@ -195,6 +195,38 @@ def _fla(path: str) -> Inspection:
         notes=plan.notes[2:], warnings=list(plan.warnings), state=_directory_state(path))
 
 
+ADAPTER_REFUSAL = 'RWKV-PEFT adapter without its base model'  # the refusal (table.REFUSALS) inspect describes instead
+
+
+@dataclass
+class AdapterInspection:
+    """An RWKV-PEFT adapter file described: method, rank, targets, trained parts, what its merge needs."""
+
+    path: str
+    adapter: object  # mapping.adapter_plan.AdapterFile
+
+    def to_dict(self) -> dict:
+        a = self.adapter
+        m = a.method
+        return {'schema': SCHEMA, 'ok': True, 'path': self.path, 'direction': 'adapter',
+                'adapter': {'method': m.name, 'or': a.others, 'formula': m.formula, 'rank': a.ranks,
+                            'targets': sorted(a.factors), 'trained': sorted(a.trained), 'needs': m.needs or None,
+                            'peft': m.peft or None, 'peft_note': m.peft_note}}
+
+    def lines(self) -> list[str]:
+        return [f'{self.path}: an RWKV-PEFT adapter: rwkv7-convert --rwkv7 BASE.pth --adapter {Path(self.path).name} '
+                'merges it (or --adapter-format peft)', *self.adapter.describe()]
+
+
+def inspect_adapter(path: str | os.PathLike) -> AdapterInspection:
+    """Describe an adapter file from its names and shapes (the method told without the options a merge needs)."""
+    from fla.rwkv7_convert.formats.readers import open_checkpoint
+    from fla.rwkv7_convert.mapping.adapter_plan import read_adapter
+    shown = os.fspath(path)
+    with open_checkpoint(shown) as ckpt:
+        return AdapterInspection(shown, read_adapter(ckpt.tree, shown, choose=False))
+
+
 def refused(error: ConversionError, path: str | os.PathLike) -> dict:
     """The dict `--json` prints when the input is refused: the same keys on every failure."""
     refusal = getattr(error, 'refusal', None)
@@ -211,7 +243,10 @@ def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspect
         try:
             return _blinkdl(shown, head_size)
         except ConversionError as e:
-            if getattr(getattr(e, 'refusal', None), 'variant', None) != BARE_STATE:
+            variant = getattr(getattr(e, 'refusal', None), 'variant', None)
+            if variant == ADAPTER_REFUSAL:
+                return inspect_adapter(shown)
+            if variant != BARE_STATE:
                 raise
             return _bare_state(shown, e)
     try:  # a directory is either direction's: the one whose plan takes it
@@ -277,4 +312,5 @@ def export_plan_lines(plan) -> list[str]:
     return out
 
 
-__all__ = ['SCHEMA', 'BareState', 'Inspection', 'export_plan_lines', 'inspect', 'plan_lines', 'refused']
+__all__ = ['SCHEMA', 'AdapterInspection', 'BareState', 'Inspection', 'export_plan_lines', 'inspect', 'inspect_adapter',
+           'plan_lines', 'refused']

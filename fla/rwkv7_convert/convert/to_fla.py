@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.convert.adapters import AdapterSpec, adapter_notes, adapter_provenance, merged_tree, open_adapter
 from fla.rwkv7_convert.convert.tuned_state import state_provenance, state_tensor
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
 from fla.rwkv7_convert.formats.atomic import atomic_directory, check_target, clean_stale, write_json
@@ -44,6 +46,7 @@ class Result:
     dtype: str = ''
     source_format: str = ''  # what the input was read as: 'pth', 'safetensors', 'hf-directory'
     state_file: str | None = None  # the tuned state's file (formats/states.py), when the source carried one
+    adapter: object | None = None  # the RWKV-PEFT adapter merged or carried (mapping.adapter_plan.AdapterFile)
     config: dict = field(default_factory=dict)  # the config.json written (or, in a dry run, that would be)
 
 
@@ -91,6 +94,7 @@ def convert_to_fla(
     tokenizer: str = 'auto',
     allow_nonfinite: bool = False,
     drop_state: bool = False,
+    adapter: AdapterSpec | None = None,
     fuse_norm: bool = DEFAULT_FUSE_NORM,
     dry_run: bool = False,
     on_start: Callable[[Plan, int], None] | None = None,
@@ -105,6 +109,8 @@ def convert_to_fla(
     `on_tensor(name, nbytes)` report progress. A state-tuned merge's tuned states go to the
     state file (formats/states.py: rwkv7_state.safetensors); `drop_state` converts the weights alone. `fuse_norm`:
     config.json's, fla's fused norms (True) or torch's (mapping.config.DEFAULT_FUSE_NORM says why the default).
+    `adapter`: an RWKV-PEFT adapter of `source`, merged as RWKV-PEFT's merge scripts do (form 'merged'), or written as
+    a PEFT adapter directory beside the unmerged base (form 'peft': OUTDIR/peft, convert/peft_adapter.py).
     """
     start = time.perf_counter()
     shown = str(source)
@@ -112,9 +118,19 @@ def convert_to_fla(
     limit = parse_size(max_shard_size)
     if output is not None and not dry_run:
         clean_stale(Path(output).absolute())  # what killed runs left, also when this run stops at the next line
-        check_target(Path(output).absolute(), force, protect=(source,))  # fail before reading anything
-    with open_checkpoint(source) as ckpt:
-        plan = make_plan(ckpt.tree, shown, head_size=head_size, drop_state=drop_state)
+        check_target(Path(output).absolute(), force, protect=(source, *_files(adapter)))  # before reading anything
+    with open_checkpoint(source) as ckpt, ExitStack() as stack:
+        tree = ckpt.tree
+        fine_tune = open_adapter(stack, adapter) if adapter is not None else None
+        if fine_tune is not None and adapter.form == 'merged':
+            tree = merged_tree(ckpt.tree, fine_tune, shown)
+        plan = make_plan(tree, shown, head_size=head_size, drop_state=drop_state)
+        peft = None
+        if fine_tune is not None:
+            plan.notes[2:2] = adapter_notes(fine_tune, adapter.form)
+            if adapter.form == 'peft':
+                from fla.rwkv7_convert.convert.peft_adapter import peft_tensors
+                peft = peft_tensors(fine_tune, plan, shown)  # refused here, before anything is written
         check_tokenizer_choice(tokenizer, plan.dims.V, shown)  # before anything is written
         if ckpt.kind == 'hf-directory':  # told apart by its weight names (the plan), not by model_type
             arch = ', '.join(map(str, ckpt.config.get('architectures') or [])) or 'no architectures in config.json'
@@ -126,8 +142,9 @@ def convert_to_fla(
         tensors = [_out_tensor(e, precision or e.source.dtype, allow_nonfinite, shown) for e in kept]
         states = [state_tensor(e, allow_nonfinite, shown) for e in plan.states]
         total = sum(t.nbytes for t in tensors + states)
+        total += sum(t.nbytes for t in peft.tensors) if peft else 0
         result = Result(None, plan, dtype=model_dtype, bytes_written=total, source_format=ckpt.kind,
-                        state_file=STATE_FILE if states else None,
+                        state_file=STATE_FILE if states else None, adapter=fine_tune,
                         config=fla_config(plan.dims, model_dtype, fuse_norm=fuse_norm))
         if dry_run or output is None:
             return result
@@ -135,7 +152,7 @@ def convert_to_fla(
             on_start(plan, total)
         metadata = {'format': 'pt', 'converted_by': f'rwkv7_convert {__version__}', 'source': Path(source).name}
         digest = FileDigest(source, ckpt.files)  # on a thread, while the tensors are copied
-        with atomic_directory(output, force=force, protect=(source,)) as scratch:
+        with atomic_directory(output, force=force, protect=(source, *_files(adapter))) as scratch:
             files = write_sharded(scratch, tensors, limit, metadata,
                                   on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
             result.shards = sum(1 for f in files if f != INDEX_FILE)
@@ -160,15 +177,22 @@ def convert_to_fla(
                 'tokenizer_files': tokenizer_files,
                 'dropped': [e.blinkdl for e in plan.dropped],
                 **({'state': state_provenance(plan.states)} if states else {}),
+                **({'adapter': adapter_provenance(fine_tune, adapter)} if fine_tune is not None else {}),
                 'notes': plan.notes,
             })
             files.append(PROVENANCE_FILE)
             write_model_card(scratch)
             files.append('README.md')
+            if peft is not None:
+                files += peft.write(scratch, on_tensor=(lambda t: on_tensor(t.name, t.nbytes)) if on_tensor else None)
     result.output = Path(output)
     result.files = files
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _files(adapter: AdapterSpec | None) -> tuple[str, ...]:
+    return adapter.files() if adapter is not None else ()
 
 
 def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:

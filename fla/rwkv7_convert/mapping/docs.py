@@ -10,7 +10,23 @@ import sys
 from fla.rwkv7_convert.mapping.config import BLINKDL_LN_X_EPS, BLINKDL_NORM_EPS
 from fla.rwkv7_convert.mapping.ops import Identity
 from fla.rwkv7_convert.mapping.schema import Side, Stage, Target
-from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, REFUSALS, RULES, SHAPE_ALIASES, SIZES, WRAPPER_KEYS
+from fla.rwkv7_convert.mapping.table import (
+    ADAPTER_METHODS,
+    ADAPTER_TARGETS,
+    LAYOUTS,
+    LORA_ALPHA_HOME,
+    PEFT_MODULES,
+    PEFT_MODULES_EVIDENCE,
+    PREFIXES,
+    REFUSALS,
+    RULES,
+    SHAPE_ALIASES,
+    SIZES,
+    TRAINED_EVIDENCE,
+    WRAPPER_KEYS,
+)
+
+_SIDE = {Side.BLINKDL: 'RWKV-LM', Side.FLA: 'fla', Side.ADAPTER: 'adapter'}
 
 
 def _cell(text: str) -> str:
@@ -70,7 +86,7 @@ def _layouts() -> list[str]:
         'the directory. After them every file is in canonical names and shapes, and the table above does the rest '
         'in both directions.',
     ]
-    for side in Side:
+    for side in (s for s in Side if any(x.side is s for x in LAYOUTS)):
         lines += ['', f'### {side.value}']
         for x in (x for x in LAYOUTS if x.side is side):
             lines += ['', f'#### {x.name} ({x.kind.value})', '', f'Written by: {x.who}.', '',
@@ -105,10 +121,46 @@ def _refusals() -> list[str]:
         '|---|---|---|---|---|---|',
     ]
     for f in REFUSALS:
-        sides = ', '.join('RWKV-LM' if s is Side.BLINKDL else 'fla' for s in Side if s in f.sides)
+        sides = ', '.join(_SIDE[s] for s in Side if s in f.sides)
         evidence = '<br>'.join(_cell(str(e)) for e in f.evidence) or '—'
         lines.append(f'| {f.stage.value} | {sides} | {_cell(f.variant)} | {_cell(f.when.describe())} | {_cell(f.reason)} '
                      f'| {evidence} |')
+    return lines
+
+
+def _adapters() -> list[str]:
+    lines = [
+        '',
+        '## Fine-tunes: RWKV-PEFT adapters',
+        '',
+        '`--adapter ADAPTER.pth` with the base model as `--rwkv7`: each factor `<target>.<suffix>` belongs to a target '
+        'weight [out, in] of ' + ', '.join(f'`{t}`' for t in ADAPTER_TARGETS) + '; the method is told from the '
+        'factors\' names and ranks (LoRA and PiSSA store the same names: the option given tells them apart). Every '
+        'other tensor of the file is a trained full tensor under a canonical name above, and replaces the base\'s. '
+        'The merge runs the same torch operations as RWKV-PEFT\'s merge scripts (`mapping/adapter_ops.py`), so the '
+        'merged directory is theirs converted, bit for bit. With `--adapter-format peft` the base converts unmerged '
+        'and `OUTDIR/peft` holds the PEFT form.',
+        '',
+        f'A LoRA merge needs `--lora-alpha`: {LORA_ALPHA_HOME}.',
+        '',
+        '| method | factors (shape) | rank from | merge | needs | PEFT form |',
+        '|---|---|---|---|---|---|',
+    ]
+    for m in ADAPTER_METHODS:
+        factors = ', '.join(f'`{f.suffix}` [{f.shape}]' + (' (init file)' if f.init_file else '') for f in m.factors)
+        peft = f'{m.peft}: {m.peft_note}' if m.peft else f'none: {m.peft_note}'
+        note = f' ({m.note})' if m.note else ''
+        lines.append(f'| {m.name} | {factors} | `{m.rank[0]}` axis {m.rank[1]} | `{_cell(m.formula)}`{_cell(note)} '
+                     f'| {m.needs or "—"} | {_cell(peft)} |')
+    lines += ['', 'Trained full tensors go to PEFT as `modules_to_save` when they make whole fla modules ('
+              + ', '.join(f'`{k}` ({"+".join(v)})' for k, v in PEFT_MODULES.items()) + '); any other (such as '
+              '`att.x_r`) is refused for the PEFT form, which then offers the merged one.', '',
+              'Evidence (verified in the repository at that commit):', '']
+    seen: list = []
+    for e in [e for m in ADAPTER_METHODS for e in m.evidence] + list(TRAINED_EVIDENCE) + [PEFT_MODULES_EVIDENCE]:
+        if e not in seen:
+            seen.append(e)
+    lines += [f'- {e}' for e in seen]
     return lines
 
 
@@ -124,7 +176,7 @@ def render() -> str:
         'Dw/Da/Dv/Dg the decay/a/value/gate LoRA ranks. `{i}` is the block index.',
         '',
     ]
-    lines += _tensors() + _layouts() + _refusals()
+    lines += _tensors() + _layouts() + _adapters() + _refusals()
     lines += [
         '',
         '## Config from shapes',

@@ -19,6 +19,7 @@ class Side(enum.Enum):
 
     BLINKDL = 'RWKV-LM input (convert_to_rwkv7.py)'
     FLA = 'fla input (convert_from_fla_rwkv7.py)'
+    ADAPTER = 'RWKV-PEFT adapter (--adapter)'
 
 
 class Scope(enum.Enum):
@@ -351,3 +352,78 @@ class Refusal:
 
     def text(self, hits: list[str]) -> str:
         return self.message.format(*hits, variant=self.variant, reason=self.reason, hits=', '.join(hits[:2]))
+
+
+# --------------------------------------------------------------------------------------------------------- adapters
+
+@dataclass(frozen=True)
+class Factor:
+    """One tensor of an adapter, stored as `<target>.<suffix>` beside or instead of a target weight [out, in]: its
+    shape in the symbols `in`, `out`, `r` (and `in/r`, `out/r`), and the file it comes from."""
+
+    suffix: str
+    shape: str  # e.g. 'r,in'
+    init_file: bool = False  # PiSSA's init_pissa.pth, not the trained adapter file
+
+    def resolve(self, out: int, in_: int, r: int) -> tuple[int, ...] | None:
+        """The shape for a target [out, in] and rank r; None when r does not divide a dimension the shape splits."""
+        sizes = {'in': in_, 'out': out, 'r': r}
+        dims = []
+        for part in self.shape.split(','):
+            top, _, below = part.partition('/')
+            if below and sizes[top] % sizes[below]:
+                return None
+            dims.append(sizes[top] // sizes[below] if below else sizes[top])
+        return tuple(dims)
+
+
+@dataclass(frozen=True)
+class PeftTensor:
+    """One tensor of a method's PEFT form, per target: the adapter factors it is made of (suffix, sign), joined along
+    `axis` when there are several (PiSSA's [A; A0], [B, -B0]); one factor with sign 1 is the factor as stored."""
+
+    suffix: str  # after the module's name: 'lora_A.weight', 'miss_block'
+    parts: tuple[tuple[str, int], ...]
+    axis: int = 0
+
+    @property
+    def as_stored(self) -> bool:
+        return len(self.parts) == 1 and self.parts[0][1] == 1
+
+
+@dataclass(frozen=True)
+class AdapterMethod:
+    """An RWKV-PEFT fine-tuning method: the factors it stores per target weight, how its rank is read, the merge
+    (adapter_ops.py) and what else the merge needs, and what PEFT (Hugging Face) holds that is equal to it."""
+
+    name: str  # for people: messages, docs, inspect
+    factors: tuple[Factor, ...]
+    rank: tuple[str, int]  # (suffix, axis) the rank r is read from
+    formula: str  # the merge, for docs and inspect
+    merge: Callable  # adapter_ops: (W, factors by suffix, alpha) -> merged W (torch)
+    needs: str  # '' or the option the merge needs besides the files: '--lora-alpha', '--pissa-init'
+    peft: str  # the PEFT form ('' when PEFT has no equal form)
+    peft_note: str  # how it is carried to PEFT, or why it cannot be
+    evidence: tuple[Source, ...]
+    note: str = ''
+    peft_type: str = ''  # adapter_config.json's peft_type ('' when PEFT has no equal form)
+    peft_tensors: tuple[PeftTensor, ...] = ()
+    peft_alpha: str = ''  # LoRA's lora_alpha: 'alpha' (the merge's) or 'rank' (PEFT's rank: scale 1)
+
+    @property
+    def peft_rank_factor(self) -> int:
+        """PEFT's rank over the method's (PiSSA's LoRA joins two factors)."""
+        return len(self.peft_tensors[0].parts) if self.peft_tensors else 1
+
+    @property
+    def peft_invertible(self) -> bool:
+        """Every PEFT tensor is a factor as stored: a PEFT adapter of this form comes back as this method exactly."""
+        return bool(self.peft_tensors) and all(t.as_stored for t in self.peft_tensors)
+
+    @property
+    def adapter_factors(self) -> tuple[Factor, ...]:
+        return tuple(f for f in self.factors if not f.init_file)
+
+    def signature(self) -> frozenset[tuple[str, int]]:
+        """(suffix, rank of its shape) of the factors in the adapter file: what tells a file's method."""
+        return frozenset((f.suffix, len(f.shape.split(','))) for f in self.adapter_factors)

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 from fla.rwkv7_convert.errors import ConfigError
 from fla.rwkv7_convert.formats.readers import MAGICS
+from fla.rwkv7_convert.mapping import adapter_ops
 from fla.rwkv7_convert.mapping.ops import (
     DROP_UNIT_DIMS,
     IDENTITY,
@@ -44,12 +45,15 @@ from fla.rwkv7_convert.mapping.ops import (
 )
 from fla.rwkv7_convert.mapping.schema import (
     Absent,
+    AdapterMethod,
     ConfigTest,
+    Factor,
     FirstBytes,
     Kind,
     Layout,
     MixedLayouts,
     NamePattern,
+    PeftTensor,
     Refusal,
     Rename,
     Rule,
@@ -65,7 +69,7 @@ from fla.rwkv7_convert.mapping.schema import (
 )
 
 ALL, FIRST, REST, GLOBAL = Scope.ALL, Scope.FIRST, Scope.REST, Scope.GLOBAL
-BLINKDL, FLA = frozenset({Side.BLINKDL}), frozenset({Side.FLA})
+BLINKDL, FLA, ADAPTER = frozenset({Side.BLINKDL}), frozenset({Side.FLA}), frozenset({Side.ADAPTER})
 
 # ---------------------------------------------------------------------------------------------------------- rules
 
@@ -135,6 +139,96 @@ RULES: tuple[Rule, ...] = (
 SIZES = {'V': 'the vocabulary size', 'C': 'the hidden size', 'H': 'the head count', 'N': 'the head size',
          'F': 'the FFN width', 'Dw': 'the decay LoRA rank', 'Da': 'the a LoRA rank', 'Dv': 'the value LoRA rank',
          'Dg': 'the gate LoRA rank'}
+
+# --------------------------------------------------------------------------------------------------------- adapters
+# RWKV-PEFT fine-tunes (`--adapter`): per target weight, the factors of one method, merged by its formula
+# (adapter_ops.py, the same torch operations as RWKV-PEFT's merge scripts); every other tensor of the adapter file is
+# a trained full tensor (a canonical name of RULES) that replaces the base's, as those scripts do (`w[k] = w_lora[k]`).
+
+_HF_PEFT = 'huggingface/peft'
+_HF_PEFT_COMMIT = '5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40'
+_RWKV_PEFT_TARGETS = Source(_PEFT, 'rwkvt/rwkv7/att.py', _PEFT_COMMIT,
+                            'receptance, key, value, output = make_linear_att(C, C); ffn.py: key, value = '
+                            'make_linear_ffn(...): the six linears an adapter may replace')
+_PEFT_RWKV7 = Source(_HF_PEFT, 'src/peft/utils/constants.py', _HF_PEFT_COMMIT,
+                     '"rwkv7": r_proj, k_proj, v_proj, o_proj, key, value (LoRA and MiSS target modules)')
+
+# The target weights an adapter may attach to: RWKV-LM names of RULES (their fla modules are PEFT's targets).
+ADAPTER_TARGETS: tuple[str, ...] = tuple(f'blocks.{{i}}.{t}.weight' for t in (
+    'att.receptance', 'att.key', 'att.value', 'att.output', 'ffn.key', 'ffn.value'))
+
+# Where RWKV-PEFT keeps a LoRA's alpha (the file does not): said by the refusal of a LoRA merge without --lora-alpha.
+LORA_ALPHA_HOME = ('RWKV-PEFT keeps alpha outside the file: the training command\'s --lora_config "lora_alpha" '
+                   '(default 32) and merge/merge.py\'s --lora_alpha (default 16) or merge_lora.py\'s first argument')
+
+ADAPTER_METHODS: tuple[AdapterMethod, ...] = (
+    AdapterMethod(
+        'LoRA', (Factor('lora_A', 'r,in'), Factor('lora_B', 'out,r')), ('lora_B', 1), 'W += B @ A * (alpha / r)',
+        adapter_ops.lora, '--lora-alpha', 'LoRA',
+        'LoraConfig(r, lora_alpha = alpha): lora_A.weight [r, in] and lora_B.weight [out, r] as stored (PEFT scales '
+        'by lora_alpha / r too)',
+        (Source(_PEFT, 'merge/merge_lora.py', _PEFT_COMMIT, 'lora_r = w[lora_B].shape[1]; '
+                'w[k] += w[lora_B] @ w[lora_A] * (lora_alpha / lora_r), lora_alpha from the command line'),
+         Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'LoraLinear: lora_A [r, in_features], lora_B '
+                '[out_features, r], scaling = alpha / r'),
+         Source(_HF_PEFT, 'src/peft/tuners/lora/layer.py', _HF_PEFT_COMMIT, 'self.scaling[adapter_name] = lora_alpha / r'),
+         _RWKV_PEFT_TARGETS, _PEFT_RWKV7),
+        peft_type='LORA', peft_tensors=(PeftTensor('lora_A.weight', (('lora_A', 1),)),
+                                        PeftTensor('lora_B.weight', (('lora_B', 1),))), peft_alpha='alpha'),
+    AdapterMethod(
+        'PiSSA', (Factor('lora_A', 'r,in'), Factor('lora_B', 'out,r'), Factor('init_lora_A', 'r,in', init_file=True),
+                  Factor('init_lora_B', 'out,r', init_file=True)), ('lora_B', 1),
+        'W = bf16(W - B0 @ A0); W += B @ A', adapter_ops.pissa, '--pissa-init', 'LoRA',
+        'a LoRA of rank 2r: lora_A = [A; A0], lora_B = [B, -B0], lora_alpha = 2r (scale 1), as PEFT converts its own '
+        'PiSSA to LoRA; the merge rounds W - B0 @ A0 to bfloat16 first, the PEFT form does not',
+        (Source(_PEFT, 'merge/merge.py', _PEFT_COMMIT, "init keys 'model.' + prefix + '.init_lora_A'/'_B'; "
+                'w[k] = (w[k] - B0 @ A0).to(dtype=torch.bfloat16); w[k] += w[lora_B] @ w[lora_A]'),
+         Source(_PEFT, 'rwkvt/peft/peft_loading.py', _PEFT_COMMIT, "init_pissa.pth: init_dict[f'{name}.init_lora_A'] "
+                '= m.lora_A.data for each module of model.named_modules() (names start with model.)'),
+         Source(_HF_PEFT, 'src/peft/peft_model.py', _HF_PEFT_COMMIT, 'path_initial_model_for_weight_conversion: '
+                'peft_config.r *= 2; lora_alpha *= 2 (PiSSA saved as a LoRA of twice the rank)')),
+        note='the merged target weights are bfloat16 whatever the base\'s dtype, as RWKV-PEFT\'s merge writes them',
+        peft_type='LORA', peft_tensors=(PeftTensor('lora_A.weight', (('lora_A', 1), ('init_lora_A', 1)), 0),
+                                        PeftTensor('lora_B.weight', (('lora_B', 1), ('init_lora_B', -1)), 1)),
+        peft_alpha='rank'),
+    AdapterMethod(
+        'DiSHA Bone', (Factor('disha', 'r,out'),), ('disha', 0), 'W[o, j*r + i] += disha[i, o]', adapter_ops.bone, '',
+        'MiSS', 'MissConfig(r, init_weights=True): miss_block [r, out] is disha as stored; PEFT\'s MiSS is the same '
+        'operation (a last partial block of columns included)',
+        (Source(_PEFT, 'merge/merge_disha.py', _PEFT_COMMIT, 'dim == 2: r, b = disha.shape; W.reshape(-1, in // r, r)'
+                '.permute(1, 2, 0) + disha, a remainder of in % r columns gets disha.T[:, :last]'),
+         Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'BoneLinear: disha = zeros(r, out_features)'),
+         Source(_HF_PEFT, 'src/peft/tuners/miss/layer.py', _HF_PEFT_COMMIT, 'miss_block zeros(r, out_features); '
+                'get_delta_weight_miss: the same block sum'), _PEFT_RWKV7),
+        peft_type='MISS', peft_tensors=(PeftTensor('miss_block', (('disha', 1),)),)),
+    AdapterMethod(
+        'DiSHA Bat', (Factor('disha', 'in/r,r,r'),), ('disha', 1), 'W[a, b] += W[a, b] @ disha[b] + disha[b] (r x r '
+        'blocks)', adapter_ops.bat, '', '',
+        'PEFT\'s MiSS "bat" keeps one block per output block ([out/r, r, r]), RWKV-PEFT\'s Bat one per input block '
+        '([in/r, r, r]): not the same operation, so only the merged form carries it',
+        (Source(_PEFT, 'merge/merge_disha.py', _PEFT_COMMIT, "dim == 3: rearrange(W, '(a r1) (b r2) -> a b r1 r2') "
+                '@ disha + disha, added to W'),
+         Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'BatLinear: disha = zeros(in_features // r, r, r)'),
+         Source(_HF_PEFT, 'src/peft/tuners/miss/layer.py', _HF_PEFT_COMMIT, 'reset_bat_parameters: zeros(out_features '
+                '// r, r, r); W.reshape(out // r, r, in // r, r).permute(2, 0, 1, 3) @ miss_block'))),
+)
+
+# What RWKV-PEFT saves besides the factors: full tensors of the parameters it trained.
+TRAINED_EVIDENCE = (
+    Source(_PEFT, 'rwkvt/lightning_train/trainer.py', _PEFT_COMMIT, 'on_train_epoch_end keeps names containing a '
+           'train_parts entry, the method\'s name (lora, disha), and emb/head/ln when trained from scratch'),
+    Source(_PEFT, 'rwkvt/args_type.py', _PEFT_COMMIT, 'train_parts default ["time", "ln"]: in RWKV-7 every LayerNorm '
+           '(ln0, ln1, ln2, ln_x, ln_out) and time_state'),
+    Source(_PEFT, 'merge/merge_lora.py', _PEFT_COMMIT, 'for k in w_lora: w[k] = w_lora[k] (a trained tensor replaces '
+           'the base\'s)'),
+)
+# Trained full tensors PEFT carries as `modules_to_save`: the fla modules (the last part of the name) whose every
+# parameter is a rule's tensor; a trained tensor of another module (x_*, w0, r_k, ...) has no PEFT form.
+PEFT_MODULES: dict[str, tuple[str, ...]] = {
+    'pre_norm': ('weight', 'bias'), 'attn_norm': ('weight', 'bias'), 'ffn_norm': ('weight', 'bias'),
+    'g_norm': ('weight', 'bias'), 'norm': ('weight', 'bias'), 'embeddings': ('weight',), 'lm_head': ('weight',)}
+PEFT_MODULES_EVIDENCE = Source(_HF_PEFT, 'src/peft/utils/other.py', _HF_PEFT_COMMIT,
+                               'ModulesToSaveWrapper: a whole module copied and trained; saved under its own name')
 
 # --------------------------------------------------------------------------------------------------- normalizations
 
@@ -406,6 +500,27 @@ def _norm_eps(cfg: Mapping) -> list[str]:
     return [repr(eps)]
 
 
+# an adapter factor beside a target weight: `<target>.<suffix>` (PiSSA's init file holds the init_ ones)
+ADAPTER_FACTOR = re.compile(r'^(?P<target>.+)\.(?P<suffix>lora_A|lora_B|init_lora_A|init_lora_B|disha)$')
+
+
+def adapter_method_of(signature: frozenset[tuple[str, int]]) -> list[AdapterMethod]:
+    """The methods whose adapter-file factors are exactly `signature` ((suffix, ndim) pairs): LoRA and PiSSA share."""
+    return [m for m in ADAPTER_METHODS if m.signature() == signature]
+
+
+def _mixed_methods(shapes: Mapping[str, Shape]) -> list[str]:
+    """Factors of two methods in one adapter file (LoRA's lora_A/B beside disha, or Bone's [r, out] disha beside
+    Bat's [in/r, r, r])."""
+    kinds: dict[str, str] = {}
+    for name, shape in shapes.items():
+        m = ADAPTER_FACTOR.match(name)
+        if m and not m['suffix'].startswith('init_'):
+            found = [x.name for x in ADAPTER_METHODS if (m['suffix'], len(shape)) in x.signature()]
+            kinds.setdefault(' or '.join(dict.fromkeys(found)) or f'{m["suffix"]} of {len(shape)} dims', name)
+    return [f'{kind} ({name})' for kind, name in kinds.items()] if len(kinds) > 1 else []
+
+
 STATE_TENSOR = re.compile(r'^(blocks\.\d+\.att\.time_state|init_state\.\d+\.wkv)$')
 _CANNOT = "config.json: {0}; BlinkDL's RWKV-7 cannot express this model"
 
@@ -417,17 +532,38 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal('file mixing layouts', Stage.NAMES, BLINKDL | FLA, MixedLayouts(),
             'a file holds one: re-save it from one training run',
             message='mixes two layouts, {0} and {1}; {reason}'),
-    Refusal('PiSSA adapter', Stage.NAMES, BLINKDL, NamePattern(r'\.init_lora_[AB]$'),
-            'it holds the initial PiSSA factors, not a model; merge it into its base model with RWKV-PEFT\'s '
-            'merge/merge_pissa.py, then convert the merged file',
-            evidence=(Source(_PEFT, 'merge/merge_pissa.py', _PEFT_COMMIT, "'.init_lora_A' / '.init_lora_B'"),)),
-    Refusal('DiSHA adapter', Stage.NAMES, BLINKDL, NamePattern(r'\.disha$'),
-            'it holds DiSHA adapter blocks, not a model; merge it with RWKV-PEFT\'s merge/merge_disha.py, then convert '
-            'the merged file',
-            evidence=(Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'self.disha = nn.Parameter(...)'),)),
-    Refusal('unmerged LoRA adapter', Stage.NAMES, BLINKDL, NamePattern(r'(^|\.)lora_[AB](\.|$)|\.lora\.(A|B)$'),
-            'merge the adapter into its base model first (RWKV-PEFT\'s merge/merge_lora.py), then convert the merged '
-            'file'),
+    Refusal('Hugging Face PEFT adapter', Stage.NAMES, BLINKDL,
+            NamePattern(r'^base_model\.model\.|\.(lora_[AB]\.weight|miss_block)$'),
+            'it is an adapter for an fla model, not an RWKV-LM checkpoint; load it with peft onto its base model\'s '
+            'converted directory (PeftModel.from_pretrained)',
+            evidence=(Source(_HF_PEFT, 'src/peft/utils/save_and_load.py', _HF_PEFT_COMMIT,
+                             'adapter_model.safetensors: base_model.model.<module>.lora_A.weight, .miss_block'),)),
+    Refusal('RWKV-PEFT adapter without its base model', Stage.NAMES, BLINKDL,
+            NamePattern(r'\.(lora_[AB]|init_lora_[AB]|disha)$'),
+            'convert it with the model it was trained on: --rwkv7 BASE.pth --adapter ADAPTER.pth (LoRA also '
+            '--lora-alpha A, PiSSA --pissa-init init_pissa.pth); rwkv7-inspect describes the adapter',
+            message='holds RWKV-PEFT adapter tensors ({hits}), not a model: {reason}',
+            evidence=(Source(_PEFT, 'rwkvt/lightning_train/trainer.py', _PEFT_COMMIT, 'an adapter file keeps the '
+                             'factors and the trained parts only'),
+                      Source(_PEFT, 'merge/merge_pissa.py', _PEFT_COMMIT, "'.init_lora_A' / '.init_lora_B'"),
+                      Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'self.disha = nn.Parameter(...)'))),
+    Refusal('unmerged LoRA of another trainer', Stage.NAMES, BLINKDL, NamePattern(r'(^|\.)lora_[AB](\.|$)|\.lora\.(A|B)$'),
+            'merge the adapter into its base model with the tool that trained it, then convert the merged file'),
+    Refusal('PiSSA init file given as the adapter', Stage.NAMES, ADAPTER, NamePattern(r'\.init_lora_[AB]$'),
+            'give it as --pissa-init and the trained adapter (rwkv-N.pth) as --adapter',
+            message='holds PiSSA\'s initial factors ({hits}: init_pissa.pth), not the trained adapter: {reason}',
+            evidence=(Source(_PEFT, 'rwkvt/peft/peft_loading.py', _PEFT_COMMIT, "torch.save(init_dict, "
+                             "f'{args.proj_dir}/init_pissa.pth')"),)),
+    Refusal('adapter without adapter tensors', Stage.NAMES, ADAPTER, Absent(ADAPTER_FACTOR.pattern, 'adapter factors'),
+            'a model converts as --rwkv7, a bare tuned state with --base',
+            message='holds no adapter factors (lora_A, lora_B, disha; keys: {0}, ...): not an RWKV-PEFT adapter; '
+                    '{reason}'),
+    Refusal('adapter mixing methods', Stage.NAMES, ADAPTER, ShapeTest(_mixed_methods),
+            'RWKV-PEFT trains one method per run (--peft lora, pissa or disha with one mode): merge them one at a '
+            'time, each on the result of the last',
+            message='mixes adapter methods in one file ({0} and {1}): {reason}',
+            evidence=(Source(_PEFT, 'rwkvt/peft/rwkvLinear.py', _PEFT_COMMIT, 'make_linear_att: LoRA if r > 0, '
+                             'else Bone or Bat by DiSHA_CONFIG["mode"]: one kind for every linear'),)),
     Refusal('RWKV-7 preview (x070 rc2-rc4)', Stage.NAMES, BLINKDL, NamePattern(
         r'^blocks\.\d+\.att\.(time_maa_x|time_maa_w[12]|time_kkk_w[12]|mk_w[12]|ma_w[12]|mv_w|time_misc_k|time_aaa)$',
         also=r'^blocks\.\d+\.att\.(a0|a1|time_aaaaa|time_aaa|time_aaa_w1)$'),
