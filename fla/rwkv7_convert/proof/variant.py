@@ -55,7 +55,7 @@ def fla_variant(config: dict, head_size: int) -> Variant:
 
 def converted_norm_eps(head_size: int) -> float:
     """The norm_eps a conversion of a BlinkDL file writes: ln_x exact (64e-5 = head_dim * norm_eps) for every head
-    size, so the LayerNorms are exact for head size 64 only (fla ties the two eps; README: eps for head sizes)."""
+    size, so the LayerNorms are exact for head size 64 only (fla ties the two eps; docs/verification.md)."""
     return BLINKDL_LN_X_EPS / head_size
 
 

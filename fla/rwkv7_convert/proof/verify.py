@@ -130,7 +130,7 @@ def verify(source, model_dir, *, device: str | Backend = 'auto', dtype: str = 'f
             if src.plan.dims.N != 64:
                 report.notes.append(f'head size {src.plan.dims.N}: fla ties ln_x\'s eps to the LayerNorms\' (head_dim x '
                                     'norm_eps); the conversion keeps ln_x exact, so the LayerNorm eps differs from '
-                                    'BlinkDL\'s 1e-5 (README: eps for head sizes other than 64)')
+                                    'BlinkDL\'s 1e-5 (docs/verification.md: eps for head sizes other than 64)')
             if out.tied:
                 report.notes.append('config.json ties the embeddings: fla\'s head is model.embeddings.weight (any stored '
                                     'lm_head.weight is not what fla loads), judged against the file\'s head.weight')
