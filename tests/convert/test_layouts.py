@@ -90,5 +90,5 @@ def test_hf_directory_with_fla_names_is_refused_with_the_export_hint(tmp_path):
     from fla.rwkv7_convert.errors import UnsupportedVariantError
     base = _fla_dir(tmp_path, make_state_dict(SHAPE, seed=4), 'x')
     assert json.loads((base / 'config.json').read_text())['model_type'] == 'rwkv7'
-    with pytest.raises(UnsupportedVariantError, match='already in fla.s naming; use utils/convert_from_fla_rwkv7.py'):
+    with pytest.raises(UnsupportedVariantError, match='already in fla.s naming; rwkv7-export'):
         convert_to_fla(base, tmp_path / 'again')

@@ -192,8 +192,8 @@ def test_at_most_one_layer_of_weights_is_alive(converted, monkeypatch):
     alive, peak = weakref.WeakSet(), [0]
 
     def tracked(load):
-        def wrapper(self, *args):
-            t = load(self, *args)
+        def wrapper(self, *args, **kwargs):
+            t = load(self, *args, **kwargs)
             alive.add(t)
             peak[0] = max(peak[0], len(alive))
             return t

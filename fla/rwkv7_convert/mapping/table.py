@@ -533,7 +533,7 @@ REFUSALS: tuple[Refusal, ...] = (
             'a file holds one: re-save it from one training run',
             message='mixes two layouts, {0} and {1}; {reason}'),
     Refusal('Hugging Face PEFT adapter', Stage.NAMES, BLINKDL,
-            NamePattern(r'^base_model\.model\.|\.(lora_[AB]\.weight|miss_block)$'),
+            NamePattern(r'\.(lora_[AB]\.weight|miss_block)$'),
             'it is an adapter for an fla model, not an RWKV-LM checkpoint; load it with peft onto its base model\'s '
             'converted directory (PeftModel.from_pretrained)',
             evidence=(Source(_HF_PEFT, 'src/peft/utils/save_and_load.py', _HF_PEFT_COMMIT,
