@@ -29,11 +29,10 @@ def fuse_norm_line(fuse_norm: bool) -> str:
     """What config.json's `fuse_norm` makes fla compute, and what it costs: one line, shown by the card, the converter's
     --dry-run and inspect (its default: mapping.config.DEFAULT_FUSE_NORM; the measurements: docs/verification.md)."""
     if fuse_norm:
-        return ("fuse_norm: true (fla's fused Triton norms; its fused l2-norm of kk adds 1e-6 inside the root where "
-                "BlinkDL's F.normalize does not, ~1e-9 relative logits in float64; in float32 its fused LayerNorm's "
-                "error is 5-13x the float32 reference's on long-memory weights (w0 around -2), ~1x on trained-like "
-                "ones; false, the converter's --fuse-norm false, gives BlinkDL's exact function with torch's unfused "
-                'norms)')
+        return ("fuse_norm: true (fla's fused Triton norms; they round in float32 as well as torch's; its fused "
+                "l2-norm of kk adds 1e-6 inside the root where BlinkDL's F.normalize does not: ~2e-9 relative logits "
+                'on trained-like weights, up to ~2e-6 where keys are small beside that eps, measured by verify; '
+                "false, the converter's --fuse-norm false, gives BlinkDL's exact function with torch's unfused norms)")
     return ("fuse_norm: false (torch's unfused LayerNorm/GroupNorm and F.normalize: BlinkDL's function exactly; true, "
             "fla's default, uses its fused Triton norms instead)")
 

@@ -16,14 +16,13 @@ BLINKDL_NORM_EPS = 1e-5
 # fla's `fuse_norm` as the converter writes it into config.json (--fuse-norm; hub.model_card.fuse_norm_line says what
 # each value means). True, fla's default and its GPU path: fla's fused Triton LayerNorm/GroupNorm (the residual add
 # fused into ffn_norm) and its fused l2_norm for kk, whose +1e-6 inside the root is not BlinkDL's F.normalize: 2.3e-9
-# relative logits in float64 on examples/rwkv7-goose-mini.pth (issue #29), far below float32's own rounding. False:
-# torch's nn.LayerNorm/nn.GroupNorm and F.normalize, BlinkDL's function exactly. The float32 cost of True (fla's
-# error / the float32 reference's, logits, 16 tokens, docs/verification.md "fuse_norm: fused against unfused norms"):
-# trained-like weights 0.65-0.98 fused, 0.68-0.98 unfused (0.1B, 0.4B); long-memory weights (w0 around -2) 5.5-6.5
-# fused, 0.99-1.01 unfused (0.1B, 0.4B), and 12.8 against 1.20 at 2.9B (issue #29): the fused LayerNorm's float32
-# rounding, on ill-conditioned weights only. Kept True: fla's own default and fused GPU kernels, a formula difference
-# of ~1e-9; the cost, that penalty, is within the float32 verdict's bound (8x) at 0.1B-0.4B but not at 2.9B, where
-# verify FAILs such a correct conversion until its float64 proof (issue #29) lands. The GPU cost of False is not measured.
+# relative logits in float64 on examples/rwkv7-goose-mini.pth (issue #29), 2.1-2.8e-9 at 0.1B-7.2B trained-like,
+# 2.1-2.4e-6 on long-memory weights whose keys are small beside that eps. False: torch's nn.LayerNorm/nn.GroupNorm and
+# F.normalize, BlinkDL's function exactly. Float32 rounding (the kernels' error over the float32 reference's, both
+# against fla's own function in float64, docs/verification.md "fuse_norm"): 0.63-1.0 fused, 0.68-1.0 unfused, on the
+# stand-ins and the interpreted kernels, trained-like and long-memory, 0.1B-2.9B: the fused kernels cost nothing here.
+# Kept True: fla's own default and fused GPU kernels, a formula difference every verify report names. The GPU cost of
+# False is not measured.
 DEFAULT_FUSE_NORM = True
 
 
