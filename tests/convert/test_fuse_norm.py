@@ -72,7 +72,7 @@ def test_both_export_back_to_the_source_tensors(converted, value, tmp_path):
 def test_the_card_and_inspect_say_which_and_what_it_costs(converted, value):
     line = fuse_norm_line(value)
     assert line.startswith(f'fuse_norm: {str(value).lower()} (')
-    assert ('1e-9' in line) is value and ("BlinkDL's function exactly" in line) is not value
+    assert ('2e-9 relative logits' in line) is value and ("BlinkDL's function exactly" in line) is not value
     assert f'Norms: {line}.' in (converted[value] / CARD_FILE).read_text()
     found = inspect(converted[value])
     assert found.direction == 'export' and found.to_dict()['fuse_norm'] is value
