@@ -36,9 +36,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from benchmark_convert import PROFILES  # noqa: E402
-from benchmark_verify import SIZES  # noqa: E402
+from benchmark_verify import SIZES, prepare_size  # noqa: E402
 
-CONVERT = REPO / 'utils' / 'convert_to_rwkv7.py'
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / 'rwkv7-fuse-norm-bench'
 BACKENDS = ('cpu-torch', 'cpu')
 FUSE_NORM = (True, False)
@@ -46,19 +45,10 @@ FUSE_NORM = (True, False)
 
 def prepare(size: str, profile: str, workdir: Path, say) -> tuple[Path, dict[bool, Path]]:
     """The size's file, and its conversion with config.json's fuse_norm set to each value; reused when there."""
-    C, L = SIZES[size]
-    source, converted = workdir / f'{size}-{profile}.pth', workdir / f'{size}-{profile}-out'
-    if not source.exists():
-        say(f'{size} {profile}: writing {source}')
-        subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]); '
-                        'from pathlib import Path; from benchmark_convert import Shape, generate_checkpoint; '
-                        'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]), '
-                        'profile=sys.argv[5])', str(HERE), str(C), str(L), str(source), profile], check=True)
-    if not (converted / 'config.json').exists():
-        say(f'{size} {profile}: converting to {converted}')
-        shutil.rmtree(converted, ignore_errors=True)
-        subprocess.run([sys.executable, str(CONVERT), '--rwkv7', str(source), '--output', str(converted), '--quiet',
-                        '--tokenizer', 'none'], check=True)
+    files = prepare_size(size, workdir, say, profile)  # benchmark_verify's files: one generator, one converter run
+    if files is None:
+        raise SystemExit(f'{size}: not enough disk in {workdir}')
+    source, converted = files
     dirs = {}
     for value in FUSE_NORM:
         d = dirs[value] = workdir / f'{size}-{profile}-fuse-{str(value).lower()}'
