@@ -28,10 +28,12 @@ imports its models (seconds); a script that wants the fast start of the commands
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fla.rwkv7_convert.convert.adapters import AdapterSpec, check_adapter_record, reference_source
 from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
+from fla.rwkv7_convert.convert.peft_adapter import PEFT_DIR
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
@@ -152,7 +154,9 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     drop_state: verify the weights alone, both sides from zero states.
     adapter: `model_dir` is `source` converted with this RWKV-PEFT adapter merged (AdapterSpec): the reference runs on
         `source` with the adapter merged by RWKV-PEFT's formulas; `model_dir`'s record of the adapter (sha256, alpha)
-        is checked first.
+        is checked first. With `adapter.form == 'peft'`, `model_dir` is the converted base and `model_dir/peft` its
+        PEFT adapter: fla runs with it loaded by peft, whole, against `source` with the adapter merged exactly in
+        float64 (proof/peft_form.py; `tokens`, `seed`, `head_size`, `quiet` apply).
 
     Returns the `Report`: `passed`, `render()` for the text the command prints. Needs torch and fla (imported when
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
@@ -166,6 +170,10 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
                                   'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
     if adapter is not None:
         check_adapter_record(os.fspath(model_dir), adapter)
+    if adapter is not None and adapter.form == 'peft':
+        from fla.rwkv7_convert.proof.peft_form import verify_peft
+        return verify_peft(source, model_dir, Path(model_dir) / PEFT_DIR, adapter.path, pissa_init=adapter.pissa_init,
+                           alpha=adapter.alpha, tokens=tokens, seed=seed, head_size=head_size, quiet=quiet)
     with reference_source(os.fspath(source), adapter) as reference:
         return _verify(reference, model_dir, device=device, dtype=dtype, tokens=tokens,
                        text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,

@@ -391,8 +391,12 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
 
 def _verify_body(args) -> int:
     spec = adapter_spec(args)
+    if args.peft is not None and spec is None:
+        raise ConversionError('--peft needs --adapter ADAPTER.pth: the RWKV-PEFT adapter it was converted from')
     if spec is not None and args.check_source:
         check_adapter_record(args.model, spec)
+    if args.peft is not None:
+        return _verify_peft(args, spec)
     try:
         with reference_source(args.rwkv7, spec) as source:
             return _verify_source(args, source)
@@ -411,6 +415,14 @@ def _verify_source(args, source: str) -> int:
                         model_state=args.model_state, drop_state=args.drop_state)
     except OSError as e:  # verify writes nothing: not the converter's "nothing was written" line
         raise ConversionError(f'{e.filename + ": " if e.filename else ""}{e.strerror or e}') from e
+    print(report.verdict_line() if args.quiet else report.render())
+    return 0 if report.passed else 1
+
+
+def _verify_peft(args, spec) -> int:
+    from fla.rwkv7_convert.proof.peft_form import verify_peft
+    report = verify_peft(args.rwkv7, args.model, args.peft, spec.path, pissa_init=spec.pissa_init, alpha=spec.alpha,
+                         tokens=args.tokens, seed=args.seed, head_size=args.head_size, quiet=args.quiet)
     print(report.verdict_line() if args.quiet else report.render())
     return 0 if report.passed else 1
 

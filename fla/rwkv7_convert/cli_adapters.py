@@ -18,7 +18,7 @@ def adapter_flags(p: argparse.ArgumentParser, Once: type[argparse.Action], verif
     g = p.add_argument_group('fine-tunes (RWKV-PEFT adapters)', (
         'IN is the base model of an RWKV-PEFT adapter (LoRA, PiSSA, DiSHA Bone or Bat, with its trained full '
         'tensors): ' + ('the reference runs on IN with the adapter merged as RWKV-PEFT\'s merge scripts do (OUTDIR '
-                        'is the merged conversion).' if verify else
+                        'is the merged conversion), or with --peft exactly.' if verify else
                         'merged as RWKV-PEFT\'s merge scripts do, or written as a PEFT adapter (OUTDIR/peft) beside '
                         'the converted base. rwkv7-inspect ADAPTER.pth describes an adapter.')))
     g.add_argument('--adapter', action=Once, metavar='ADAPTER.pth', help='the adapter file (rwkv-N.pth of the run)')
@@ -26,6 +26,10 @@ def adapter_flags(p: argparse.ArgumentParser, Once: type[argparse.Action], verif
     g.add_argument('--lora-alpha', type=float, action=Once, metavar='A',
                    help='a LoRA\'s alpha (the training\'s lora_config "lora_alpha"; the file does not keep it)')
     if verify:
+        g.add_argument('--peft', action=Once, metavar='ADAPTER_DIR',
+                       help='OUTDIR is the converted base and ADAPTER_DIR its PEFT adapter (convert --adapter-format '
+                            'peft writes OUTDIR/peft): fla runs with the adapter loaded by peft, whole, against IN with '
+                            'the adapter merged exactly in float64')
         return
     g.add_argument('--adapter-format', default='merged', action=Once, choices=('merged', 'peft'),
                    help='merged (default): the merged model; peft: the base model and OUTDIR/peft, a Hugging Face '

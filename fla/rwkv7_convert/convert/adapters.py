@@ -130,7 +130,8 @@ def reference_source(source: str, spec: AdapterSpec | None) -> Iterator[str]:
         yield source
         return
     if spec.form != 'merged':
-        raise ConversionError('--verify with --adapter-format peft: verify the merged form (the PEFT adapter is checked '
-                              'by tests/convert/test_peft_adapter.py against it)')
+        raise ConversionError('--verify with --adapter-format peft: after converting, run rwkv7-verify --rwkv7 BASE '
+                              '--adapter ADAPTER --model OUTDIR --peft OUTDIR/peft (fla with the PEFT adapter loaded, '
+                              'proven exactly), or convert the merged form with --verify')
     with tempfile.TemporaryDirectory(prefix='rwkv7-merged-') as scratch:
         yield str(write_merged_checkpoint(source, spec, Path(scratch) / Path(source).name))

@@ -57,7 +57,22 @@ def bat(W, f: Factors, alpha: float | None):
     return W
 
 
+def pissa_exact(W, f: Factors, alpha: float | None):
+    """W - B0 @ A0 + B @ A in W's dtype: PiSSA's function without the bf16 rounding its merge script adds (the
+    function a PEFT LoRA of rank 2r, [A; A0] and [B, -B0], computes)."""
+    return W - f['init_lora_B'] @ f['init_lora_A'] + f['lora_B'] @ f['lora_A']
+
+
 Merge = Callable[..., object]
+
+# merges whose scripts round on the way (to the storage dtype they save): the function they approximate, for the
+# exact proof of an adapter carried as a PEFT adapter (proof/peft_form.py); the others are exact in float64 as written
+EXACT: dict = {pissa: pissa_exact}
+
+
+def exact(merge: Merge) -> Merge:
+    """`merge`'s function without its script's rounding (in the inputs' dtype: float64 for the exact proof)."""
+    return EXACT.get(merge, merge)
 
 
 def merged_dtype(merge: Merge, W: tuple[tuple[int, ...], str], factors: Mapping[str, tuple[tuple[int, ...], str]],
