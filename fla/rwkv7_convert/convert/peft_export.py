@@ -10,7 +10,6 @@ each tensor is read when it is written.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import ExitStack
@@ -18,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
-from fla.rwkv7_convert.errors import ConfigError, ConversionError, KeyMismatchError, UnsupportedVariantError
+from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.atomic import atomic_file, check_target_file
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
+from fla.rwkv7_convert.formats.hf_directory import read_json_object
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.formats.writers import writer_for
@@ -53,12 +53,7 @@ class AdapterExport:
 
 
 def _config(adapter_dir: Path) -> dict:
-    path = adapter_dir / 'adapter_config.json'
-    try:
-        cfg = json.loads(path.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f'cannot read adapter_config.json: {e}', str(adapter_dir)) from None
-    return cfg if isinstance(cfg, dict) else {}
+    return read_json_object(adapter_dir / 'adapter_config.json', 'a PEFT adapter config')
 
 
 # PEFT's forms that are an RWKV-PEFT method exactly (every PEFT tensor a factor as stored), by peft_type

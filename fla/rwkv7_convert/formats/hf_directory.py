@@ -112,6 +112,23 @@ def has_config(path: str | os.PathLike) -> bool:
         return False
 
 
+JSON_MAX_BYTES = 1 << 20  # a config file is a few KB: anything larger is not one
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A small JSON file that must hold an object (an adapter_config.json beside a model, ...): its dict, or one line
+    naming the file and `what` it should be (a regular file under JSON_MAX_BYTES, UTF-8 JSON, an object)."""
+    try:
+        if not path.is_file() or path.stat().st_size > JSON_MAX_BYTES:
+            raise ConfigError(f'not {what}: expected a regular file under {JSON_MAX_BYTES} bytes', str(path))
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except _JSON_ERRORS as e:
+        raise ConfigError(f'not {what}: {e}', str(path)) from e
+    if not isinstance(data, dict):
+        raise ConfigError(f'not {what}: expected a JSON object', str(path))
+    return data
+
+
 def read_config(model_dir: Path) -> dict:
     """config.json of a Hugging Face directory, as a dict; a one-line error when there is none or it is no JSON object."""
     shown = str(model_dir)

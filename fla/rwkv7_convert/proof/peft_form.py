@@ -13,7 +13,6 @@ safetensors file), so a hostile directory is one line before peft opens it.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +21,6 @@ from fla.rwkv7_convert.errors import ConversionError
 
 PEFT_MAX_PARAMS = 2e9  # the whole model in float64 (16 GB at 2B) on the CPU: larger ones verify the merged form
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
-CONFIG_MAX_BYTES = 1 << 20
 
 
 def write_exact_merge(source: str | os.PathLike, adapter: str | os.PathLike, pissa_init: str | os.PathLike | None,
@@ -64,17 +62,12 @@ def write_exact_merge(source: str | os.PathLike, adapter: str | os.PathLike, pis
 def check_adapter_dir(adapter_dir: str | os.PathLike) -> None:
     """A PEFT adapter directory as peft will read it: a JSON object naming a peft_type, and a safetensors file that
     our reader opens (one line naming the file otherwise)."""
+    from fla.rwkv7_convert.formats.hf_directory import read_json_object
     from fla.rwkv7_convert.formats.readers import open_checkpoint
     folder = Path(adapter_dir)
-    config = folder / CONFIG_FILE
-    try:
-        if not config.is_file() or config.stat().st_size > CONFIG_MAX_BYTES:
-            raise ConversionError(f'expected a regular file under {CONFIG_MAX_BYTES} bytes', str(config))
-        data = json.loads(config.read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConversionError(f'not a PEFT adapter config: {e}', str(config)) from e
-    if not isinstance(data, dict) or not isinstance(data.get('peft_type'), str):
-        raise ConversionError('not a PEFT adapter config: expected a JSON object with a peft_type', str(config))
+    data = read_json_object(folder / CONFIG_FILE, 'a PEFT adapter config')
+    if not isinstance(data.get('peft_type'), str):
+        raise ConversionError('not a PEFT adapter config: expected a JSON object with a peft_type', str(folder / CONFIG_FILE))
     with open_checkpoint(folder / WEIGHTS_FILE):
         pass
 
