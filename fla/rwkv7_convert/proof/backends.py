@@ -43,6 +43,13 @@ class Backend:
     def default_piece(self, tokens: int) -> int:
         return tokens
 
+    def piece_at_least_one(self, piece: int | None, tokens: int) -> int:
+        """The piece to feed fla: `piece`, or the default for `tokens`; refused below 1 (one line)."""
+        piece = self.default_piece(tokens) if piece is None else piece
+        if piece < 1:
+            raise ConversionError(f'--piece {piece}: must be at least 1')
+        return piece
+
     def precision(self, dtype: str, piece: int) -> str:
         """What the run computes in (verdict.PRECISIONS), for `piece` tokens per fla call."""
         return dtype
@@ -102,10 +109,7 @@ class TorchWkv(Backend):
         if dtype != 'float32':
             raise ConversionError(f'--dtype {dtype} with --device cpu-torch: its verdicts are calibrated for the '
                                   'kernels\' float32 on the CPU; use float32, or --device cuda')
-        piece = self.default_piece(tokens) if piece is None else piece
-        if piece < 1:
-            raise ConversionError(f'--piece {piece}: must be at least 1')
-        return piece
+        return self.piece_at_least_one(piece, tokens)
 
     def default_piece(self, tokens: int) -> int:
         return CPU_PIECE  # what the interpreted backend feeds, so both run fla's recurrent path the same way
@@ -136,10 +140,7 @@ class Exact(Backend):
         if dtype != 'float32':
             raise ConversionError(f'--dtype {dtype}: the exact proof runs in float64; a precision is for the kernels\' '
                                   'accuracy report: name the kernels with --device cpu, cpu-torch or cuda')
-        piece = self.default_piece(tokens) if piece is None else piece
-        if piece < 1:
-            raise ConversionError(f'--piece {piece}: must be at least 1')
-        return piece
+        return self.piece_at_least_one(piece, tokens)
 
     def default_piece(self, tokens: int) -> int:
         return CPU_PIECE

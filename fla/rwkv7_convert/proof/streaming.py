@@ -171,7 +171,7 @@ class StreamingPair:
                       tuple(r.shaped('ln0', self._as_stored(n, t, lane)).to(dev) for n, t in ln0.items()))
               for r, lane in zip(self.refs, self.lanes)]
         ln0_ref, v_firsts = list(xs), [None] * len(self.refs)
-        fla_rows = self._rows(self.out.raw('model.embeddings.weight'), ids)
+        fla_rows = self._rows(self.out.raw('model.embeddings.weight'), ids) if self.sides else None
         fx = [fla_rows.to(dev, _dtype(side.dtype)) for side in self.sides]
         fv = [torch.zeros_like(x) for x in fx]
         ln0_fla = [None] * len(self.sides)
@@ -213,7 +213,7 @@ class StreamingPair:
                     widened[key] = self._as_stored('head.weight', w, lane).to(dev, r.dtype)
                 with self._lane(k):
                     ref_chunks[k].append(torch.nn.functional.linear(finals[k], widened[key]))
-        for w in self._head_chunks(self.out.raw(self.out.head)):
+        for w in self._head_chunks(self.out.raw(self.out.head)) if self.sides else ():  # no fla side: nothing to read
             for k, side in enumerate(self.sides):
                 fla_chunks[k].append(torch.nn.functional.linear(fla_finals[k], w.to(dev, _dtype(side.dtype))))
         p.advance()
