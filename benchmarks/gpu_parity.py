@@ -74,7 +74,7 @@ def prepare(case, source: Path, model_dir: Path, corrupt: str | None = None) -> 
         from fla.rwkv7_convert.proof.parity_workers import case_state_paths
         state, state_dir = case_state_paths(source.parent.parent, case)
         torch.save(time_states(make_tuned_state(shape, seed=zlib.crc32(f'{case.name}/state'.encode()))), state)
-        # the converter writes bare states later (issue 21): the state file is written as formats/states.py says
+        # the converter writes bare states later (issue 21): the state file is written as formats/state_file.py says
         write_state_conversion(state, state_dir, transposed=corrupt != 'transpose-state')
     if corrupt == 'swap-kk-ka':
         corrupt_conversion(model_dir, corrupt)

@@ -283,16 +283,31 @@ def time_states(state: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def write_state_conversion(source: str | Path, outdir: str | Path, transposed: bool = True) -> Path:
-    """The converted state file (formats.states: rwkv7_state.safetensors, [H, K, V] per layer) of the time_state
+    """The converted state file (formats.state_file: rwkv7_state.safetensors, [H, K, V] per layer) of the time_state
     tensors in `source`, into `outdir` (made if missing). `transposed=False` writes them untransposed, the wrong
     orientation. Tests write it themselves until the converter does."""
     from fla.rwkv7_convert.formats.readers import open_checkpoint
     from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
-    from fla.rwkv7_convert.formats.states import METADATA, STATE_FILE, state_out_tensors
+    from fla.rwkv7_convert.formats.state_file import METADATA, STATE_FILE
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(source) as ckpt:
         refs = sorted(((int(n.split('.')[1]), r) for n, r in ckpt.tree.items() if n.endswith('.att.time_state')))
-        write_safetensors(outdir / STATE_FILE, state_out_tensors([r for _, r in refs], to_fla=transposed), METADATA)
+        write_safetensors(outdir / STATE_FILE, state_file_tensors([r for _, r in refs], to_fla=transposed), METADATA)
     return outdir / STATE_FILE
+
+
+def state_file_tensors(layers: list, to_fla: bool) -> list:
+    """OutTensors for a state file (formats.state_file) from per-layer refs in BlinkDL's [H, V, K] (`to_fla`: turned
+    by the table's state op, SWAP_LAST_TWO) or written as they are."""
+    import numpy as np
+
+    from fla.rwkv7_convert.formats.outputs import OutTensor
+    from fla.rwkv7_convert.formats.state_file import FLA_STATE_KEY
+    from fla.rwkv7_convert.mapping.ops import IDENTITY, SWAP_LAST_TWO
+
+    op = SWAP_LAST_TWO if to_fla else IDENTITY
+    return [OutTensor(FLA_STATE_KEY.format(i=i), op.shape(ref.shape), ref.dtype,
+                      lambda ref=ref: np.ascontiguousarray(op.apply(ref.load().reshape(ref.shape))))
+            for i, ref in enumerate(layers)]

@@ -14,7 +14,7 @@ import torch
 
 from fla.rwkv7_convert import cli
 from fla.rwkv7_convert.api import convert_to_fla
-from fla.rwkv7_convert.formats.states import STATE_FILE
+from fla.rwkv7_convert.formats.state_file import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / 'examples' / 'rwkv7-goose-mini.pth'

@@ -30,7 +30,7 @@ from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count, progress_bar
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, output_precision
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
-from fla.rwkv7_convert.formats.states import STATE_FILE
+from fla.rwkv7_convert.formats.state_file import STATE_FILE
 from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM

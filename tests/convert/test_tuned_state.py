@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rwkv7_factory import Goose, _hf_dir, make_state_dict, make_tuned_state, save, time_states
+from rwkv7_factory import Goose, _hf_dir, make_state_dict, make_tuned_state, save, state_file_tensors, time_states
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -21,7 +21,7 @@ from fla.rwkv7_convert.api import convert_state, export_state, inspect, load_ini
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError, NonFiniteError, OutputExistsError
-from fla.rwkv7_convert.formats.states import STATE_FILE, STATE_TENSOR
+from fla.rwkv7_convert.formats.state_file import FLA_STATE_KEY, STATE_FILE
 
 SHAPE = Goose(vocab=64, hidden=128, layers=2, head_size=64)
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_a_merge_converts_with_its_state_and_the_base_weights_unchanged(files, t
     got = _fla_state(tmp_path / 'm')
     assert torch.equal(got, files['state'].transpose(-1, -2))  # fla's [H, K, V]
     with safe_open(tmp_path / 'm' / STATE_FILE, 'pt') as f:
-        assert sorted(f.keys()) == [STATE_TENSOR.format(i) for i in range(SHAPE.layers)]
+        assert sorted(f.keys()) == [FLA_STATE_KEY.format(i=i) for i in range(SHAPE.layers)]
         assert f.metadata()['rwkv7_convert'] == 'initial_state'
     meta = json.loads((tmp_path / 'm' / 'rwkv7_convert.json').read_text())
     assert meta['state']['layers'] == SHAPE.layers and meta['state']['from'] == 'blocks.N.att.time_state'
@@ -75,7 +75,7 @@ def test_a_state_keeps_its_stored_dtype_whatever_the_precision(files, tmp_path, 
     convert_to_fla(merge, tmp_path / 'out', tokenizer='none', precision='fp32')
     stored = load_file(tmp_path / 'out' / STATE_FILE)
     assert {t.dtype for t in stored.values()} == {dtype}
-    assert torch.equal(torch.stack([stored[STATE_TENSOR.format(i)] for i in range(SHAPE.layers)]),
+    assert torch.equal(torch.stack([stored[FLA_STATE_KEY.format(i=i)] for i in range(SHAPE.layers)]),
                        state.transpose(-1, -2))
 
 
@@ -221,9 +221,9 @@ def test_a_state_that_does_not_fit_the_directory_is_not_exported(files, tmp_path
     other = torch.randn(3, 2, 64, 64)  # three layers where the model has two
     from fla.rwkv7_convert.formats.checkpoint import TensorRef
     from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
-    from fla.rwkv7_convert.formats.states import METADATA, state_out_tensors
+    from fla.rwkv7_convert.formats.state_file import METADATA
     refs = [TensorRef(f's{i}', tuple(s.shape), 'F32', lambda s=s: s.numpy()) for i, s in enumerate(other)]
-    write_safetensors(tmp_path / 'm' / STATE_FILE, state_out_tensors(refs, to_fla=False), METADATA)
+    write_safetensors(tmp_path / 'm' / STATE_FILE, state_file_tensors(refs, to_fla=False), METADATA)
     for run in (lambda: convert_from_fla(tmp_path / 'm', tmp_path / 'out'),
                 lambda: export_state(tmp_path / 'm', tmp_path / 'out')):
         with pytest.raises(ConversionError, match=r'the state is 3 layer\(s\) of \[2, 64, 64\], the model 2 layers'):

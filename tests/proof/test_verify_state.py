@@ -12,7 +12,7 @@ package seeded that way computes another function: asserted below).
 
 The directories are the converter's own: the merge converted with its state (rwkv7_state.safetensors beside the
 weights), the bare state converted against its base model's directory (convert --base). Hostile variants (a state
-written untransposed) are written through formats/states.py (rwkv7_factory.write_state_conversion).
+written untransposed) are written through formats/state_file.py (rwkv7_factory.write_state_conversion).
 Tiny models (C128, N64, L2), a few tokens: fla runs in Triton's interpreter.
 """
 
@@ -31,7 +31,7 @@ from fla.rwkv7_convert.cli import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.convert.tuned_state import convert_state
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.formats.states import STATE_FILE
+from fla.rwkv7_convert.formats.state_file import STATE_FILE
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile
 from fla.rwkv7_convert.proof.reference import RWKV7Reference
 from fla.rwkv7_convert.proof.state_pair import load_states

@@ -28,7 +28,7 @@ from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.convert.tuned_state import convert_state, export_state
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.formats.states import STATE_FILE
+from fla.rwkv7_convert.formats.state_file import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_REGULAR = ('a FIFO', 'a directory', 'a symlink to /dev/zero')

@@ -370,7 +370,7 @@ def test_hostile_directories_through_the_script(tmp_path, hf):
 @pytest.fixture(scope='module')
 def tuned_hf(tmp_path_factory) -> dict:
     """A state-tuned merge of the base shape converted with its state, and a bare state file beside the base source
-    with its state file (written through formats/states.py: no base directory here)."""
+    with its state file (written through formats/state_file.py: no base directory here)."""
     from rwkv7_factory import make_tuned_state, time_states, write_state_conversion
     root = tmp_path_factory.mktemp('tuned')
     sd = make_state_dict(export.BASE, torch.bfloat16, seed=15)

@@ -174,7 +174,7 @@ def _merge_state(entries, file: str) -> dict | None:
 
 
 def _directory_state(path: str) -> dict | None:
-    from fla.rwkv7_convert.formats.states import STATE_TENSOR, has_state, read_state_file
+    from fla.rwkv7_convert.formats.state_file import STATE_TENSOR, has_state, read_state_file
     if not has_state(path):
         return None
     sf = read_state_file(path)

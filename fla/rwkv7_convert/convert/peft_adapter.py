@@ -19,11 +19,11 @@ from fla.rwkv7_convert.formats.atomic import write_json
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
+from fla.rwkv7_convert.mapping.adapter_methods import PEFT_MODULES
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, from_torch, to_torch
 from fla.rwkv7_convert.mapping.engine import lookup_blinkdl
 from fla.rwkv7_convert.mapping.plan import Plan
 from fla.rwkv7_convert.mapping.schema import PeftTensor, Target
-from fla.rwkv7_convert.mapping.table import PEFT_MODULES
 
 PEFT_DIR = 'peft'  # inside the converted base model's directory
 PEFT_PREFIX = 'base_model.model.'

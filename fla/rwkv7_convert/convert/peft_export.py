@@ -24,10 +24,10 @@ from fla.rwkv7_convert.formats.hf_directory import read_json_object
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.formats.writers import writer_for
+from fla.rwkv7_convert.mapping.adapter_methods import ADAPTER_METHODS, ADAPTER_TARGETS, LORA_ALPHA_HOME
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, check_base, merged_tensors
 from fla.rwkv7_convert.mapping.engine import lookup_fla
 from fla.rwkv7_convert.mapping.schema import AdapterMethod
-from fla.rwkv7_convert.mapping.table import ADAPTER_METHODS, ADAPTER_TARGETS, LORA_ALPHA_HOME
 
 PEFT_PREFIX = 'base_model.model.'
 EXPORT_FORMS = ('rwkv-peft', 'merged')

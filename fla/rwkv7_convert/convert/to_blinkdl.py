@@ -37,7 +37,7 @@ from fla.rwkv7_convert.formats.dtypes import CARRIER, cast, is_finite, output_pr
 from fla.rwkv7_convert.formats.hf_directory import read_config
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.readers import open_hf_directory
-from fla.rwkv7_convert.formats.states import STATE_FILE, has_state, read_state_file
+from fla.rwkv7_convert.formats.state_file import STATE_FILE, has_state, read_state_file
 from fla.rwkv7_convert.formats.writers import suffix_warning, writer_for
 from fla.rwkv7_convert.mapping.export_plan import ExportEntry, ExportPlan, make_export_plan
 
@@ -100,7 +100,7 @@ def convert_from_fla(
     `fmt`: a name in formats.writers.WRITERS ('pth': torch.save format, what RWKV-LM and the `rwkv` package load;
     'safetensors'); None picks the writer whose declared suffix the output has, else pth. `layer0_v=False` omits
     the unused layer-0 att.v0/v1/v2 placeholders.
-    A directory carrying a tuned state (formats/states.py) exports as a state-tuned merge: its states are written
+    A directory carrying a tuned state (formats/state_file.py) exports as a state-tuned merge: its states are written
     after the weights as `blocks.N.att.time_state` [H, V, K], as RWKV-PEFT's merge/merge_state.py writes them;
     `drop_state` writes the weights alone (tuned_state.export_state writes the state alone).
     An existing `output` is refused unless `force`; the file appears atomically, complete or not at all.

@@ -22,8 +22,8 @@ from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.formats.safetensors_writer import INDEX_FILE, parse_size, write_safetensors, write_sharded
-from fla.rwkv7_convert.formats.states import METADATA as STATE_METADATA
-from fla.rwkv7_convert.formats.states import STATE_FILE
+from fla.rwkv7_convert.formats.state_file import METADATA as STATE_METADATA
+from fla.rwkv7_convert.formats.state_file import STATE_FILE
 from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM, fla_config
@@ -45,7 +45,7 @@ class Result:
     bytes_written: int = 0
     dtype: str = ''
     source_format: str = ''  # what the input was read as: 'pth', 'safetensors', 'hf-directory'
-    state_file: str | None = None  # the tuned state's file (formats/states.py), when the source carried one
+    state_file: str | None = None  # the tuned state's file (formats/state_file.py), when the source carried one
     adapter: object | None = None  # the RWKV-PEFT adapter merged or carried (mapping.adapter_plan.AdapterFile)
     config: dict = field(default_factory=dict)  # the config.json written (or, in a dry run, that would be)
 
@@ -107,7 +107,7 @@ def convert_to_fla(
     .output_precision), or None to keep each tensor's stored dtype.
     With `dry_run` nothing is written and the plan is returned. `on_start(plan, total_bytes)` and
     `on_tensor(name, nbytes)` report progress. A state-tuned merge's tuned states go to the
-    state file (formats/states.py: rwkv7_state.safetensors); `drop_state` converts the weights alone. `fuse_norm`:
+    state file (formats/state_file.py: rwkv7_state.safetensors); `drop_state` converts the weights alone. `fuse_norm`:
     config.json's, fla's fused norms (True) or torch's (mapping.config.DEFAULT_FUSE_NORM says why the default).
     `adapter`: an RWKV-PEFT adapter of `source`, merged as RWKV-PEFT's merge scripts do (form 'merged'), or written as
     a PEFT adapter directory beside the unmerged base (form 'peft': OUTDIR/peft, convert/peft_adapter.py).

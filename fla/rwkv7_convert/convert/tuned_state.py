@@ -3,7 +3,7 @@
 - `convert_state`: a bare RWKV-PEFT state file (`blocks.N.att.time_state` only; RWKV-block's `init_state.N.wkv`
   too) converted against its base model's converted directory, which gives the sizes it must fit (read and checked
   as the export reads a directory: formats.readers.open_hf_directory, mapping/export_plan.py). The output is a
-  directory holding the state file (formats/states.py) and its provenance, for `verify --model-state` and
+  directory holding the state file (formats/state_file.py) and its provenance, for `verify --model-state` and
   `proof.states.initial_cache`; the base directory is not touched.
 - `export_state`: a state in fla's layout (a converted directory, a state directory or file, or a [L, H, K, V]
   tensor a user trained with fla) written as RWKV-PEFT's state file: `blocks.N.att.time_state` [H, V, K], what
@@ -39,7 +39,7 @@ from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint, open_hf_directory
 from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
-from fla.rwkv7_convert.formats.states import METADATA, STATE_FILE, read_state_file, state_path
+from fla.rwkv7_convert.formats.state_file import METADATA, STATE_FILE, read_state_file, state_path
 from fla.rwkv7_convert.formats.writers import suffix_warning, writer_for
 from fla.rwkv7_convert.mapping.config import Dims
 from fla.rwkv7_convert.mapping.engine import STATE_RULES

@@ -17,17 +17,12 @@ from dataclasses import dataclass, field
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING, TORCH_NAME
+from fla.rwkv7_convert.mapping.adapter_methods import ADAPTER_FACTOR, ADAPTER_TARGETS, LORA_ALPHA_HOME, adapter_method_of
 from fla.rwkv7_convert.mapping.adapter_ops import merged_dtype
 from fla.rwkv7_convert.mapping.engine import lookup_blinkdl, refuse
+from fla.rwkv7_convert.mapping.key_report import unexpected_tensors
 from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
-from fla.rwkv7_convert.mapping.report import unexpected_tensors
 from fla.rwkv7_convert.mapping.schema import AdapterMethod, Seen, Side
-from fla.rwkv7_convert.mapping.table import (
-    ADAPTER_FACTOR,
-    ADAPTER_TARGETS,
-    LORA_ALPHA_HOME,
-    adapter_method_of,
-)
 
 _TARGET = re.compile('^' + '|'.join(re.escape(t).replace(r'\{i\}', r'(0|[1-9][0-9]*)') for t in ADAPTER_TARGETS) + '$')
 

@@ -13,16 +13,19 @@ from collections.abc import Mapping
 
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.mapping.ops import IDENTITY, TRANSPOSE, Op, Orient, Shape, UnaryOp
-from fla.rwkv7_convert.mapping.schema import Kind, Layout, Refusal, Rule, Scope, Seen, Side, Stage, Target, oriented
-from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, REFUSALS, RULES, SHAPE_ALIASES, SIZES
+from fla.rwkv7_convert.mapping.predicates import oriented
+from fla.rwkv7_convert.mapping.refusals import REFUSALS
+from fla.rwkv7_convert.mapping.schema import Kind, Layout, Refusal, Rule, Scope, Seen, Side, Stage, Target
+from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, RULES, SHAPE_ALIASES, SIZES
 
 
 def check_table(rules=RULES, layouts=LAYOUTS, refusals=REFUSALS) -> None:
-    """The table's invariants, checked on import: every op exactly reversible (the rules are read both ways), renames'
-    ops as many outputs as names, `Orient` only in orientation layouts, refusals sorted by stage, names unique."""
+    """The table's invariants, checked on import: every rule's op exactly reversible (the rules are read both ways;
+    a layout's renames are read one way, so they need no reverse), renames' ops as many outputs as names, `Orient`
+    only in orientation layouts, refusals sorted by stage, names unique."""
     problems = []
     for r in rules:
-        if not isinstance(r.op, UnaryOp) or r.op.reverse is None:
+        if not isinstance(r.op, UnaryOp) or (r.op.inputs, r.op.outputs) != (1, 1) or r.op.reverse is None:
             problems.append(f'rule {r.blinkdl}: {r.op!r} is not a one-to-one op with a reverse')
     for x in layouts:
         for rename in x.renames:
@@ -33,8 +36,6 @@ def check_table(rules=RULES, layouts=LAYOUTS, refusals=REFUSALS) -> None:
             count = len(rename.to) if isinstance(rename.to, tuple) else 1
             if rename.to is not None and (rename.op.inputs, rename.op.outputs) != (1, count):
                 problems.append(f'layout {x.name}: {rename.op!r} does not turn one tensor into {count}')
-            if rename.op.reverse is None:
-                problems.append(f'layout {x.name}: {rename.op!r} has no reverse')
     if [f.stage.rank for f in refusals] != sorted(f.stage.rank for f in refusals):
         problems.append('REFUSALS are not in stage order (' + ' < '.join(s.value for s in Stage) + ')')
     for what, names in (('layout', [x.name for x in layouts]), ('refusal', [f.variant for f in refusals])):
@@ -61,7 +62,7 @@ def _index(key) -> dict[str, list[Rule]]:
 
 
 # per-block rules by name suffix (one suffix may have rows for block 0 and for the other blocks), global by name.
-# fla's side is looked up among the weights' rules only: a tuned state has a file of its own (formats/states.py), so
+# fla's side is looked up among the weights' rules only: a tuned state has a file of its own (formats/state_file.py), so
 # one among the weights is an unexpected tensor there.
 _BY_BLINKDL = _index(lambda r: r.blinkdl.removeprefix('blocks.{i}.') if r.layers is not Scope.GLOBAL else None)
 _BY_BLINKDL_GLOBAL = _index(lambda r: r.blinkdl if r.layers is Scope.GLOBAL else None)
@@ -185,9 +186,9 @@ def _rename(layout: Layout, tensors: dict[str, TensorRef], problems: list[str]) 
     origin: dict[str, str] = {}
     renamed = dropped = 0
     for name, ref in tensors.items():
-        hit = next(((r, t) for r in layout.renames if (t := r.match(name)) is not None), None)
-        if hit is not None and not hit[0].op.fits(ref.shape):
-            hit = None  # e.g. a stacked tensor of the wrong height: left for the key report
+        # the first rename that matches and whose op takes the stored shape; none: left for the key report (e.g. a
+        # stacked tensor of the wrong height)
+        hit = next(((r, t) for r in layout.renames if (t := r.match(name)) is not None and r.op.fits(ref.shape)), None)
         if hit is None:
             new = [ref.renamed(name)]
         elif hit[1] == [None]:

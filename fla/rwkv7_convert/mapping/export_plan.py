@@ -1,7 +1,7 @@
 """The export side's plan: an fla / Hugging Face directory's config.json and tensors checked against the one table,
 and the RWKV-LM tensors to write, in RWKV-LM's order. The mirror of plan.py (the BlinkDL side), step for step:
 layouts applied (engine.apply_layouts, fla side), refusals (table.REFUSALS: names, then config.json), sizes bound
-(engine.bind_sizes), every name and shape checked, one key report (report.py). Only names, shapes and dtypes are read
+(engine.bind_sizes), every name and shape checked, one key report (key_report.py). Only names, shapes and dtypes are read
 here, never tensor data.
 """
 
@@ -17,7 +17,7 @@ from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
 from fla.rwkv7_convert.mapping.config import Dims, config_notes, size_mismatches
 from fla.rwkv7_convert.mapping.engine import apply_layouts, apply_orientation, bind_sizes, expected_blinkdl, lookup_fla, refuse
-from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
+from fla.rwkv7_convert.mapping.key_report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side
 from fla.rwkv7_convert.mapping.table import SIZES
 

@@ -1,10 +1,11 @@
 """The array transforms the table declares: each op turns stored tensors into canonical ones, and `reverse` is its
-exact inverse (or None where there is none; nothing inherits "I am my own reverse").
+exact inverse (or None where there is none; nothing inherits "I am my own reverse"). A rule's op must have one (rules
+are read both ways); a layout's rename is read one way only and needs none.
 
 An op takes `inputs` arrays and gives `outputs` arrays (`run`, `shapes`); the one-to-one ops also offer `apply` and
 `shape` on a single array. `shape`/`shapes` map shapes without touching data, so plans need no reads.
 `bytes_unchanged` is True only for ops whose output holds exactly the input's bytes in the same order (identity and
-reshapes): the converter may then copy the stored bytes without loading them. tests/mapping/test_ops.py applies
+one-to-one reshapes): the converter may then copy the stored bytes without loading them. tests/mapping/test_ops.py applies
 every op and its reverse to random data.
 """
 
@@ -112,128 +113,81 @@ class SwapLastTwo(UnaryOp):
         return self
 
 
-class Squeeze(UnaryOp):
-    """`[1,1,C]` -> `[C]` (any shape is flattened); the reverse is `Unsqueeze`."""
-
-    name = 'squeeze [1,1,C] -> [C]'
-    bytes_unchanged = True
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        return data.reshape(self.shape(data.shape))
-
-    def shape(self, shape: Shape) -> Shape:
-        return (math.prod(shape),)
-
-    @property
-    def reverse(self) -> Op:
-        return UNSQUEEZE
+def _bind(pattern: str, shape: Shape) -> dict[str, int] | None:
+    """The sizes `shape` gives the symbols of `pattern` ('1,1,C'), or None when it does not match it literally."""
+    parts = pattern.split(',')
+    if len(parts) != len(shape):
+        return None
+    sizes: dict[str, int] = {}
+    for part, size in zip(parts, shape):
+        if (int(part) if part.isdigit() else sizes.setdefault(part, size)) != size:
+            return None
+    return sizes
 
 
-class Unsqueeze(UnaryOp):
-    """`[C]` -> `[1,1,C]`; the reverse is `Squeeze`."""
-
-    name = 'unsqueeze [C] -> [1,1,C]'
-    bytes_unchanged = True
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        return data.reshape(self.shape(data.shape))
-
-    def shape(self, shape: Shape) -> Shape:
-        return (1, 1, math.prod(shape))
-
-    @property
-    def reverse(self) -> Op:
-        return SQUEEZE
+def _resolve(pattern: str, sizes: dict[str, int]) -> Shape:
+    return tuple(int(p) if p.isdigit() else sizes[p] for p in pattern.split(','))
 
 
-class DropUnitDims(UnaryOp):
-    """`[1,1,H,N]` -> `[H,N]`: the leading unit dims dropped (rc4a's time_faaaa); other shapes are left alone."""
-
-    name = 'reshape [1,1,H,N] -> [H,N]'
-    bytes_unchanged = True
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        return data.reshape(self.shape(data.shape))
-
-    def shape(self, shape: Shape) -> Shape:
-        return tuple(shape[-2:]) if len(shape) > 2 and all(d == 1 for d in shape[:-2]) else tuple(shape)
-
-    @property
-    def reverse(self) -> Op:
-        return ADD_UNIT_DIMS
+def _digits(pattern: str) -> int:
+    return math.prod(int(p) for p in pattern.split(',') if p.isdigit())
 
 
-class AddUnitDims(UnaryOp):
-    """`[H,N]` -> `[1,1,H,N]`; the reverse is `DropUnitDims`."""
+class Reshape(UnaryOp):
+    """The bytes as stored, seen in another shape: `source` -> `target`, both in symbols ('1,1,C' -> 'C'); with
+    `outputs` > 1 cut into that many equal tensors of `target` (fla v1's x_x [6,C] -> six [1,1,C]), with `inputs` > 1
+    the reverse: joined. Exact by construction: a shape fits only when it matches `source` literally (digits equal, a
+    symbol one size throughout) and both sides hold the same symbols, so each output comes from one input only and
+    `reverse` (target -> source) gives it back."""
 
-    name = 'reshape [H,N] -> [1,1,H,N]'
-    bytes_unchanged = True
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        return data.reshape(self.shape(data.shape))
-
-    def shape(self, shape: Shape) -> Shape:
-        return (1, 1, *shape)
-
-    @property
-    def reverse(self) -> Op:
-        return DROP_UNIT_DIMS
-
-
-class Split(Op):
-    """One stacked `[n,C]` tensor -> its `n` rows, each a `[1,1,C]` vector (fla v1's `x_x` holds six); the reverse
-    is `Stack`."""
-
-    def __init__(self, n: int):
-        self.outputs = n
-        self.name = f'split [{n},C] -> {n} x [1,1,C]'
+    def __init__(self, source: str, target: str, *, inputs: int = 1, outputs: int = 1):
+        def symbols(pattern: str) -> list[str]:
+            return sorted(x for x in pattern.split(',') if not x.isdigit())
+        same = symbols(source) == symbols(target) and _digits(source) * inputs == _digits(target) * outputs
+        if not same or min(inputs, outputs) != 1:
+            raise TypeError(f'reshape {source} -> {target}: not the same elements ({inputs} in, {outputs} out)')
+        self.source, self.target, self.inputs, self.outputs = source, target, inputs, outputs
+        self.bytes_unchanged = inputs == outputs == 1  # split or joined: new arrays, not the stored bytes
+        if outputs > 1:
+            self.name = f'split [{source}] -> {outputs} x [{target}]'
+        elif inputs > 1:
+            self.name = f'join {inputs} x [{source}] -> [{target}]'
+        else:
+            self.name = f'reshape [{source}] -> [{target}]'
 
     def fits(self, shape: Shape) -> bool:
-        return len(shape) >= 1 and shape[0] == self.outputs
-
-    def run(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        (data,) = arrays
-        rows = data.reshape(self.outputs, -1)
-        return tuple(np.ascontiguousarray(rows[j].reshape(1, 1, -1)) for j in range(self.outputs))
+        return _bind(self.source, tuple(shape)) is not None
 
     def shapes(self, shapes: tuple[Shape, ...]) -> tuple[Shape, ...]:
-        (shape,) = shapes
-        return ((1, 1, math.prod(shape) // self.outputs),) * self.outputs
+        bound = [_bind(self.source, tuple(s)) for s in shapes]
+        if len(shapes) != self.inputs or None in bound or any(b != bound[0] for b in bound):
+            raise ValueError(f'{self.name}: cannot take {[list(s) for s in shapes]}')
+        return (_resolve(self.target, bound[0]),) * self.outputs
+
+    def run(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        (shape,) = set(self.shapes(tuple(a.shape for a in arrays)))
+        if self.inputs == self.outputs == 1:
+            return (arrays[0].reshape(shape),)
+        flat = np.concatenate([a.reshape(-1) for a in arrays])
+        return tuple(np.ascontiguousarray(part.reshape(shape)) for part in np.split(flat, self.outputs))
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        (out,) = self.run((data,))
+        return out
+
+    def shape(self, shape: Shape) -> Shape:
+        (out,) = self.shapes((shape,))
+        return out
 
     @property
     def reverse(self) -> Op:
-        return Stack(self.outputs)
+        return Reshape(self.target, self.source, inputs=self.outputs, outputs=self.inputs)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.outputs == self.outputs
+        return type(other) is type(self) and vars(other) == vars(self)
 
     def __hash__(self) -> int:
-        return hash((type(self), self.outputs))
-
-
-class Stack(Op):
-    """`n` vectors of C elements -> one `[n,C]` tensor; the reverse is `Split`."""
-
-    def __init__(self, n: int):
-        self.inputs = n
-        self.name = f'stack {n} x [1,1,C] -> [{n},C]'
-
-    def run(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        assert len(arrays) == self.inputs, (len(arrays), self.inputs)
-        return (np.ascontiguousarray(np.stack([a.reshape(-1) for a in arrays])),)
-
-    def shapes(self, shapes: tuple[Shape, ...]) -> tuple[Shape, ...]:
-        return ((self.inputs, math.prod(shapes[0])),)
-
-    @property
-    def reverse(self) -> Op:
-        return Split(self.inputs)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.inputs == self.inputs
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.inputs))
+        return hash((self.source, self.target, self.inputs, self.outputs))
 
 
 class Orient:
@@ -267,6 +221,6 @@ class Orient:
         return self.name
 
 
-IDENTITY, TRANSPOSE, SQUEEZE, UNSQUEEZE = Identity(), Transpose(), Squeeze(), Unsqueeze()
-DROP_UNIT_DIMS, ADD_UNIT_DIMS = DropUnitDims(), AddUnitDims()
+IDENTITY, TRANSPOSE = Identity(), Transpose()
+SQUEEZE = Reshape('1,1,C', 'C')  # fla keeps RWKV-LM's [1,1,C] vectors flat
 SWAP_LAST_TWO = SwapLastTwo()

@@ -28,9 +28,9 @@ from fla.rwkv7_convert.mapping.engine import (
     refuse,
     strip_prefixes,
 )
-from fla.rwkv7_convert.mapping.report import missing_tensor, unexpected_tensors
+from fla.rwkv7_convert.mapping.key_report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side, Target
-from fla.rwkv7_convert.mapping.table import SIZES, STATE_TENSOR, WRAPPER_KEYS
+from fla.rwkv7_convert.mapping.table import BLINKDL_STATE_KEY, SIZES, WRAPPER_KEYS
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
     tensors, prefixes, problems = normalize_names(tensors)
     tensors, layout_notes, more, detected = apply_layouts(tensors, Side.BLINKDL)
     problems += more
-    states = [n for n in tensors if STATE_TENSOR.match(n)]
+    states = [n for n in tensors if BLINKDL_STATE_KEY.match(n)]
     if drop_state and states and len(states) < len(tensors):
         tensors = {n: r for n, r in tensors.items() if n not in states}
         layout_notes.append(f'--drop-state: {len(states)} tuned initial state(s) att.time_state dropped')

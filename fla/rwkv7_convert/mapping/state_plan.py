@@ -15,8 +15,8 @@ from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import FLOATING
 from fla.rwkv7_convert.mapping.config import Dims
 from fla.rwkv7_convert.mapping.engine import apply_layouts, expected_blinkdl, lookup_blinkdl
+from fla.rwkv7_convert.mapping.key_report import unexpected_tensors
 from fla.rwkv7_convert.mapping.plan import Entry, normalize_names, unwrap_state_dict
-from fla.rwkv7_convert.mapping.report import unexpected_tensors
 from fla.rwkv7_convert.mapping.schema import Side, Target
 
 

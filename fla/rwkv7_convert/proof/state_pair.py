@@ -7,13 +7,13 @@ Either is [H, N, N] per layer, indexed [head, value, key]: RWKV-PEFT (JL-er/RWKV
 rwkvt/operator/rwkvop.py) runs `s = s.transpose(1, 2)` before it hands time_state to fla's chunk_rwkv7 as its
 initial_state, whose state is [N, H, K, V]; BlinkDL's rwkv package (BlinkDL/ChatRWKV @965e40b8,
 rwkv_pip_package/src/rwkv/model.py, RWKV_x070_TMix_one) computes `state @ r` on its state[i*3+1] as it is, [H, V, K].
-The converted side (fla): formats/states.py's file, `model.layers.N.attn.initial_state` [H, K, V], in the converted
+The converted side (fla): formats/state_file.py's file, `model.layers.N.attn.initial_state` [H, K, V], in the converted
 directory or in the directory (or file) given with `model_state=` (`--model-state`: a bare state's conversion).
 
 Refused before compute, one line each: a source with states and no converted state (converted with --drop-state?),
 a converted state and none in the source, a state on both sides of the source (a merge and --state), a --state file
 that holds weights, states whose layer count, heads or head size do not fit the model, non-float states, and any
-state file formats.states refuses (truncated, wrong names, not [H, N, N]). `drop_state=True` (`--drop-state`)
+state file formats.state_file refuses (truncated, wrong names, not [H, N, N]). `drop_state=True` (`--drop-state`)
 verifies the weights alone: both sides from zero states, whatever the files carry.
 
 The direct check: the converted state must equal the source's transposed per head, exactly (the source cast to the
@@ -113,7 +113,7 @@ def load_states(src, out, *, state=None, model_state=None, drop_state: bool = Fa
     """Both sides' tuned states for the pair `src` (files.SourceFile) / `out` (files.ConvertedDir), read, fitted to
     the model and checked against each other; None when neither side has one (or with `drop_state`). Everything
     refused is a one-line ConversionError (see the module docstring)."""
-    from fla.rwkv7_convert.formats.states import STATE_FILE, has_state, read_state_file, state_path
+    from fla.rwkv7_convert.formats.state_file import STATE_FILE, has_state, read_state_file, state_path
     if drop_state:
         return None
     close = None
@@ -180,7 +180,7 @@ def check_states(pair: TunedStates, stored: list, file_name: str) -> list[str]:
     import torch
 
     from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
-    from fla.rwkv7_convert.formats.states import STATE_TENSOR
+    from fla.rwkv7_convert.formats.state_file import FLA_STATE_KEY
     problems = []
     for i, (src, (data, dtype)) in enumerate(zip(pair.blinkdl, stored)):
         got = _as_torch(data, dtype).double()
@@ -188,7 +188,7 @@ def check_states(pair: TunedStates, stored: list, file_name: str) -> list[str]:
         want = src.transpose(-1, -2).to(as_stored).double()
         if torch.equal(got, want):
             continue
-        where = f'{file_name} {STATE_TENSOR.format(i)}'
+        where = f'{file_name} {FLA_STATE_KEY.format(i=i)}'
         if torch.equal(got, src.to(as_stored).double()):
             problems.append(f'the initial state of layer {i} is stored transposed ([value, key], BlinkDL\'s orientation) '
                             f'where fla expects [key, value] ({where} equals {pair.names[i]} untransposed)')

@@ -1,4 +1,4 @@
-"""A converted tuned state (formats/states.py) as what fla's RWKV7ForCausalLM runs from: its cache.
+"""A converted tuned state (formats/state_file.py) as what fla's RWKV7ForCausalLM runs from: its cache.
 
 fla keeps, per layer, `recurrent_state` [B, H, K, V] (float32), `conv_state` (the time mix's token shift) and
 `ffn_state` (the channel mix's). A tuned state sets only the wkv part; both token shifts start at zero, which fla
@@ -14,7 +14,7 @@ from typing import Any
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.dtypes import to_float32
-from fla.rwkv7_convert.formats.states import read_state_file
+from fla.rwkv7_convert.formats.state_file import read_state_file
 
 StateLike = str | os.PathLike | Sequence[Any] | Any  # a state file or directory, [L, H, K, V], or a list of [H, K, V]
 

@@ -26,7 +26,7 @@ import os
 from contextlib import contextmanager
 
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.formats.states import has_state
+from fla.rwkv7_convert.formats.state_file import has_state
 from fla.rwkv7_convert.proof.backends import BACKENDS, CHOICES, CPU_PIECE, EXACT, Backend, backend_for
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile, check_pair, load_blinkdl_weights
 from fla.rwkv7_convert.proof.report import (

@@ -3,11 +3,12 @@
 State tuning trains only the initial wkv state of every layer. BlinkDL's side stores it per layer as `[H, N, N]`
 indexed [head, value, key] (RWKV-PEFT's `blocks.N.att.time_state`, RWKV-block's `init_state.N.wkv`); fla's cache
 holds `recurrent_state` as `[B, H, K, V]`. The file written here holds one tensor per layer, named
-`STATE_TENSOR.format(layer)`, shaped `[H, K, V]` (fla's orientation, batch dimension left out), in the dtype it was
-converted to. It is a file of its own so that config.json and the weights stay exactly what every loader reads.
+`FLA_STATE_KEY.format(i=layer)` (the fla side of the table's state rule), shaped `[H, K, V]` (fla's orientation,
+batch dimension left out), in the dtype it was converted to. It is a file of its own so that config.json and the
+weights stay exactly what every loader reads.
 
-This module only reads and writes that file and checks what it holds; where the tensors come from (the mapping
-table) and how they become fla's cache (proof/run.py) live elsewhere.
+This module only says what that file is and reads and checks it; where the tensors come from and the per-head
+transpose (the mapping table's state rule, mapping/ops.py SWAP_LAST_TWO) and how they become fla's cache live elsewhere.
 """
 
 from __future__ import annotations
@@ -18,18 +19,16 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
-from fla.rwkv7_convert.formats.outputs import OutTensor
+from fla.rwkv7_convert.formats.readers import open_checkpoint
 
 STATE_FILE = 'rwkv7_state.safetensors'
-STATE_TENSOR = 'model.layers.{}.attn.initial_state'
+FLA_STATE_KEY = 'model.layers.{i}.attn.initial_state'  # fla's name of layer i's state
 STATE_LAYOUT = '[H, K, V] per layer: fla recurrent_state orientation (BlinkDL time_state [H, V, K] transposed per head)'
 METADATA = {'format': 'pt', 'rwkv7_convert': 'initial_state', 'layout': STATE_LAYOUT}
 FLOAT_DTYPES = ('F32', 'BF16', 'F16', 'F64')
-_NAME = re.compile(r'model\.layers\.(\d+)\.attn\.initial_state')
+_NAME = re.compile(re.escape(FLA_STATE_KEY).replace(re.escape('{i}'), r'(\d+)'))
 
 
 @dataclass(frozen=True)
@@ -72,19 +71,19 @@ def has_state(model_dir: str | os.PathLike) -> bool:
 
 def check_layers(refs: dict[str, TensorRef], shown: str) -> list[TensorRef]:
     """The per-layer refs of a state file's tensors, every problem in one report: names exactly
-    STATE_TENSOR for layers 0..L-1, each a float [H, N, N] with the same shape and dtype."""
+    FLA_STATE_KEY for layers 0..L-1, each a float [H, N, N] with the same shape and dtype."""
     problems, layers = [], {}
     for name, ref in refs.items():
         m = _NAME.fullmatch(name)
         if m is None:
-            problems.append(f'unexpected tensor {name!r} (expected {STATE_TENSOR.format("N")})')
+            problems.append(f'unexpected tensor {name!r} (expected {FLA_STATE_KEY.format(i="N")})')
             continue
         layers[int(m.group(1))] = ref
     if not layers and not problems:
-        problems.append(f'no tensors (expected {STATE_TENSOR.format("N")} for every layer)')
+        problems.append(f'no tensors (expected {FLA_STATE_KEY.format(i="N")} for every layer)')
     if layers:
         missing = sorted(set(range(max(layers) + 1)) - set(layers))
-        problems += [f'missing tensor {STATE_TENSOR.format(i)}' for i in missing]
+        problems += [f'missing tensor {FLA_STATE_KEY.format(i=i)}' for i in missing]
     for _, ref in sorted(layers.items()):
         if len(ref.shape) != 3 or ref.shape[1] != ref.shape[2]:
             problems.append(f'{ref.name} has shape {list(ref.shape)}, expected [H, N, N]')
@@ -104,8 +103,6 @@ def check_layers(refs: dict[str, TensorRef], shown: str) -> list[TensorRef]:
 def read_state_file(path: str | os.PathLike) -> StateFile:
     """Open and check a state file (or the one inside a converted directory); tensors are loaded on demand. The file is
     opened through formats.readers, as every input is, so a hostile file is refused the same way."""
-    from fla.rwkv7_convert.formats.readers import open_checkpoint  # readers imports most of formats
-
     p = state_path(path)
     ckpt = open_checkpoint(p)
     if ckpt.kind != 'safetensors':
@@ -121,20 +118,3 @@ def read_state_file(path: str | os.PathLike) -> StateFile:
         ckpt.close()
         raise
     return StateFile(p, layers, ckpt.close)
-
-
-def fla_from_blinkdl(data: np.ndarray) -> np.ndarray:
-    """BlinkDL's [H, V, K] carrier array as fla's [H, K, V] (a per-head transpose; exact for any dtype)."""
-    return np.ascontiguousarray(np.swapaxes(data, -1, -2))
-
-
-blinkdl_from_fla = fla_from_blinkdl  # the transpose is its own inverse
-
-
-def state_out_tensors(layers: list[TensorRef], to_fla: bool) -> list[OutTensor]:
-    """OutTensors for a state file from per-layer refs in BlinkDL's orientation (`to_fla`) or already in fla's."""
-    def produce(ref: TensorRef):
-        return lambda: fla_from_blinkdl(ref.load()) if to_fla else np.ascontiguousarray(ref.load())
-
-    return [OutTensor(STATE_TENSOR.format(i), (ref.shape[0], ref.shape[2], ref.shape[1]) if to_fla else ref.shape,
-                      ref.dtype, produce(ref)) for i, ref in enumerate(layers)]
