@@ -22,7 +22,7 @@ from pathlib import Path
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.cli_adapters import adapter_flags, adapter_spec, export_adapter_body, export_adapter_flags
 from fla.rwkv7_convert.convert.adapters import adapter_notes, check_adapter_record, reference_source
-from fla.rwkv7_convert.convert.inspection import export_plan_lines, inspect, plan_lines, refused
+from fla.rwkv7_convert.convert.inspection import inspect, refused
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.convert.tuned_state import convert_state, export_state
@@ -32,7 +32,7 @@ from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, output_precision
 from fla.rwkv7_convert.formats.safetensors_writer import parse_size
 from fla.rwkv7_convert.formats.state_file import STATE_FILE
 from fla.rwkv7_convert.formats.writers import WRITERS
-from fla.rwkv7_convert.hub.model_card import write_model_card
+from fla.rwkv7_convert.hub.model_card import fuse_norm_line, write_model_card
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, WRAPPER_KEYS
@@ -305,7 +305,7 @@ def _convert_body(args: argparse.Namespace) -> int:
         close()
     plan = result.plan
     if args.dry_run:
-        print('\n'.join(plan_lines(plan, result, precision)))
+        print('\n'.join(plan.lines(result.config, precision, fuse_norm_line(result.config['fuse_norm']))))
         print(f'dry run: would write {human_bytes(result.bytes_written)} of weights to {args.output}; nothing written')
         return 0
     if not args.quiet:
@@ -489,7 +489,7 @@ def _export_body(args: argparse.Namespace) -> int:
         for warning in plan.warnings:
             print(f'warning: {warning}', file=sys.stderr)
     if args.dry_run:
-        print('\n'.join(export_plan_lines(plan)))
+        print('\n'.join(plan.lines()))
         print(f'dry run: would write {human_bytes(result.bytes_written)} ({result.fmt}) to {args.output}; '
               'nothing written')
         return 0

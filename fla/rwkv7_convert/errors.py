@@ -8,9 +8,12 @@ class ConversionError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, path: str | None = None):
+    def __init__(self, message: str, path: str | None = None, *, refusal: object | None = None):
         super().__init__(message)
         self.path = path
+        # the mapping.schema.Refusal (an entry of mapping/refusals.py's REFUSALS) that raised it, else None: inspect
+        # tells an input of the other direction by it (errors imports nothing of the package, hence `object`)
+        self.refusal = refusal
 
     def one_line(self) -> str:
         text = ' '.join(str(self.args[0] if self.args else '').split())

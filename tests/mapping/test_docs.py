@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from fla.rwkv7_convert.mapping.docs import render
+from fla.rwkv7_convert.mapping.refusals import REFUSALS
+from fla.rwkv7_convert.mapping.table import RULES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +19,6 @@ def test_mapping_doc_is_generated_from_the_table():
 
 
 def test_mapping_doc_names_every_rule_and_refusal():
-    from fla.rwkv7_convert.mapping.table import REFUSALS, RULES
     text = render()
     assert all(f'`{r.blinkdl}`' in text for r in RULES)
     assert all(f.variant in text for f in REFUSALS)

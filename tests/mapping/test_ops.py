@@ -1,6 +1,7 @@
-"""Every op is exactly reversible: each op class, every rule and every rename of every layout, applied to random data
-(the table's sizes bound at random) and reversed, gives the data back bit for bit, in the declared shapes. An op with
-no inverse says so instead of passing for its own."""
+"""Every op is exactly reversible: each op class and every rule, applied to random data (the table's sizes bound at
+random) and reversed, gives the data back bit for bit, in the declared shapes. An op with no inverse says so instead
+of passing for its own, and only the rules (read both ways) must have one: a layout's renames are read one way. The
+one reshape op takes only the shape it declares, so it is exact by construction."""
 
 from __future__ import annotations
 
@@ -12,22 +13,11 @@ import pytest
 from fla.rwkv7_convert.mapping import ops
 from fla.rwkv7_convert.mapping.config import Dims
 from fla.rwkv7_convert.mapping.engine import check_table, expected_blinkdl
-from fla.rwkv7_convert.mapping.ops import (
-    ADD_UNIT_DIMS,
-    DROP_UNIT_DIMS,
-    IDENTITY,
-    SQUEEZE,
-    SWAP_LAST_TWO,
-    TRANSPOSE,
-    UNSQUEEZE,
-    Op,
-    Orient,
-    Split,
-    Stack,
-    UnaryOp,
-)
-from fla.rwkv7_convert.mapping.schema import Rule, Side, Target
-from fla.rwkv7_convert.mapping.table import LAYOUTS, REFUSALS, RULES
+from fla.rwkv7_convert.mapping.ops import IDENTITY, SQUEEZE, SWAP_LAST_TWO, TRANSPOSE, Op, Orient, Reshape, UnaryOp
+from fla.rwkv7_convert.mapping.predicates import NamePattern
+from fla.rwkv7_convert.mapping.refusals import REFUSALS
+from fla.rwkv7_convert.mapping.schema import Kind, Layout, Rename, Rule, Side, Target
+from fla.rwkv7_convert.mapping.table import LAYOUTS, RULES
 
 SEEDS = range(4)
 
@@ -53,11 +43,11 @@ OP_CASES = [
     pytest.param(TRANSPOSE, ((3, 5),), id='transpose'),
     pytest.param(SWAP_LAST_TWO, ((2, 3, 5),), id='swap-last-two'),
     pytest.param(SQUEEZE, ((1, 1, 7),), id='squeeze'),
-    pytest.param(UNSQUEEZE, ((7,),), id='unsqueeze'),
-    pytest.param(DROP_UNIT_DIMS, ((1, 1, 2, 4),), id='drop-unit-dims'),
-    pytest.param(ADD_UNIT_DIMS, ((2, 4),), id='add-unit-dims'),
-    pytest.param(Split(6), ((6, 5),), id='split'),
-    pytest.param(Stack(6), ((1, 1, 5),) * 6, id='stack'),
+    pytest.param(SQUEEZE.reverse, ((7,),), id='unsqueeze'),
+    pytest.param(Reshape('1,1,H,N', 'H,N'), ((1, 1, 2, 4),), id='drop-unit-dims'),
+    pytest.param(Reshape('H,N', '1,1,H,N'), ((2, 4),), id='add-unit-dims'),
+    pytest.param(Reshape('6,C', '1,1,C', outputs=6), ((6, 5),), id='split'),
+    pytest.param(Reshape('1,1,C', '6,C', inputs=6), ((1, 1, 5),) * 6, id='join'),
 ]
 
 
@@ -71,6 +61,32 @@ def test_every_op_reverses_exactly(op, shapes):
 def test_every_op_class_is_covered():
     classes = {c for c in vars(ops).values() if isinstance(c, type) and issubclass(c, Op) and c not in (Op, UnaryOp)}
     assert classes == {type(p.values[0]) for p in OP_CASES}
+
+
+@pytest.mark.parametrize('op, shape', [
+    pytest.param(SQUEEZE, (7,), id='squeeze-flat'),
+    pytest.param(SQUEEZE, (1, 7), id='squeeze-two-dims'),
+    pytest.param(SQUEEZE, (2, 1, 7), id='squeeze-no-unit-dim'),
+    pytest.param(Reshape('1,1,H,N', 'H,N'), (2, 4), id='drop-unit-dims-none-there'),
+    pytest.param(Reshape('H,N,N', 'H,N,N'), (2, 3, 4), id='one-symbol-two-sizes'),
+    pytest.param(Reshape('6,C', '1,1,C', outputs=6), (5, 4), id='split-wrong-height'),
+])
+def test_a_reshape_takes_only_the_shape_it_declares(op, shape):
+    # what made the old DropUnitDims/AddUnitDims inexact: a shape outside the domain passed through unchanged
+    assert not op.fits(shape)
+    with pytest.raises(ValueError, match='cannot take'):
+        op.shape(shape)
+
+
+@pytest.mark.parametrize('source, target, counts', [
+    pytest.param('C', 'C,C', {}, id='more-elements'),
+    pytest.param('1,1,C', 'N', {}, id='another-symbol'),
+    pytest.param('6,C', '1,1,C', {'outputs': 5}, id='split-into-the-wrong-count'),
+    pytest.param('6,C', '1,C', {'inputs': 2, 'outputs': 3}, id='many-to-many'),
+])
+def test_a_reshape_that_would_change_the_elements_cannot_be_declared(source, target, counts):
+    with pytest.raises(TypeError, match='not the same elements'):
+        Reshape(source, target, **counts)
 
 
 class _Take(UnaryOp):
@@ -91,6 +107,11 @@ def test_an_op_without_an_inverse_has_none_and_the_table_refuses_it():
         check_table(rules=(Rule('blocks.0.x', 'y', 'C', _Take()),), layouts=(), refusals=())
     with pytest.raises(TypeError, match='has no reverse'):
         _ = Rule('blocks.0.x', 'y', 'C', _Take()).reverse
+
+
+def test_a_layout_rename_is_read_one_way_and_needs_no_reverse():
+    one_way = Layout('one way', Side.BLINKDL, Kind.NAMES, 'a test', (), NamePattern('^x$'), (Rename('x', 'y', _Take()),))
+    check_table(layouts=(one_way,), refusals=())
 
 
 def test_the_table_itself_passes_its_checks():
@@ -166,7 +187,8 @@ RENAMES = [pytest.param(x, r, id=f'{x.name}: {r.pattern}') for x in LAYOUTS for 
 
 @pytest.mark.parametrize('seed', SEEDS)
 @pytest.mark.parametrize('layout, rename', RENAMES)
-def test_every_rename_of_every_layout_reverses_exactly(layout, rename, seed):
+def test_every_rename_of_every_layout_gives_canonical_tensors_exactly(layout, rename, seed):
+    # no rename needs a reverse; the built-in ops all have one, which builds the stored shape and checks every byte
     dims, rng = _dims(seed), np.random.default_rng(seed)
     names = _canonical(layout.side, dims)
     templates = rename.to if isinstance(rename.to, tuple) else (rename.to,)

@@ -12,8 +12,8 @@ from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.readers import MAGICS, open_checkpoint
 from fla.rwkv7_convert.mapping.engine import first_refusal
 from fla.rwkv7_convert.mapping.plan import make_plan
+from fla.rwkv7_convert.mapping.refusals import REFUSALS
 from fla.rwkv7_convert.mapping.schema import Seen, Side, Stage
-from fla.rwkv7_convert.mapping.table import REFUSALS
 
 SHAPE = Goose(vocab=64, hidden=32, layers=2, head_size=16, w_rank=8, a_rank=8, v_rank=8, g_rank=8)
 C, V = SHAPE.hidden, SHAPE.vocab

@@ -10,9 +10,11 @@ from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save,
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.engine import expected_blinkdl, lookup_blinkdl, lookup_fla, strip_prefixes
-from fla.rwkv7_convert.mapping.ops import SQUEEZE, TRANSPOSE, UNSQUEEZE
+from fla.rwkv7_convert.mapping.ops import SQUEEZE, TRANSPOSE
 from fla.rwkv7_convert.mapping.plan import make_plan
-from fla.rwkv7_convert.mapping.table import PREFIXES, RULES, SHAPE_ALIASES, WRAPPER_KEYS
+from fla.rwkv7_convert.mapping.refusals import REFUSALS
+from fla.rwkv7_convert.mapping.schema import Kind, Side
+from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, RULES, SHAPE_ALIASES, WRAPPER_KEYS
 
 
 def meta_model_shapes(dims) -> dict[str, tuple[int, ...]]:
@@ -47,13 +49,13 @@ def test_rows_are_unique_and_reversible():
     assert len(set(blinkdl)) == len(blinkdl)
     assert len(set(fla)) == len(fla)
     rng = np.random.default_rng(0)
-    for op, shape in ((TRANSPOSE, (3, 5)), (SQUEEZE, (1, 1, 7)), (UNSQUEEZE, (7,))):
+    for op, shape in ((TRANSPOSE, (3, 5)), (SQUEEZE, (1, 1, 7)), (SQUEEZE.reverse, (7,))):
         data = rng.standard_normal(shape).astype(np.float32)
         there = op.apply(data)
         assert there.shape == op.shape(shape)
         back = op.reverse.apply(there)
         assert back.shape == shape and np.array_equal(back, data)
-        assert op.reverse.reverse is op
+        assert op.reverse.reverse == op
 
 
 @pytest.mark.parametrize('num_layers', [1, 4])
@@ -143,8 +145,6 @@ def test_normalizations_are_documented():
 def test_layouts_and_refusals_say_who_and_where():
     """Every layout names who writes it, and every layout verified against a writer's code cites repo, path and a
     full commit; names are unique. (That each layout's rules are right is proved in tests/convert/test_layouts.py.)"""
-    from fla.rwkv7_convert.mapping.schema import Kind, Side
-    from fla.rwkv7_convert.mapping.table import LAYOUTS, REFUSALS
     assert len({x.name for x in LAYOUTS}) == len(LAYOUTS)
     unverified = {'Hugging Face `rwkv7.` prefix', 'fla bare RWKV7Model'}
     for x in LAYOUTS:

@@ -10,13 +10,20 @@ errors (one line, naming the path).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.display import human_bytes, human_count
+from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.formats.state_file import FLA_STATE_KEY, has_state, read_state_file
 from fla.rwkv7_convert.hub.model_card import fuse_norm_line, runs_fused
+from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, read_adapter
 from fla.rwkv7_convert.mapping.config import Dims
+from fla.rwkv7_convert.mapping.table import BLINKDL_STATE_KEY
 
 SCHEMA = 1  # the version of Inspection.to_dict's keys; raised when a key changes meaning or goes away
 EVIDENCE_SHOWN = 8  # names per layout in the dict (the count is given too); the text shows 3
@@ -91,7 +98,7 @@ class Inspection:
         return out
 
 
-BARE_STATE = 'RWKV state-tuning file without its base model'  # the refusal (table.REFUSALS) inspect describes instead
+BARE_STATE = 'RWKV state-tuning file without its base model'  # the refusal (refusals.REFUSALS) inspect describes instead
 
 
 @dataclass
@@ -124,13 +131,9 @@ class BareState:
 
 
 def _bare_state(path: str, refusal: ConversionError) -> BareState:
-    import re
-
-    from fla.rwkv7_convert.formats.readers import open_checkpoint
-    from fla.rwkv7_convert.mapping.table import STATE_TENSOR
     with open_checkpoint(path) as ckpt:
         tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
-        refs = [(n, r) for n, r in tree.items() if STATE_TENSOR.match(re.sub(r'^.*?(?=blocks\.|init_state\.)', '', n))]
+        refs = [(n, r) for n, r in tree.items() if BLINKDL_STATE_KEY.match(re.sub(r'^.*?(?=blocks\.|init_state\.)', '', n))]
         if not refs:  # wrapped or prefixed beyond a flat dict: the refusal says what to do
             raise refusal
         name, first = refs[0]
@@ -153,7 +156,6 @@ def _dtypes(refs) -> dict[str, dict[str, int]]:
 
 
 def _blinkdl(path: str, head_size: int | None) -> Inspection:
-    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
     result = convert_to_fla(path, None, head_size=head_size, dry_run=True)
     plan = result.plan
     return Inspection(
@@ -174,17 +176,15 @@ def _merge_state(entries, file: str) -> dict | None:
 
 
 def _directory_state(path: str) -> dict | None:
-    from fla.rwkv7_convert.formats.state_file import STATE_TENSOR, has_state, read_state_file
     if not has_state(path):
         return None
     sf = read_state_file(path)
     sf.close()
-    return {'names': STATE_TENSOR.format('N'), 'layers': len(sf.layers), 'shape': list(sf.layers[0].shape),
+    return {'names': FLA_STATE_KEY.format(i='N'), 'layers': len(sf.layers), 'shape': list(sf.layers[0].shape),
             'dtype': sf.dtype, 'file': sf.path.name}
 
 
 def _fla(path: str) -> Inspection:
-    from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
     result = convert_from_fla(path, None, dry_run=True)
     plan = result.plan
     sources = {e.fla: e.source for e in plan.entries if e.source is not None}  # a tied head is the embedding's copy
@@ -195,7 +195,7 @@ def _fla(path: str) -> Inspection:
         notes=plan.notes[2:], warnings=list(plan.warnings), state=_directory_state(path))
 
 
-ADAPTER_REFUSAL = 'RWKV-PEFT adapter without its base model'  # the refusal (table.REFUSALS) inspect describes instead
+ADAPTER_REFUSAL = 'RWKV-PEFT adapter without its base model'  # the refusal (refusals.REFUSALS) inspect describes instead
 
 
 @dataclass
@@ -203,7 +203,7 @@ class AdapterInspection:
     """An RWKV-PEFT adapter file described: method, rank, targets, trained parts, what its merge needs."""
 
     path: str
-    adapter: object  # mapping.adapter_plan.AdapterFile
+    adapter: AdapterFile
 
     def to_dict(self) -> dict:
         a = self.adapter
@@ -220,8 +220,6 @@ class AdapterInspection:
 
 def inspect_adapter(path: str | os.PathLike) -> AdapterInspection:
     """Describe an adapter file from its names and shapes (the method told without the options a merge needs)."""
-    from fla.rwkv7_convert.formats.readers import open_checkpoint
-    from fla.rwkv7_convert.mapping.adapter_plan import read_adapter
     shown = os.fspath(path)
     with open_checkpoint(shown) as ckpt:
         return AdapterInspection(shown, read_adapter(ckpt.tree, shown, choose=False))
@@ -229,9 +227,8 @@ def inspect_adapter(path: str | os.PathLike) -> AdapterInspection:
 
 def refused(error: ConversionError, path: str | os.PathLike) -> dict:
     """The dict `--json` prints when the input is refused: the same keys on every failure."""
-    refusal = getattr(error, 'refusal', None)
     return {'schema': SCHEMA, 'ok': False, 'path': os.fspath(path), 'error': error.one_line(),
-            'error_type': type(error).__name__, 'refusal': refusal.variant if refusal is not None else None}
+            'error_type': type(error).__name__, 'refusal': error.refusal.variant if error.refusal is not None else None}
 
 
 def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspection | BareState:
@@ -243,7 +240,7 @@ def inspect(path: str | os.PathLike, *, head_size: int | None = None) -> Inspect
         try:
             return _blinkdl(shown, head_size)
         except ConversionError as e:
-            variant = getattr(getattr(e, 'refusal', None), 'variant', None)
+            variant = e.refusal.variant if e.refusal is not None else None
             if variant == ADAPTER_REFUSAL:
                 return inspect_adapter(shown)
             if variant != BARE_STATE:
@@ -264,53 +261,14 @@ def _more_telling(to_fla: ConversionError, to_blinkdl: ConversionError) -> Conve
     is the other direction's (`Refusal.other_direction`) points to the other error; else a concrete problem (a key
     report, an unreadable file: no refusal) tells more than a refusal, which may only mean "not my kind of input";
     else the export's (directories are mostly fla's)."""
-    def other(e):
-        return getattr(getattr(e, 'refusal', None), 'other_direction', False)
+    def other(e: ConversionError) -> bool:
+        return e.refusal is not None and e.refusal.other_direction
 
     if other(to_blinkdl) or other(to_fla):
         return to_fla if other(to_blinkdl) else to_blinkdl
-    if hasattr(to_blinkdl, 'refusal') and not hasattr(to_fla, 'refusal'):
+    if to_blinkdl.refusal is not None and to_fla.refusal is None:
         return to_fla
     return to_blinkdl
 
 
-def plan_lines(plan, result, precision: str | None) -> list[str]:
-    """convert --dry-run's listing: what was detected, the config.json, and every tensor's mapping."""
-    import json
-
-    from fla.rwkv7_convert.mapping.config import fla_config
-    from fla.rwkv7_convert.mapping.ops import Identity
-    config = result.config or fla_config(plan.dims, result.dtype)  # what the run writes (--fuse-norm included)
-    out = ['detected:', *(f'  {note}' for note in plan.notes), 'config.json:',
-           '  ' + json.dumps(config, sort_keys=False).replace(', "', ',\n   "'),
-           f'norms: {fuse_norm_line(config["fuse_norm"])}',
-           'mapping (RWKV-LM name [stored shape] dtype -> fla name [shape] op):']
-    for e in plan.entries:
-        dtype = precision or e.source.dtype
-        if e.fla is None:
-            out.append(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> (dropped: {e.rule.note})')
-        else:
-            op = '' if isinstance(e.rule.op, Identity) else f' ({e.rule.op.name})'
-            reshape = ' (alias: reshaped)' if e.source.shape != e.canonical_shape else ''
-            out.append(f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} -> {e.fla} {list(e.fla_shape)} '
-                       f'{dtype}{op}{reshape}')
-    return out
-
-
-def export_plan_lines(plan) -> list[str]:
-    """export --dry-run's listing: what was detected and every tensor's mapping (placeholders included)."""
-    out = ['detected:', *(f'  {note}' for note in plan.notes),
-           'mapping (fla name [shape] dtype -> RWKV-LM name [shape] dtype):']
-    for e in plan.entries:
-        if e.source is None:
-            out.append(f'  (placeholder) -> {e.blinkdl} {list(e.shape)} {e.dtype}: {e.note}')
-            continue
-        op = e.rule.op.reverse.name
-        how = ', '.join(x for x in (e.note, '' if op == 'identity' else op) if x)
-        out.append(f'  {e.fla} {list(e.source.shape)} {e.source.dtype} -> {e.blinkdl} {list(e.shape)} {e.dtype}'
-                   + (f' ({how})' if how else ''))
-    return out
-
-
-__all__ = ['SCHEMA', 'AdapterInspection', 'BareState', 'Inspection', 'export_plan_lines', 'inspect', 'inspect_adapter',
-           'plan_lines', 'refused']
+__all__ = ['SCHEMA', 'AdapterInspection', 'BareState', 'Inspection', 'inspect', 'inspect_adapter', 'refused']

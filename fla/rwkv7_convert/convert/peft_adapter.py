@@ -4,7 +4,7 @@ the converted base model: `PeftModel.from_pretrained(AutoModelForCausalLM.from_p
 Each method's PEFT form is the table's (`AdapterMethod.peft`, `peft_note`): LoRA stays LoRA (factors as stored, alpha
 as lora_alpha), PiSSA becomes a LoRA of rank 2r ([A; A0], [B, -B0], scale 1), Bone becomes MiSS (disha is
 miss_block); Bat has none. The trained full tensors go to `modules_to_save` when they make whole modules of
-table.PEFT_MODULES (LayerNorms, embeddings, head); anything else is refused in one line that offers the merged form.
+adapter_methods.PEFT_MODULES (LayerNorms, embeddings, head); anything else is refused in one line that offers the merged form.
 The names are fla's (the table's rules), under PEFT's `base_model.model.` prefix.
 """
 

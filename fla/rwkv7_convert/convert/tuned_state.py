@@ -33,7 +33,7 @@ from fla.rwkv7_convert.formats.atomic import (
     write_json,
 )
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
-from fla.rwkv7_convert.formats.dtypes import is_finite
+from fla.rwkv7_convert.formats.dtypes import TORCH_NAME, is_finite
 from fla.rwkv7_convert.formats.hf_directory import has_config, read_config
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
@@ -142,9 +142,8 @@ def _layers_of(state) -> tuple[list[TensorRef], Callable[[], None], str]:
     if isinstance(state, (str, os.PathLike)):
         sf = read_state_file(state)
         return sf.layers, sf.close, str(sf.path)
-    import torch
+    import torch  # only for a tensor given: torch costs seconds of start-up that a path does not need
 
-    from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
     names = {v: k for k, v in TORCH_NAME.items()}
     if not isinstance(state, torch.Tensor) or state.dim() != 4 or state.shape[-1] != state.shape[-2]:
         raise ConversionError('state: expected a state file or directory, or a [L, H, K, V] tensor with K == V')

@@ -1,8 +1,8 @@
-"""The merge formulas of RWKV-PEFT's adapters, as the table declares them (table.ADAPTER_METHODS): each takes the
+"""The merge formulas of RWKV-PEFT's adapters, as the table declares them (adapter_methods.ADAPTER_METHODS): each takes the
 target weight W [out, in] and the adapter's factors (torch tensors, by suffix) and returns the merged W.
 
 Each is the same torch operations, in the same order and with the same in-place or out-of-place steps, as RWKV-PEFT's
-merge scripts (cited on each method in table.py), so that the result is theirs bit for bit on the CPU, dtype
+merge scripts (cited on each method in adapter_methods.py), so that the result is theirs bit for bit on the CPU, dtype
 promotion included: an in-place `+=` keeps W's dtype, an out-of-place `+` promotes, PiSSA's residual is rounded to
 bfloat16 before the trained product is added. Run on 'meta' tensors, the same functions give the merged dtype without
 reading any data (`merged_dtype`).

@@ -1,4 +1,4 @@
-"""An RWKV-PEFT adapter file read against the table (table.ADAPTER_METHODS, ADAPTER_TARGETS, the adapter side of
+"""An RWKV-PEFT adapter file read against the table (adapter_methods.ADAPTER_METHODS, ADAPTER_TARGETS, the adapter side of
 REFUSALS) and, given its base model's tensors, the merged tensors: names, shapes and dtypes now, each merged tensor's
 data computed when the writer asks for it (one target weight at a time, never a model).
 
@@ -86,7 +86,7 @@ def read_adapter(tree: object, shown: str, *, init_tree: object | None = None, i
     adapter side's refusals, a mix of methods, a missing or needless option, unknown names or unpaired factors.
     `choose=False` (inspect) takes the first method the factors allow and names the others (`others`)."""
     tensors = _flat(tree, shown)
-    refuse(Side.ADAPTER, Seen({n: r.shape for n, r in tensors.items()}), shown)  # table.REFUSALS, adapter side
+    refuse(Side.ADAPTER, Seen({n: r.shape for n, r in tensors.items()}), shown)  # refusals.REFUSALS, adapter side
     factors: dict[str, dict[str, TensorRef]] = {}
     trained, unknown = {}, []
     for name, ref in tensors.items():
@@ -104,7 +104,7 @@ def read_adapter(tree: object, shown: str, *, init_tree: object | None = None, i
     methods = adapter_method_of(signature)
     if not methods:
         raise UnsupportedVariantError('its factors (' + ', '.join(f'{s} of {n} dims' for s, n in sorted(signature))
-                                      + ') are no RWKV-PEFT method\'s (table.ADAPTER_METHODS)', shown)
+                                      + ') are no RWKV-PEFT method\'s (adapter_methods.ADAPTER_METHODS)', shown)
     method = _choose(methods, shown, alpha, init_tree is not None) if choose else methods[0]
     adapter = AdapterFile(shown, method, factors, trained, alpha, init_shown, others=[m.name for m in methods[1:]])
     if init_tree is not None:

@@ -124,8 +124,8 @@ def bind_sizes(shapes: Mapping[str, Shape]) -> dict[str, int]:
     unused: dict[str, Counter] = {}
     for name, shape in shapes.items():
         found = lookup_blinkdl(name)
-        if found is None or found[0].names(found[1])[0] != name:
-            continue
+        if found is None or found[0].names(found[1])[0] != name or found[0].target is not Target.WEIGHTS:
+            continue  # a tuned state is checked against the model's sizes, never defines them
         rule = found[0]
         symbols = rule.shape.split(',')
         shape = canonical_shape(rule, shape, None) or shape
@@ -212,7 +212,7 @@ def _note(layout: Layout, what: str) -> str:
 def apply_layouts(tensors: dict[str, TensorRef], side: Side) -> tuple[dict[str, TensorRef], list[str], list[str],
                                                                      tuple[tuple[Layout, tuple[str, ...]], ...]]:
     """The prefix layouts of `side`, then its naming layout, applied by their renames. Two naming layouts in one
-    file are applied neither: the names stage refuses the file (table.REFUSALS). Returns (tensors, notes, problems:
+    file are applied neither: the names stage refuses the file (refusals.REFUSALS). Returns (tensors, notes, problems:
     duplicates the renames produced, the prefix and naming layouts found with their hits: the evidence)."""
     notes: list[str] = []
     problems: list[str] = []
@@ -270,6 +270,4 @@ def refuse(side: Side, seen: Seen, shown: str) -> None:
     found = first_refusal(side, seen)
     if found is not None:
         refusal, hits = found
-        error = refusal.error(refusal.text(hits), shown)
-        error.refusal = refusal  # which entry of REFUSALS: inspect tells an input of the other direction by it
-        raise error
+        raise refusal.error(refusal.text(hits), shown, refusal=refusal)

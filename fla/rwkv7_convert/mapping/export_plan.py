@@ -1,25 +1,32 @@
 """The export side's plan: an fla / Hugging Face directory's config.json and tensors checked against the one table,
 and the RWKV-LM tensors to write, in RWKV-LM's order. The mirror of plan.py (the BlinkDL side), step for step:
-layouts applied (engine.apply_layouts, fla side), refusals (table.REFUSALS: names, then config.json), sizes bound
-(engine.bind_sizes), every name and shape checked, one key report (key_report.py). Only names, shapes and dtypes are read
-here, never tensor data.
+layouts applied (engine.apply_layouts, fla side), refusals (refusals.REFUSALS: names, then config.json), sizes read
+(config.dims_from, as plan.py reads them), every name and shape checked, one key report (key_report.py). Only names,
+shapes and dtypes are read here, never tensor data.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from fla.rwkv7_convert.errors import KeyMismatchError
-from fla.rwkv7_convert.formats.checkpoint import TensorRef
+from fla.rwkv7_convert.formats.checkpoint import TensorRef, is_int
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
-from fla.rwkv7_convert.mapping.config import Dims, config_notes, size_mismatches
-from fla.rwkv7_convert.mapping.engine import apply_layouts, apply_orientation, bind_sizes, expected_blinkdl, lookup_fla, refuse
+from fla.rwkv7_convert.mapping.config import Dims, config_notes, dims_from, size_mismatches
+from fla.rwkv7_convert.mapping.engine import (
+    apply_layouts,
+    apply_orientation,
+    expected_blinkdl,
+    lookup_blinkdl,
+    lookup_fla,
+    refuse,
+)
 from fla.rwkv7_convert.mapping.key_report import missing_tensor, unexpected_tensors
+from fla.rwkv7_convert.mapping.ops import IDENTITY
 from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side
-from fla.rwkv7_convert.mapping.table import SIZES
 
 
 @dataclass(frozen=True)
@@ -58,48 +65,57 @@ class ExportPlan:
     def total_bytes(self) -> int:
         return sum(e.nbytes for e in self.entries)
 
+    def lines(self) -> list[str]:
+        """export --dry-run's listing: what was detected and every tensor's mapping (placeholders included)."""
+        out = ['detected:', *(f'  {note}' for note in self.notes),
+               'mapping (fla name [shape] dtype -> RWKV-LM name [shape] dtype):']
+        for e in self.entries:
+            if e.source is None:
+                out.append(f'  (placeholder) -> {e.blinkdl} {list(e.shape)} {e.dtype}: {e.note}')
+                continue
+            how = ', '.join(x for x in (e.note, '' if e.rule.op is IDENTITY else e.rule.reverse.name) if x)
+            out.append(f'  {e.fla} {list(e.source.shape)} {e.source.dtype} -> {e.blinkdl} {list(e.shape)} {e.dtype}'
+                       + (f' ({how})' if how else ''))
+        return out
 
-def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> Dims | None:
-    """Sizes from the tensors' shapes, bound as the forward direction binds them (engine.bind_sizes, on the tensors'
-    RWKV-LM names and shapes), then cross-checked with config.json."""
-    layer_ids = {int(m.group(1)) for n in tensors if (m := re.match(r'^model\.layers\.(\d+)\.', n))}
+
+def _config_layers(cfg: dict, tensors: dict[str, TensorRef], problems: list[str]) -> int | None:
+    """L from config.json, checked against the tensors' layer indices; None (with a problem) when it is no count."""
     L = cfg.get('num_hidden_layers')
     if not isinstance(L, int) or L <= 0:
         problems.append(f'config.json num_hidden_layers is {L!r}, expected a positive integer')
         return None
+    layer_ids = {int(m.group(1)) for n in tensors if (m := re.match(r'^model\.layers\.(\d+)\.', n))}
     if layer_ids and max(layer_ids) + 1 != L:
         problems.append(f'config.json num_hidden_layers is {L} but the tensors have layers 0..{max(layer_ids)}')
+    return L
+
+
+def _fla_name(blinkdl: str) -> str:
+    rule, layer = lookup_blinkdl(blinkdl)
+    return rule.names(layer)[1]
+
+
+def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str], shown: str) -> Dims:
+    """Sizes from the tensors' shapes, read as the forward direction reads them (config.dims_from, on the tensors'
+    RWKV-LM names and shapes), then cross-checked with config.json (its mismatches added to `problems`)."""
+    L = _config_layers(cfg, tensors, problems)
+    if L is None:
+        raise KeyMismatchError(problems, shown)
     as_blinkdl = {}
     for name, ref in tensors.items():
         found = lookup_fla(name)
-        if found is not None:
+        if found is not None and found[0].reverse.fits(ref.shape):
             rule, layer = found
             as_blinkdl[rule.names(layer)[0]] = rule.reverse.shape(ref.shape)
-    sizes = bind_sizes(as_blinkdl)
-    first = {'V': 'model.embeddings.weight', 'C': 'model.embeddings.weight', 'H': 'model.layers.0.attn.r_k',
-             'N': 'model.layers.0.attn.r_k', 'F': 'model.layers.0.ffn.key.weight',
-             'Dw': 'model.layers.0.attn.w_lora.lora.0.weight', 'Da': 'model.layers.0.attn.a_lora.lora.0.weight',
-             'Dg': 'model.layers.0.attn.g_lora.lora.0.weight'}
-    for symbol, name in first.items():
-        if symbol not in sizes:
-            found = list(tensors[name].shape) if name in tensors else 'missing'
-            problems.append(f'cannot read {SIZES[symbol]} from {name} (shape {found}) or any tensor of that size')
-    V, C, H, N, F, Dw, Da, Dg = (sizes.get(s, 0) for s in first)
-    if 'Dv' in sizes:
-        Dv = sizes['Dv']
-    elif L > 1:
-        problems.append('cannot read the value LoRA rank from model.layers.1.attn.v_lora.lora.0.weight')
-        Dv = 0
-    else:  # one layer: no v_lora anywhere; the config's rank sizes the layer-0 placeholders
-        Dv = cfg.get('v_low_rank_dim') or 32
-    known = {'V': V, 'C': C, 'H': H, 'N': N, 'F': F, 'Dw': Dw, 'Da': Da, 'Dg': Dg, 'Dv': sizes.get('Dv', 0)}
+    # one layer has no used value LoRA: the config's rank sizes the layer-0 placeholders
+    v = cfg.get('v_low_rank_dim')
+    dims = dims_from(as_blinkdl, L, shown, problems=problems, shown=_fla_name,
+                     default_Dv=v if is_int(v) and v > 0 else 32)
+    read = {k: v for k, v in asdict(dims).items() if k != 'Dv' or L > 1}
     problems += [f'config.json {key} is {value} but the tensors say {size}'
-                 for key, value, _, size in size_mismatches(cfg, known)]
-    if H and N and C and H * N != C:
-        problems.append(f'model.layers.0.attn.r_k is {H}x{N} = {H * N}, expected hidden size {C}')
-    if problems:
-        return None
-    return Dims(V=V, C=C, L=L, H=H, N=N, F=F, Dw=Dw, Da=Da, Dv=Dv, Dg=Dg)
+                 for key, value, _, size in size_mismatches(cfg, read)]
+    return dims
 
 
 def _expected_fla(L: int) -> list[str]:
@@ -107,25 +123,17 @@ def _expected_fla(L: int) -> list[str]:
 
 
 def refuse_fla_input(cfg: dict, tensors: dict[str, TensorRef], shown: str) -> tuple:
-    """The fla-side layouts applied and table.REFUSALS checked in order (names, shapes, config.json) for a directory;
+    """The fla-side layouts applied and refusals.REFUSALS checked in order (names, shapes, config.json) for a directory;
     the export and verify refuse the same directories. Returns apply_layouts' (tensors, notes, problems, found)."""
     tensors, layout_notes, problems, found = apply_layouts(tensors, Side.FLA)  # fla-side layouts: table.LAYOUTS
     refuse(Side.FLA, Seen({n: r.shape for n, r in tensors.items()}, found, cfg), shown)
     return tensors, layout_notes, problems, found
 
 
-def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, precision: str | None = None,
-                     layer0_v: bool = True, weight_files: list[str] | None = None) -> ExportPlan:
-    """Check every name, shape and dtype (no tensor data is read) and list the output tensors in RWKV-LM's order."""
-    tensors, layout_notes, problems, detected = refuse_fla_input(cfg, tensors, shown)
-    tensors, more_notes, oriented = apply_orientation(tensors, Side.FLA)
-    notes, warnings = config_notes(cfg)
-    notes += layout_notes + more_notes
-    dims = _dims(cfg, tensors, problems)
-    if dims is None:
-        raise KeyMismatchError(problems, shown)
-    tied = bool(cfg.get('tie_word_embeddings'))
-
+def _by_blinkdl(tensors: dict[str, TensorRef], dims: Dims, tied: bool, notes: list[str], problems: list[str],
+                ) -> dict[str, tuple[TensorRef, str]]:
+    """RWKV-LM name -> (fla tensor, its name) for every tensor whose name, shape and dtype check out; the rest go to
+    `problems` (unknown names as the key report's unexpected tensors)."""
     by_blinkdl: dict[str, tuple[TensorRef, str]] = {}
     unknown = []
     for name, ref in tensors.items():
@@ -143,12 +151,16 @@ def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, pr
             problems.append(f'{name} has shape {list(ref.shape)}, expected {list(want)} (RWKV-LM {rule.shape})')
         elif ref.dtype not in FLOATING:
             problems.append(f'{name} has dtype {ref.dtype}, expected a floating point dtype')
-        elif rule.reverse.shape(ref.shape) != canonical:  # the table's ops must be inverses
-            problems.append(f'internal error: {rule.op!r} does not reverse {name} to {list(canonical)}')
-        else:
+        else:  # the rule's reverse gives `canonical` back: its op is exact (tests/mapping/test_ops.py)
             by_blinkdl[rule.names(layer)[0]] = (ref, name)
     problems += unexpected_tensors(unknown, _expected_fla(dims.L))
+    return by_blinkdl
 
+
+def _entries(by_blinkdl: dict[str, tuple[TensorRef, str]], tensors: dict[str, TensorRef], dims: Dims, tied: bool,
+             precision: str | None, layer0_v: bool, problems: list[str]) -> list[ExportEntry]:
+    """The output tensors in RWKV-LM's order: each from its fla tensor, a tied head from the embeddings, layer-0
+    att.v0/v1/v2 as zero placeholders; a missing one is a problem."""
     entries: list[ExportEntry] = []
     emb = by_blinkdl.get('emb.weight')
     for bname, rule, layer in expected_blinkdl(dims.L, with_optional=layer0_v):
@@ -158,22 +170,30 @@ def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, pr
             dtype = precision or (like[0].dtype if like else 'F32')
             entries.append(ExportEntry(bname, shape, dtype, rule, layer, None, None, 'zeros (unused by the model)'))
             continue
-        found = by_blinkdl.get(bname)
-        note = ''
+        found, note = by_blinkdl.get(bname), ''
         if found is None and bname == 'head.weight' and tied and emb is not None:
             found, note = emb, 'copy of the tied embeddings'
-        if found is None:
-            fla_name = rule.names(layer)[1]
-            if fla_name not in tensors:
-                problems.append(missing_tensor(fla_name, rule.op.shape(shape)))
-            continue
-        ref, fla_name = found
-        entries.append(ExportEntry(bname, shape, precision or ref.dtype, rule, layer, ref, fla_name, note))
+        if found is not None:
+            ref, fla_name = found
+            entries.append(ExportEntry(bname, shape, precision or ref.dtype, rule, layer, ref, fla_name, note))
+        elif (fla_name := rule.names(layer)[1]) not in tensors:
+            problems.append(missing_tensor(fla_name, rule.op.shape(shape)))
+    return entries
+
+
+def make_export_plan(cfg: dict, tensors: dict[str, TensorRef], shown: str, *, precision: str | None = None,
+                     layer0_v: bool = True, weight_files: list[str] | None = None) -> ExportPlan:
+    """Check every name, shape and dtype (no tensor data is read) and list the output tensors in RWKV-LM's order."""
+    tensors, layout_notes, problems, detected = refuse_fla_input(cfg, tensors, shown)
+    tensors, more_notes, oriented = apply_orientation(tensors, Side.FLA)
+    config, warnings = config_notes(cfg)
+    dims = _dims(cfg, tensors, problems, shown)
+    tied = bool(cfg.get('tie_word_embeddings'))
+    notes = dims.notes('fla RWKV-7') + config + layout_notes + more_notes
+    by_blinkdl = _by_blinkdl(tensors, dims, tied, notes, problems)
+    entries = _entries(by_blinkdl, tensors, dims, tied, precision, layer0_v, problems)
     if problems:
         raise KeyMismatchError(problems, shown)
-
-    notes[:0] = [f'fla RWKV-7, {dims.L} layer(s), hidden {dims.C}, {dims.H} heads of {dims.N}, vocab {dims.V}, '
-                 f'FFN {dims.F}', f'LoRA ranks: decay {dims.Dw}, a {dims.Da}, value {dims.Dv}, gate {dims.Dg}']
     notes.append('layer-0 att.v0/v1/v2: written as zeros (RWKV-LM training creates them; no model uses them)'
                  if layer0_v else 'layer-0 att.v0/v1/v2: omitted (--no-layer0-v)')
     return ExportPlan(dims, cfg, entries, weight_files or [], notes, warnings, list(detected) + list(oriented))

@@ -1,13 +1,14 @@
 """From an open checkpoint to a checked conversion plan, reading names, shapes and dtypes only (no tensor data).
 
 The walk: unwrap nested state dicts -> strip wrapper prefixes -> the prefix and naming layouts (engine.py) -> refuse
-other architectures (table.REFUSALS, whole key set and shapes) -> the orientation layouts -> look every name up in
+other architectures (refusals.REFUSALS, whole key set and shapes) -> the orientation layouts -> look every name up in
 the table -> infer the model's sizes from shapes -> check every shape against them.
 Every problem found on the way is collected and raised together in one KeyMismatchError.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -16,11 +17,10 @@ from dataclasses import dataclass, field
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import FLOATING
-from fla.rwkv7_convert.mapping.config import Dims
+from fla.rwkv7_convert.mapping.config import Dims, dims_from
 from fla.rwkv7_convert.mapping.engine import (
     apply_layouts,
     apply_orientation,
-    bind_sizes,
     canonical_shape,
     expected_blinkdl,
     lookup_blinkdl,
@@ -29,8 +29,9 @@ from fla.rwkv7_convert.mapping.engine import (
     strip_prefixes,
 )
 from fla.rwkv7_convert.mapping.key_report import missing_tensor, unexpected_tensors
+from fla.rwkv7_convert.mapping.ops import IDENTITY
 from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side, Target
-from fla.rwkv7_convert.mapping.table import BLINKDL_STATE_KEY, SIZES, WRAPPER_KEYS
+from fla.rwkv7_convert.mapping.table import BLINKDL_STATE_KEY, WRAPPER_KEYS
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,22 @@ class Plan:
     @property
     def num_parameters(self) -> int:
         return sum(e.source.numel for e in self.kept)
+
+    def lines(self, config: dict, precision: str | None, norms: str) -> list[str]:
+        """convert --dry-run's listing: what was detected, the config.json the run writes (`norms`: what its
+        fuse_norm computes, hub.model_card.fuse_norm_line, which mapping/ cannot import) and every tensor's mapping."""
+        out = ['detected:', *(f'  {note}' for note in self.notes), 'config.json:',
+               '  ' + json.dumps(config, sort_keys=False).replace(', "', ',\n   "'), f'norms: {norms}',
+               'mapping (RWKV-LM name [stored shape] dtype -> fla name [shape] op):']
+        for e in self.entries:
+            src = f'  {e.source.name} {list(e.source.shape)} {e.source.dtype} ->'
+            if e.fla is None:
+                out.append(f'{src} (dropped: {e.rule.note})')
+                continue
+            op = '' if e.rule.op is IDENTITY else f' ({e.rule.op.name})'
+            reshape = ' (alias: reshaped)' if e.source.shape != e.canonical_shape else ''
+            out.append(f'{src} {e.fla} {list(e.fla_shape)} {precision or e.source.dtype}{op}{reshape}')
+        return out
 
 
 MAX_WRAPPERS = 8
@@ -136,66 +153,49 @@ def normalize_names(tensors: dict[str, TensorRef]) -> tuple[dict[str, TensorRef]
     return out, sorted(prefixes), problems
 
 
-def _common_shape(tensors: dict[str, TensorRef], names: list[str], rank: int) -> tuple[int, ...] | None:
-    """The most common shape of the given rank among `names`: one broken tensor then shows up as mis-shaped
-    in the full report instead of hiding the model's true size."""
-    shapes = Counter(tensors[n].shape for n in names if n in tensors and len(tensors[n].shape) == rank)
-    return shapes.most_common(1)[0][0] if shapes else None
-
-
-def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str) -> Dims:
-    """Sizes from shapes alone; raises KeyMismatchError naming each size that cannot be read."""
-    problems = []
-    if head_size is not None and head_size <= 0:
-        raise KeyMismatchError([f'--head-size must be a positive number, not {head_size}'], shown)
+def _layer_count(tensors: dict[str, TensorRef], shown: str, problems: list[str]) -> int:
+    """L from the block indices (0 with a problem when there are none)."""
     layers = {int(m.group(1)) for n in tensors if (m := _BLOCK_INDEX.match(n))}
-    L = max(layers) + 1 if layers else 0
-    if L == 0:
+    if not layers:
         problems.append('no blocks.{i}.* tensors: cannot tell the number of layers')
-    elif len(layers) != L:
+        return 0
+    if len(layers) != max(layers) + 1:
         # a stray high index would otherwise make every tensor of every block in between "missing" (and a huge
         # index would take unbounded time and memory to list)
         raise KeyMismatchError([f'block indices are not contiguous: blocks {_ranges(sorted(layers))} have tensors, '
                                 f'{_ranges(_gaps(sorted(layers)), limit=3)} have none'], shown)
+    return max(layers) + 1
 
-    sizes = bind_sizes({n: r.shape for n, r in tensors.items()})
-    first = {'V': 'emb.weight', 'C': 'emb.weight', 'F': 'blocks.0.ffn.key.weight', 'Dw': 'blocks.0.att.w1',
-             'Da': 'blocks.0.att.a1', 'Dg': 'blocks.0.att.g1'}
-    for symbol, name in first.items():
-        if symbol not in sizes:
-            found = list(tensors[name].shape) if name in tensors else 'missing'
-            problems.append(f'cannot read {SIZES[symbol]} from {name} (shape {found}) or any tensor of that size')
-    V, C, F, Dw, Da, Dg = (sizes.get(s, 0) for s in first)
-    # v1 is read from block 1 on; block 0's copy is unused and may be absent (then any rank works for L = 1)
-    Dv = sizes.get('Dv', 32)
-    if L > 1 and 'Dv' not in sizes:
-        problems.append('cannot read the value LoRA rank from blocks.1.att.v1 or v2')
 
-    r_k_names = [f'blocks.{i}.att.r_k' for i in range(L)]
-    r_k = _common_shape(tensors, r_k_names, 2) or _common_shape(tensors, r_k_names, 1)
-    H = N = 0
-    if r_k is not None and len(r_k) == 2:
-        H, N = r_k
-        if head_size and head_size != N:
-            problems.append(f'--head-size {head_size} contradicts blocks.0.att.r_k of shape {list(r_k)} (head size {N})')
-    elif r_k is not None and len(r_k) == 1:
-        if not head_size:
-            problems.append(f'blocks.0.att.r_k is stored flat {list(r_k)}, so the head size cannot be read from it; '
-                            'pass --head-size N (64 for released models)')
-        elif C and C % head_size:
-            problems.append(f'--head-size {head_size} does not divide the hidden size {C}')
-        else:
-            N, H = head_size, r_k[0] // head_size
+def _flat_heads(tensors: dict[str, TensorRef], L: int, head_size: int | None, problems: list[str]) -> dict[str, int]:
+    """H and N of a model whose r_k is stored flat ([C]: N cannot be read from it), from --head-size; {} when r_k is
+    stored [H,N] (bind_sizes reads it) or missing; zeros, with a problem, when --head-size cannot tell."""
+    r_k = Counter(tensors[n].shape for i in range(L) if (n := f'blocks.{i}.att.r_k') in tensors)
+    if not r_k or any(len(s) == 2 for s in r_k) or not (flat := [s for s in r_k if len(s) == 1]):
+        return {}
+    (C,) = max(flat, key=r_k.__getitem__)
+    if not head_size:
+        problems.append(f'blocks.0.att.r_k is stored flat [{C}], so the head size cannot be read from it; pass '
+                        '--head-size N (64 for released models)')
+    elif C % head_size:
+        problems.append(f'--head-size {head_size} does not divide the hidden size {C}')
     else:
-        problems.append(f'cannot read the head size from blocks.0.att.r_k (shape {list(r_k) if r_k else "missing"})')
-    if r_k is not None and C and H * N != C:
-        problems.append(f'blocks.0.att.r_k is {H}x{N} = {H * N}, expected H*N = hidden size {C}')
-    if problems:
-        raise KeyMismatchError(problems, shown)
-    dims = Dims(V=V, C=C, L=L, H=H, N=N, F=F, Dw=Dw, Da=Da, Dv=Dv, Dg=Dg)
-    empty = [f'{k} = 0' for k, v in vars(dims).items() if v <= 0]
-    if empty:  # fla cannot build a model with an empty dimension; the config would divide by it
-        raise KeyMismatchError([f'zero-sized model dimension(s) read from the shapes: {", ".join(empty)}'], shown)
+        return {'H': C // head_size, 'N': head_size}
+    return {'H': 0, 'N': 0}
+
+
+def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str) -> Dims:
+    """Sizes from shapes alone (config.dims_from, as the export reads them); raises KeyMismatchError naming each size
+    that cannot be read."""
+    if head_size is not None and head_size <= 0:
+        raise KeyMismatchError([f'--head-size must be a positive number, not {head_size}'], shown)
+    problems: list[str] = []
+    L = _layer_count(tensors, shown, problems)
+    known = _flat_heads(tensors, L, head_size, problems)
+    dims = dims_from({n: r.shape for n, r in tensors.items()}, L, shown, problems=problems, known=known)
+    if head_size and head_size != dims.N:
+        raise KeyMismatchError([f'--head-size {head_size} contradicts blocks.0.att.r_k of shape [{dims.H}, {dims.N}] '
+                                f'(head size {dims.N})'], shown)
     return dims
 
 
@@ -236,73 +236,79 @@ def _missing_states(entries: list[Entry], L: int) -> list[str]:
             f'{_ranges(sorted(have))} of 0-{L - 1})' for i in sorted(set(range(L)) - have)[:3]]
 
 
-def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_state: bool = False) -> Plan:
-    """The checked plan for the state dict in `tree`. A state-tuned merge's tuned initial states (`att.time_state`,
-    RWKV-block's `init_state.N.wkv`) are planned for the state file (`Plan.states`); `drop_state` leaves them out."""
-    tensors, unwrapped = unwrap_state_dict(tree, shown)
-    tensors, prefixes, problems = normalize_names(tensors)
-    tensors, layout_notes, more, detected = apply_layouts(tensors, Side.BLINKDL)
-    problems += more
+def _drop_states(tensors: dict[str, TensorRef], notes: list[str]) -> dict[str, TensorRef]:
+    """--drop-state: a merge's tuned states left out (a file of states alone is left to its refusal)."""
     states = [n for n in tensors if BLINKDL_STATE_KEY.match(n)]
-    if drop_state and states and len(states) < len(tensors):
-        tensors = {n: r for n, r in tensors.items() if n not in states}
-        layout_notes.append(f'--drop-state: {len(states)} tuned initial state(s) att.time_state dropped')
-    refuse(Side.BLINKDL, Seen({n: r.shape for n, r in tensors.items()}, detected), shown)  # table.REFUSALS, in order
-    tensors, more_notes, oriented = apply_orientation(tensors, Side.BLINKDL)
-    layout_notes += more_notes
-    dims = infer_dims(tensors, head_size, shown)
+    if not states or len(states) == len(tensors):
+        return tensors
+    notes.append(f'--drop-state: {len(states)} tuned initial state(s) att.time_state dropped')
+    return {n: r for n, r in tensors.items() if n not in states}
 
+
+def _known(name: str, L: int) -> tuple[Rule, int | None] | None:
+    """The rule and block of a canonical name in an L-block model; None for any other spelling (the table's patterns
+    also match 'blocks.01.x', a trailing newline...)."""
+    found = lookup_blinkdl(name)
+    if found is None or (found[1] is not None and found[1] >= L) or found[0].names(found[1])[0] != name:
+        return None
+    return found
+
+
+def _entry(ref: TensorRef, name: str, rule: Rule, layer: int | None, dims: Dims, problems: list[str]) -> Entry | None:
+    """The entry of a known tensor; None when its shape or dtype is a problem (added to `problems`)."""
+    want = dims.resolve(rule.shape)
+    canon = canonical_shape(rule, ref.shape, dims.N)
+    if canon != want:
+        problems.append(f'{name} has shape {list(ref.shape)}, expected {list(want)} ({rule.shape})')
+    elif ref.dtype not in FLOATING:
+        problems.append(f'{name} has dtype {ref.dtype}, expected a floating point dtype')
+    else:
+        fla_name = rule.names(layer)[1]
+        return Entry(ref, name, rule, layer, canon, fla_name, rule.op.shape(canon) if fla_name else None)
+    return None
+
+
+def _entries(tensors: dict[str, TensorRef], dims: Dims, problems: list[str]) -> list[Entry]:
+    """Every tensor looked up and checked; the key report's problems (unexpected, missing) added to `problems`."""
     expected = expected_blinkdl(dims.L)
-    entries, seen = [], set()
-    unknown = []
+    entries, unknown, seen = [], [], set()
     for name, ref in tensors.items():
-        found = lookup_blinkdl(name)
-        # the exact canonical spelling only: the table's patterns also match 'blocks.01.x', a trailing newline...
-        if found is None or (found[1] is not None and found[1] >= dims.L) or found[0].names(found[1])[0] != name:
+        found = _known(name, dims.L)
+        if found is None:
             unknown.append(name)
             continue
-        rule, layer = found
         seen.add(name)
-        want = dims.resolve(rule.shape)
-        canon = canonical_shape(rule, ref.shape, dims.N)
-        if canon != want:
-            problems.append(f'{name} has shape {list(ref.shape)}, expected {list(want)} ({rule.shape})')
-            continue
-        if ref.dtype not in FLOATING:
-            problems.append(f'{name} has dtype {ref.dtype}, expected a floating point dtype')
-            continue
-        _, fla_name = rule.names(layer)
-        fla_shape = rule.op.shape(canon) if fla_name else None
-        entries.append(Entry(ref, name, rule, layer, canon, fla_name, fla_shape))
-
+        if (entry := _entry(ref, name, *found, dims, problems)) is not None:
+            entries.append(entry)
     problems += unexpected_tensors(unknown, [n for n, _, _ in expected])
     problems += _missing_states(entries, dims.L)
-    for name, rule, _layer in expected:
-        if name not in seen and not rule.optional and name not in tensors:
-            problems.append(missing_tensor(name, dims.resolve(rule.shape)))
-    if problems:
-        raise KeyMismatchError(problems, shown)
+    problems += [missing_tensor(name, dims.resolve(rule.shape)) for name, rule, _ in expected
+                 if name not in seen and not rule.optional and name not in tensors]
+    return entries
 
-    notes = [f'RWKV-7 "Goose", {dims.L} layer(s), hidden {dims.C}, {dims.H} heads of {dims.N}, vocab {dims.V}, FFN {dims.F}',
-             f'LoRA ranks: decay {dims.Dw}, a {dims.Da}, value {dims.Dv}, gate {dims.Dg}']
-    if unwrapped:
-        notes.append('unwrapped nested state dict: ' + ' -> '.join(repr(k) for k in unwrapped))
-    if prefixes:
-        notes.append('stripped wrapper prefixes: ' + ', '.join(repr(p) for p in prefixes))
-    # BlinkDL-side prefix layouts are stripped with the wrapper prefixes (strip_prefixes): the prefix is the evidence
+
+def _prefix_layouts(prefixes: list[str]) -> list[tuple[Layout, tuple[str, ...]]]:
+    """The BlinkDL-side prefix layouts stripped with the wrapper prefixes (engine.strip_prefixes), each with the
+    prefixes that show it: the prefix is the evidence."""
     by_prefix: dict[str, tuple[Layout, list[str]]] = {}
     for p in prefixes:
         for part in p.split('.'):
             if x := prefix_layout(part + '.'):
                 by_prefix.setdefault(x.name, (x, []))[1].append(f'{p}*')
-    for layout, _ in by_prefix.values():
-        notes.append(f'layout {layout.name}: {layout.who}')
-    layouts = [(x, tuple(h)) for x, h in by_prefix.values()] + list(detected) + list(oriented)
-    notes += layout_notes
-    squeezed = sum(1 for e in entries if e.source.shape != e.canonical_shape)
+    return [(x, tuple(hits)) for x, hits in by_prefix.values()]
+
+
+def _notes(plan: Plan, prefixed: list[tuple[Layout, tuple[str, ...]]], layout_notes: list[str]) -> list[str]:
+    """What the detector saw, for --dry-run and inspect: the sizes, wrappers, layouts, aliases, states, layer-0 v."""
+    notes = plan.dims.notes('RWKV-7 "Goose"')
+    if plan.unwrapped:
+        notes.append('unwrapped nested state dict: ' + ' -> '.join(repr(k) for k in plan.unwrapped))
+    if plan.prefixes:
+        notes.append('stripped wrapper prefixes: ' + ', '.join(repr(p) for p in plan.prefixes))
+    notes += [f'layout {x.name}: {x.who}' for x, _ in prefixed] + layout_notes
+    squeezed = sum(1 for e in plan.entries if e.source.shape != e.canonical_shape)
     if squeezed:
         notes.append(f'{squeezed} tensor(s) stored in a squeezed/flat shape, normalized to RWKV-LM shapes')
-    plan = Plan(dims, entries, prefixes, unwrapped, notes, layouts)
     if plan.states:
         first = plan.states[0]
         notes.append(f'tuned initial state: {len(plan.states)} block(s) of {list(first.canonical_shape)} '
@@ -312,4 +318,25 @@ def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_st
         notes.append(f'layer-0 att.v0/v1/v2 present: dropped ({len(plan.dropped)} tensors, unused by the model)')
     else:
         notes.append('layer-0 att.v0/v1/v2 absent (fine: they are unused)')
+    return notes
+
+
+def make_plan(tree: object, shown: str, *, head_size: int | None = None, drop_state: bool = False) -> Plan:
+    """The checked plan for the state dict in `tree`. A state-tuned merge's tuned initial states (`att.time_state`,
+    RWKV-block's `init_state.N.wkv`) are planned for the state file (`Plan.states`); `drop_state` leaves them out."""
+    tensors, unwrapped = unwrap_state_dict(tree, shown)
+    tensors, prefixes, problems = normalize_names(tensors)
+    tensors, layout_notes, more, detected = apply_layouts(tensors, Side.BLINKDL)
+    problems += more
+    if drop_state:
+        tensors = _drop_states(tensors, layout_notes)
+    refuse(Side.BLINKDL, Seen({n: r.shape for n, r in tensors.items()}, detected), shown)  # refusals.REFUSALS, in order
+    tensors, more_notes, oriented = apply_orientation(tensors, Side.BLINKDL)
+    dims = infer_dims(tensors, head_size, shown)
+    entries = _entries(tensors, dims, problems)
+    if problems:
+        raise KeyMismatchError(problems, shown)
+    prefixed = _prefix_layouts(prefixes)
+    plan = Plan(dims, entries, prefixes, unwrapped, layouts=prefixed + list(detected) + list(oriented))
+    plan.notes = _notes(plan, prefixed, layout_notes + more_notes)
     return plan

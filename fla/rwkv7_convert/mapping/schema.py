@@ -1,6 +1,6 @@
-"""The kinds of declaration table.py is made of: rules, layouts, renames, shape aliases, refusals, and the
-predicates (over names, shapes and config.json) that tell when a layout or a refusal applies. Data types and their
-own small methods only; what walks them is engine.py.
+"""The kinds of declaration the table (table.py, refusals.py, adapter_methods.py) is made of: rules, layouts,
+renames, shape aliases, refusals, adapter methods, and what predicates look at (`Seen`, `Predicate`; the predicates
+themselves are predicates.py). Data types and their own small methods only; what walks them is engine.py.
 """
 
 from __future__ import annotations
