@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from fla.rwkv7_convert.formats.dtypes import TORCH_DTYPE, TORCH_NAME
+
 Factors = Mapping[str, 'object']  # suffix -> torch.Tensor
 
 
@@ -80,8 +82,6 @@ def merged_dtype(merge: Merge, W: tuple[tuple[int, ...], str], factors: Mapping[
     """The safetensors dtype `merge` gives for a W and factors of these (shape, dtype), from a run on 'meta' tensors
     (no data). Raises RuntimeError where torch itself refuses (a matmul of two dtypes, as RWKV-PEFT's merge would)."""
     import torch
-
-    from fla.rwkv7_convert.formats.dtypes import TORCH_DTYPE, TORCH_NAME
 
     def meta(shape, dtype):
         return torch.empty(shape, dtype=getattr(torch, TORCH_NAME[dtype]), device='meta')

@@ -231,7 +231,7 @@ def _merge_loader(adapter: AdapterFile, W: TensorRef, factors: dict[str, TensorR
 
 def to_torch(ref: TensorRef):
     """A tensor's data as a torch tensor of its dtype (a fresh copy: the merge may work in place)."""
-    import torch
+    import torch  # only when a merge runs: torch costs seconds of start-up (as in adapter_ops.py)
     data = ref.load().reshape(ref.shape)
     if ref.dtype == 'BF16':
         return torch.from_numpy(data.view('<i2').copy()).view(torch.bfloat16)
@@ -240,7 +240,7 @@ def to_torch(ref: TensorRef):
 
 def from_torch(t, dtype: str):
     """A torch tensor as the carrier array of `dtype` (bf16 as uint16 bit patterns), C-contiguous."""
-    import torch
+    import torch  # only when a merge runs
     t = t.contiguous()
     if dtype == 'BF16':
         return t.view(torch.int16).numpy().view(CARRIER['BF16']).copy()

@@ -1,18 +1,16 @@
-"""Model dimensions read from tensor shapes, the fla config.json that reproduces BlinkDL's numbers, and (export side)
-the notes and warnings of an fla config.json (what BlinkDL's RWKV-7 cannot express is refused by refusals.REFUSALS)."""
+"""Model dimensions (Dims; sizes.py reads them from tensor shapes), the fla config.json that reproduces BlinkDL's
+numbers, and (export side) the notes and warnings of an fla config.json (what BlinkDL's RWKV-7 cannot express is
+refused by refusals.REFUSALS).
+
+Imports nothing of mapping/: benchmarks/mutation.py patches the table before the engine has read it."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-from fla.rwkv7_convert.errors import KeyMismatchError
 from fla.rwkv7_convert.formats.checkpoint import is_int
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
-from fla.rwkv7_convert.mapping.engine import bind_sizes
-from fla.rwkv7_convert.mapping.ops import Shape
-from fla.rwkv7_convert.mapping.table import SIZES
 
 # BlinkDL's GroupNorm (`ln_x`) eps, the same for every head size; its LayerNorms use 1e-5.
 BLINKDL_LN_X_EPS = 64e-5
@@ -55,40 +53,6 @@ class Dims:
         """The two lines both plans' notes start with (inspect shows the sizes on lines of their own instead)."""
         return [f'{model}, {self.L} layer(s), hidden {self.C}, {self.H} heads of {self.N}, vocab {self.V}, FFN {self.F}',
                 f'LoRA ranks: decay {self.Dw}, a {self.Da}, value {self.Dv}, gate {self.Dg}']
-
-
-# Where each size is read, by canonical RWKV-LM name (bind_sizes reads every tensor of that size; these are named
-# when none can tell): Dv from block 1 on, since block 0's value LoRA is unused.
-SIZE_SOURCES = {'V': 'emb.weight', 'C': 'emb.weight', 'H': 'blocks.0.att.r_k', 'N': 'blocks.0.att.r_k',
-                'F': 'blocks.0.ffn.key.weight', 'Dw': 'blocks.0.att.w1', 'Da': 'blocks.0.att.a1', 'Dv': 'blocks.1.att.v1',
-                'Dg': 'blocks.0.att.g1'}
-
-
-def dims_from(shapes: Mapping[str, Shape], L: int, path: str, *, problems: Iterable[str] = (),
-              known: Mapping[str, int] | None = None, shown: Callable[[str], str] = str, default_Dv: int = 32) -> Dims:
-    """The sizes of a model of L layers, for both plans: bound from its tensors under their canonical RWKV-LM names
-    in RWKV-LM shapes (engine.bind_sizes; the export passes fla's tensors through their rules' reverse), `known`
-    sizes taking precedence (the BlinkDL side's head sizes, from a flat r_k and --head-size). Each size that cannot be
-    read is one problem, naming the tensor as `shown` names it on the input's side; they are raised with `problems`
-    (the caller's so far) in one KeyMismatchError. A one-layer model has no used value LoRA: Dv is then `default_Dv`
-    unless block 0's unused copy tells."""
-    problems = list(problems)
-    sizes = {**bind_sizes(shapes), **(known or {})}
-    for symbol, name in SIZE_SOURCES.items():
-        if symbol not in sizes and not (symbol == 'Dv' and L <= 1):
-            found = list(shapes[name]) if name in shapes else 'missing'
-            problems.append(f'cannot read {SIZES[symbol]} from {shown(name)} (RWKV-LM shape {found}) or any tensor of '
-                            'that size')
-    dims = Dims(L=L, **{s: sizes.get(s, default_Dv if s == 'Dv' else 0) for s in SIZE_SOURCES})
-    if dims.H and dims.N and dims.C and dims.H * dims.N != dims.C:
-        problems.append(f'{shown(SIZE_SOURCES["N"])} is {dims.H}x{dims.N} = {dims.H * dims.N}, expected H*N = hidden '
-                        f'size {dims.C}')
-    if problems:
-        raise KeyMismatchError(problems, path)
-    empty = [f'{k} = 0' for k, v in asdict(dims).items() if v <= 0]
-    if empty:  # fla cannot build a model with an empty dimension; the config would divide by it
-        raise KeyMismatchError([f'zero-sized model dimension(s) read from the shapes: {", ".join(empty)}'], path)
-    return dims
 
 
 # The one map between BlinkDL's size symbols and the keys of fla's config.json, in both directions: fla_config writes

@@ -16,7 +16,7 @@ from fla.rwkv7_convert.mapping.ops import IDENTITY, TRANSPOSE, Op, Orient, Shape
 from fla.rwkv7_convert.mapping.predicates import oriented
 from fla.rwkv7_convert.mapping.refusals import REFUSALS
 from fla.rwkv7_convert.mapping.schema import Kind, Layout, Refusal, Rule, Scope, Seen, Side, Stage, Target
-from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, RULES, SHAPE_ALIASES, SIZES
+from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, RULES, SHAPE_ALIASES
 
 
 def check_table(rules=RULES, layouts=LAYOUTS, refusals=REFUSALS) -> None:
@@ -112,30 +112,6 @@ def canonical_shape(rule: Rule, shape: Shape, head_size: int | None) -> Shape | 
     """The canonical RWKV-LM shape of a stored tensor under the table's SHAPE_ALIASES; None when none explains it."""
     alias = _ALIASES.get(rule.shape)
     return alias.normalize(tuple(shape), head_size) if alias else tuple(shape)
-
-
-def bind_sizes(shapes: Mapping[str, Shape]) -> dict[str, int]:
-    """Every size symbol bound from the rows' symbolic shapes: each canonical RWKV-LM tensor present votes for the
-    values its shape gives its symbols, and each symbol takes the value most tensors agree on (so one broken tensor
-    shows up as mis-shaped instead of hiding the model's size). Used by both directions: the fla side passes its
-    tensors under their RWKV-LM names, in RWKV-LM shapes (`rule.reverse`). Unused rows (block 0's v0/v1/v2)
-    vote only for symbols no used row binds; a flat `r_k` binds nothing (its N needs --head-size)."""
-    used: dict[str, Counter] = {}
-    unused: dict[str, Counter] = {}
-    for name, shape in shapes.items():
-        found = lookup_blinkdl(name)
-        if found is None or found[0].names(found[1])[0] != name or found[0].target is not Target.WEIGHTS:
-            continue  # a tuned state is checked against the model's sizes, never defines them
-        rule = found[0]
-        symbols = rule.shape.split(',')
-        shape = canonical_shape(rule, shape, None) or shape
-        if len(shape) != len(symbols):
-            continue
-        votes = used if rule.fla is not None else unused
-        for symbol, value in zip(symbols, shape):
-            if not symbol.isdigit():
-                votes.setdefault(symbol, Counter())[value] += 1
-    return {s: (used.get(s) or unused[s]).most_common(1)[0][0] for s in SIZES if s in used or s in unused}
 
 
 # ------------------------------------------------------------------------------------------------------------ names

@@ -1,7 +1,7 @@
 """The export side's plan: an fla / Hugging Face directory's config.json and tensors checked against the one table,
 and the RWKV-LM tensors to write, in RWKV-LM's order. The mirror of plan.py (the BlinkDL side), step for step:
 layouts applied (engine.apply_layouts, fla side), refusals (refusals.REFUSALS: names, then config.json), sizes read
-(config.dims_from, as plan.py reads them), every name and shape checked, one key report (key_report.py). Only names,
+(sizes.dims_from, as plan.py reads them), every name and shape checked, one key report (key_report.py). Only names,
 shapes and dtypes are read here, never tensor data.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from fla.rwkv7_convert.errors import KeyMismatchError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef, is_int
 from fla.rwkv7_convert.formats.dtypes import CARRIER, FLOATING
-from fla.rwkv7_convert.mapping.config import Dims, config_notes, dims_from, size_mismatches
+from fla.rwkv7_convert.mapping.config import Dims, config_notes, size_mismatches
 from fla.rwkv7_convert.mapping.engine import (
     apply_layouts,
     apply_orientation,
@@ -27,6 +27,7 @@ from fla.rwkv7_convert.mapping.engine import (
 from fla.rwkv7_convert.mapping.key_report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.ops import IDENTITY
 from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side
+from fla.rwkv7_convert.mapping.sizes import dims_from
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _fla_name(blinkdl: str) -> str:
 
 
 def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str], shown: str) -> Dims:
-    """Sizes from the tensors' shapes, read as the forward direction reads them (config.dims_from, on the tensors'
+    """Sizes from the tensors' shapes, read as the forward direction reads them (sizes.dims_from, on the tensors'
     RWKV-LM names and shapes), then cross-checked with config.json (its mismatches added to `problems`)."""
     L = _config_layers(cfg, tensors, problems)
     if L is None:

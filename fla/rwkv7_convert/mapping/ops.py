@@ -79,25 +79,12 @@ class Identity(UnaryOp):
 
 
 class Transpose(UnaryOp):
-    """A 2-D transpose: RWKV-LM stores LoRA factors as `x @ W`, nn.Linear as `W @ x`."""
+    """`[..., A, B]` -> `[..., B, A]`, its own reverse: a 2-D transpose (RWKV-LM stores LoRA factors as `x @ W`,
+    nn.Linear as `W @ x`; TRANSPOSE) or, per head, a tuned wkv state (BlinkDL's `[H, V, K]` <-> fla's `[H, K, V]`;
+    SWAP_LAST_TWO)."""
 
-    name = 'transpose'
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(data.T)
-
-    def shape(self, shape: Shape) -> Shape:
-        return tuple(reversed(shape))
-
-    @property
-    def reverse(self) -> Op:
-        return self
-
-
-class SwapLastTwo(UnaryOp):
-    """`[..., A, B]` -> `[..., B, A]`: a tuned wkv state per head, BlinkDL's `[H, V, K]` <-> fla's `[H, K, V]`."""
-
-    name = 'per-head transpose [H,V,K] -> [H,K,V]'
+    def __init__(self, name: str = 'transpose'):
+        self.name = name
 
     def apply(self, data: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.swapaxes(data, -1, -2))
@@ -223,4 +210,4 @@ class Orient:
 
 IDENTITY, TRANSPOSE = Identity(), Transpose()
 SQUEEZE = Reshape('1,1,C', 'C')  # fla keeps RWKV-LM's [1,1,C] vectors flat
-SWAP_LAST_TWO = SwapLastTwo()
+SWAP_LAST_TWO = Transpose('per-head transpose [H,V,K] -> [H,K,V]')

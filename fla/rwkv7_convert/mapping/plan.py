@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from fla.rwkv7_convert.errors import KeyMismatchError, NotACheckpointError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.dtypes import FLOATING
-from fla.rwkv7_convert.mapping.config import Dims, dims_from
+from fla.rwkv7_convert.mapping.config import Dims
 from fla.rwkv7_convert.mapping.engine import (
     apply_layouts,
     apply_orientation,
@@ -31,6 +31,7 @@ from fla.rwkv7_convert.mapping.engine import (
 from fla.rwkv7_convert.mapping.key_report import missing_tensor, unexpected_tensors
 from fla.rwkv7_convert.mapping.ops import IDENTITY
 from fla.rwkv7_convert.mapping.schema import Layout, Rule, Seen, Side, Target
+from fla.rwkv7_convert.mapping.sizes import dims_from
 from fla.rwkv7_convert.mapping.table import BLINKDL_STATE_KEY, WRAPPER_KEYS
 
 
@@ -185,7 +186,7 @@ def _flat_heads(tensors: dict[str, TensorRef], L: int, head_size: int | None, pr
 
 
 def infer_dims(tensors: dict[str, TensorRef], head_size: int | None, shown: str) -> Dims:
-    """Sizes from shapes alone (config.dims_from, as the export reads them); raises KeyMismatchError naming each size
+    """Sizes from shapes alone (sizes.dims_from, as the export reads them); raises KeyMismatchError naming each size
     that cannot be read."""
     if head_size is not None and head_size <= 0:
         raise KeyMismatchError([f'--head-size must be a positive number, not {head_size}'], shown)

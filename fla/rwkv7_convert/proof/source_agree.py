@@ -51,7 +51,7 @@ def trace(ref: TensorRef) -> tuple[tuple | None, str]:
             return None, f'an untraceable loader {loader!r}'
         op = free['op'].cell_contents
         if not getattr(op, 'bytes_unchanged', False):  # a reshape keeps the element order; the shape is compared
-            if type(op).__name__ in ('Transpose', 'SwapLastTwo'):
+            if type(op).__name__ == 'Transpose':
                 transposes += 1
             else:
                 others.append(str(op))
