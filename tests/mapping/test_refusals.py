@@ -1,4 +1,4 @@
-"""The one ordered registry of refusals (table.REFUSALS): stages in the order file < names < shapes < config, and an
+"""The one ordered registry of refusals (refusals.REFUSALS): stages in the order file < names < shapes < config, and an
 input that two refusals match is refused by the first in order, whether they share a stage or not. (Each refusal
 on its own is tested in tests/test_errors.py and tests/convert/test_to_blinkdl.py.)"""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from rwkv7_factory import Goose, make_state_dict
 
-from fla.rwkv7_convert.errors import ConfigError, UnsupportedVariantError
+from fla.rwkv7_convert.errors import ConfigError, ConversionError, KeyMismatchError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.readers import MAGICS, open_checkpoint
 from fla.rwkv7_convert.mapping.engine import first_refusal
@@ -100,6 +100,17 @@ def test_a_refusal_raises_its_declared_error():
     found = first_refusal(Side.FLA, Seen({}, config={'model_type': 'rwkv7', 'hidden_size': -1}))
     assert found[0].error is ConfigError and found[0].text(found[1]) == 'config.json hidden_size is -1, expected a ' \
                                                                            'positive integer'
+
+
+def test_the_error_names_the_refusal_that_raised_it():
+    """`ConversionError.refusal` is declared (None unless a refusal raised it): inspect reads it, no getattr."""
+    with pytest.raises(UnsupportedVariantError) as e:
+        make_plan(_refs(shapes(**SHAPE_DUMP)), 'm.pth')
+    assert e.value.refusal is next(f for f in REFUSALS if f.variant == "in-memory dump of BlinkDL's `rwkv` package")
+    with pytest.raises(KeyMismatchError) as e:
+        make_plan(_refs(shapes(**{'blocks.0.att.k_k': (3,)})), 'm.pth')
+    assert e.value.refusal is None
+    assert ConversionError('plain').refusal is None
 
 
 @pytest.mark.parametrize('head, message', [
