@@ -113,7 +113,7 @@ def _dims(cfg: dict, tensors: dict[str, TensorRef], problems: list[str], shown: 
     v = cfg.get('v_low_rank_dim')
     dims = dims_from(as_blinkdl, L, shown, problems=problems, shown=_fla_name,
                      default_Dv=v if is_int(v) and v > 0 else 32)
-    read = {k: v for k, v in asdict(dims).items() if k != 'Dv' or L > 1}
+    read = {k: size for k, size in asdict(dims).items() if k != 'Dv' or L > 1}  # one layer: Dv is the config's own
     problems += [f'config.json {key} is {value} but the tensors say {size}'
                  for key, value, _, size in size_mismatches(cfg, read)]
     return dims

@@ -59,9 +59,8 @@ def dims_from(shapes: Mapping[str, Shape], L: int, path: str, *, problems: Itera
     sizes = {**bind_sizes(shapes), **(known or {})}
     for symbol, name in SIZE_SOURCES.items():
         if symbol not in sizes and not (symbol == 'Dv' and L <= 1):
-            found = list(shapes[name]) if name in shapes else 'missing'
-            problems.append(f'cannot read {SIZES[symbol]} from {shown(name)} (RWKV-LM shape {found}) or any tensor of '
-                            'that size')
+            found = f'RWKV-LM shape {list(shapes[name])}' if name in shapes else 'missing'
+            problems.append(f'cannot read {SIZES[symbol]} from {shown(name)} ({found}) or any tensor of that size')
     dims = Dims(L=L, **{s: sizes.get(s, default_Dv if s == 'Dv' else 0) for s in SIZE_SOURCES})
     if dims.H and dims.N and dims.C and dims.H * dims.N != dims.C:
         problems.append(f'{shown(SIZE_SOURCES["N"])} is {dims.H}x{dims.N} = {dims.H * dims.N}, expected H*N = hidden '
