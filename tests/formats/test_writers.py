@@ -73,6 +73,7 @@ def test_no_suffix_gives_the_default_and_an_unknown_format_is_refused():
 
 def test_a_registered_format_is_what_the_export_and_the_cli_use(tmp_path, monkeypatch):
     """Adding a format is one Writer and one registry entry: export and --format pick it up unchanged."""
+    # torch and the converter cost seconds of import; the other tests of formats/ need neither
     import torch
     from rwkv7_factory import Goose, make_state_dict, save
 

@@ -5,8 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save, squeeze_vectors
+from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save, squeeze_vectors, to_st
 
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.formats.checkpoint import TensorRef
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.mapping.config import fla_config
 from fla.rwkv7_convert.mapping.engine import expected_blinkdl, lookup_blinkdl, lookup_fla, strip_prefixes
@@ -18,6 +20,7 @@ from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, RULES, SHAPE_ALIA
 
 
 def meta_model_shapes(dims) -> dict[str, tuple[int, ...]]:
+    # fla's models (with triton, transformers) cost seconds of import: only the tests that build one pay it
     from fla.models import RWKV7Config, RWKV7ForCausalLM
 
     from fla.rwkv7_convert.proof.loading import fla_init_skipped
@@ -85,7 +88,6 @@ def test_strip_prefixes(name, expected):
 
 def _converted(path, head_size=None) -> dict[str, tuple]:
     """fla name -> (shape, dtype, bytes) of the converted safetensors, converted by the real pipeline."""
-    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
     out = Path(path).with_suffix('.out')
     convert_to_fla(path, out, head_size=head_size, tokenizer='none')
     with open_checkpoint(out / 'model.safetensors') as ckpt:
@@ -168,9 +170,6 @@ def test_guarded_layout_prefixes(name, expected):
 
 def test_layouts_are_told_by_their_predicates_not_by_a_file_name():
     """A `.st` file's content under any name is read as that layout: only its shapes show it."""
-    from rwkv7_factory import to_st
-
-    from fla.rwkv7_convert.formats.checkpoint import TensorRef
     sd = to_st(make_state_dict(Goose(layers=2, w_rank=16, a_rank=24, v_rank=8, g_rank=40)))
     refs = {k: TensorRef(k, tuple(v.shape), 'F16', loader=lambda: None) for k, v in sd.items()}
     plan = make_plan(refs, 'model.safetensors')
