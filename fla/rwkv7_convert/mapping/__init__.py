@@ -1,2 +1,4 @@
-"""The one name table (rules, layouts, refusals, sizes) and what follows from it: the plan, the config, the key report and
-the generated docs/mapping.md."""
+"""The one name table and what follows from it. The table, declarations only: table.py (rules, normalizations,
+layouts), refusals.py (REFUSALS), adapter_methods.py (ADAPTER_METHODS); their types schema.py, predicates.py, ops.py.
+What runs it: engine.py; sizes.py (Dims from shapes, both plans); plan.py and export_plan.py (the two directions),
+state_plan.py, adapter_plan.py; key_report.py; config.py; adapter_ops.py; docs.py (docs/mapping.md)."""
