@@ -10,6 +10,12 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
+from fla.rwkv7_convert.cli import flags as cli_flags
+from fla.rwkv7_convert.cli.convert import build_to_fla_parser
+from fla.rwkv7_convert.cli.export import build_from_fla_parser, main_from_fla
+from fla.rwkv7_convert.cli.verify import build_verify_parser
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
 
@@ -233,7 +239,6 @@ EXPORT_SHAPE = Goose(vocab=64, hidden=64, layers=2, head_size=32, w_rank=16, a_r
 @pytest.fixture(scope='module')
 def hf_dir(tmp_path_factory) -> Path:
     """A small fla directory made by the forward converter, for the export command to read."""
-    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
     root = tmp_path_factory.mktemp('hf')
     src = save(make_state_dict(EXPORT_SHAPE, torch.bfloat16, seed=3), root / 'src.pth')
     convert_to_fla(src, root / 'model', tokenizer='none')
@@ -241,7 +246,6 @@ def hf_dir(tmp_path_factory) -> Path:
 
 
 def _cli(*args: str, capsys) -> tuple[int, str, str]:
-    from fla.rwkv7_convert.cli import main_from_fla
     code = main_from_fla(list(args))
     out, err = capsys.readouterr()
     return code, out, err
@@ -275,17 +279,15 @@ def test_script_is_torch_free(hf_dir, tmp_path):
 def test_shared_flags_are_declared_once_for_the_three_commands():
     """-q/-v, --precision, --force, --allow-nonfinite, --dry-run and --head-size: one declaration each (argparse
     parents), present on every command that takes them."""
-    from fla.rwkv7_convert import cli
-
     def flags(parser) -> set[str]:
         return {s for action in parser._actions for s in action.option_strings}
-    to_fla, from_fla, verify = cli.build_to_fla_parser(), cli.build_from_fla_parser(), cli.build_verify_parser()
+    to_fla, from_fla, verify = build_to_fla_parser(), build_from_fla_parser(), build_verify_parser()
     for parser in (to_fla, from_fla, verify):
         assert {'-q', '--quiet', '-v', '--verbose'} <= flags(parser)
     for parser in (to_fla, from_fla):
         assert {'--precision', '--force', '--allow-nonfinite', '--dry-run'} <= flags(parser)
     assert '--head-size' in flags(to_fla) and '--head-size' in flags(verify)
-    source = Path(cli.__file__).read_text(encoding='utf-8')
+    source = ''.join(p.read_text(encoding='utf-8') for p in Path(cli_flags.__file__).parent.glob('*.py'))
     for flag in ('--quiet', '--verbose', '--precision', '--force', '--allow-nonfinite', '--dry-run', '--head-size'):
         assert source.count(f"add_argument('{flag}'") == 1, flag
 

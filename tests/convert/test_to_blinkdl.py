@@ -18,7 +18,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
-from fla.rwkv7_convert.cli import main_from_fla
+from fla.rwkv7_convert.cli.export import main_from_fla
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla, plan_export
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import (

@@ -251,7 +251,8 @@ def test_refusals_are_one_line_and_up_front(converted, args, says):
 
 
 def test_converter_verify_uses_the_same_default_token_count():
-    from fla.rwkv7_convert.cli import build_to_fla_parser, build_verify_parser
+    from fla.rwkv7_convert.cli.convert import build_to_fla_parser
+    from fla.rwkv7_convert.cli.verify import build_verify_parser
     from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS
     converter = build_to_fla_parser().parse_args(['--rwkv7', 'a', '--output', 'b', '--verify'])
     verifier = build_verify_parser().parse_args(['--rwkv7', 'a', '--model', 'b'])

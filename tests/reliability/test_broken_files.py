@@ -33,7 +33,7 @@ from reliability_common import (
 )
 from rwkv7_factory import save
 
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
 

@@ -36,7 +36,7 @@ from reliability_common import (
 )
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.formats import atomic, safetensors_writer
 
@@ -134,7 +134,7 @@ else:  # the two-rename fallback, paused between the renames
         if '.old-' in str(b):
             pause('moved aside')
     atomic.os.rename = rename
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
 sys.exit(main_to_fla(sys.argv[1:]))
 '''
 

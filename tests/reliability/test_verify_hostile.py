@@ -32,7 +32,7 @@ from reliability_common import print_summary, start_script
 from reliability_common import tally as common_tally
 from rwkv7_factory import make_state_dict, save
 
-from fla.rwkv7_convert.cli import main_verify
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof import verify as verify_module
