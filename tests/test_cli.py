@@ -15,6 +15,7 @@ from fla.rwkv7_convert.cli.convert import build_to_fla_parser
 from fla.rwkv7_convert.cli.export import build_from_fla_parser, main_from_fla
 from fla.rwkv7_convert.cli.verify import build_verify_parser
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import EXIT_USAGE, NonFiniteError, NotACheckpointError, OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
@@ -97,7 +98,7 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path, checkpoin
     out.mkdir()
     (out / 'precious.txt').write_text('keep me')
     r = run('--rwkv7', checkpoint, '--output', out, '--tokenizer', 'none')
-    assert r.returncode == 1
+    assert r.returncode == OutputExistsError.exit_code
     assert r.stderr.strip() == f'error: {out}: exists and is not empty; pass --force to replace it'
     assert (out / 'precious.txt').read_text() == 'keep me'
     r = run('--rwkv7', checkpoint, '--output', out, '--tokenizer', 'none', '--force', '-q')
@@ -121,7 +122,7 @@ def test_failed_conversion_keeps_the_old_model_and_leaves_no_scratch(tmp_path, c
     sd['head.weight'][0, 0] = float('inf')  # the last tensor written: fails after the shard is mostly written
     bad = save(sd, tmp_path / 'bad.pth')
     r = run('--rwkv7', bad, '--output', out, '--tokenizer', 'none', '--force')
-    assert r.returncode == 1
+    assert r.returncode == NonFiniteError.exit_code
     assert r.stderr.strip() == (f'error: {bad}: head.weight holds NaN or Inf values; pass --allow-nonfinite to convert '
                                 'anyway')
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -154,7 +155,7 @@ def test_repeated_options_are_refused_by_the_export_script_too(tmp_path):
     script = REPO / 'utils' / 'convert_from_fla_rwkv7.py'
     r = subprocess.run([sys.executable, str(script), '--model', 'a', '--model', 'b', '--output', tmp_path / 'o.pth'],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+    assert r.returncode == EXIT_USAGE and r.stderr.strip().splitlines() == [
         'error: --model given more than once; give it once (see convert_from_fla_rwkv7.py --help)']
 
 
@@ -176,9 +177,10 @@ def test_bad_input_is_one_line_without_traceback_unless_verbose(tmp_path):
     bad = tmp_path / 'notes.pth'
     bad.write_text('not a model')
     r = run('--rwkv7', bad, '--output', tmp_path / 'out')
-    assert r.returncode == 1 and r.stderr.strip() == f'error: {bad}: not a PyTorch zip (.pth) or safetensors file'
+    assert r.returncode == NotACheckpointError.exit_code
+    assert r.stderr.strip() == f'error: {bad}: not a PyTorch zip (.pth) or safetensors file'
     r = run('--rwkv7', bad, '--output', tmp_path / 'out', '--verbose')
-    assert r.returncode == 1 and 'Traceback' in r.stderr
+    assert r.returncode == NotACheckpointError.exit_code and 'Traceback' in r.stderr
 
 
 @pytest.mark.parametrize('precision, dtype', [('fp32', torch.float32), ('bfloat16', torch.bfloat16), ('fp16', torch.float16)])
@@ -224,7 +226,7 @@ def test_conversion_does_not_import_fla_models_or_torch(tmp_path, checkpoint):
     code = (f'import sys; sys.argv = ["x", "--rwkv7", {str(checkpoint)!r}, "--output", {str(tmp_path / "o")!r}, "-q"]; '
             f'sys.path.insert(0, {str(REPO / "utils")!r}); import runpy; '
             f'runpy.run_path({str(SCRIPT)!r}, run_name="not_main"); '
-            'from fla.rwkv7_convert.cli import main_to_fla; assert main_to_fla(sys.argv[1:]) == 0; '
+            'from fla.rwkv7_convert.cli.convert import main_to_fla; assert main_to_fla(sys.argv[1:]) == 0; '
             'heavy = [m for m in ("torch", "triton", "transformers", "fla.models") if m in sys.modules]; '
             'assert not heavy, heavy')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
@@ -273,7 +275,8 @@ def test_script_is_torch_free(hf_dir, tmp_path):
     assert run.stdout.strip() == 'heavy: []' and out.is_file()
     run = subprocess.run([sys.executable, 'utils/convert_from_fla_rwkv7.py', '--model', str(hf_dir), '--output',
                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and run.stderr == f'error: {out}: exists; pass --force to replace it\n'
+    assert run.returncode == OutputExistsError.exit_code
+    assert run.stderr == f'error: {out}: exists; pass --force to replace it\n'
 
 
 def test_shared_flags_are_declared_once_for_the_three_commands():

@@ -23,6 +23,7 @@ from fla.rwkv7_convert.cli.export import main_from_fla
 from fla.rwkv7_convert.cli.inspect import main_inspect
 from fla.rwkv7_convert.convert.inspection import SCHEMA
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import EXIT_USAGE, NotACheckpointError, UnsupportedVariantError
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS
 
@@ -125,25 +126,25 @@ def test_console_convert_and_export_run_light(tmp_path):
 
 # ---------------------------------------------------------------------------------------- python -m dispatch
 
-def test_python_m_without_a_command_prints_the_usage_and_exits_1():
+def test_python_m_without_a_command_prints_the_usage_and_exits_2():
     r = python('-m', 'fla.rwkv7_convert')
-    assert r.returncode == 1 and r.stdout == ''
+    assert r.returncode == EXIT_USAGE and r.stdout == ''
     assert all(f'\n  {name} ' in r.stderr for name in COMMANDS), r.stderr
     assert r.stderr.strip().splitlines()[-1] == 'error: no command given'
 
 
-def test_python_m_of_the_cli_module_dispatches_too(fla_dir):
-    """`python -m fla.rwkv7_convert.cli` used to import the module and do nothing."""
+def test_python_m_of_the_cli_package_is_refused_not_silent(fla_dir):
+    """`python -m fla.rwkv7_convert.cli` (when cli was one module) imported it and did nothing; the package has no
+    __main__ of its own (one dispatcher, `python -m fla.rwkv7_convert`): Python refuses it, never a silent exit 0."""
     r = python('-m', 'fla.rwkv7_convert.cli', 'inspect', fla_dir, '--json')
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)['sizes']['L'] == 2
+    assert r.returncode != 0 and r.stdout == '' and 'cannot be directly executed' in r.stderr, r.stderr
 
 
 def test_main_usage_unknown_command_and_help(capsys):
-    assert main([]) == 1
+    assert main([]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert all(f'\n  {name} ' in err for name in COMMANDS)
-    assert main(['convret']) == 1
+    assert main(['convret']) == EXIT_USAGE
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: unknown command 'convret'"
     assert main(['--help']) == 0 and 'commands:' in capsys.readouterr().out
 
@@ -161,12 +162,12 @@ def test_main_passes_the_rest_to_the_command(fla_dir, capsys):
 @pytest.mark.parametrize('argv', [pytest.param(['--no-such-flag'], id='unknown-flag'),
                                   pytest.param([], id='missing-required')])
 @pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in COMMANDS])
-def test_argparse_errors_exit_1_in_one_line(name, argv, capsys):
-    """docs/export.md: every failure exits 1; argparse's own status would be 2."""
+def test_argparse_errors_exit_usage_in_one_line(name, argv, capsys):
+    """A mistyped command line exits with argparse's status (errors.EXIT_USAGE), its one line naming --help."""
     with pytest.raises(SystemExit) as e:
         run_command(name, argv)
     err = capsys.readouterr().err
-    assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert e.value.code == EXIT_USAGE and len(err.strip().splitlines()) == 1, err
     assert err.startswith('error: ') and err.rstrip().endswith(f'(see {CONSOLE_SCRIPTS[name]} --help)')
 
 
@@ -227,16 +228,16 @@ def test_inspect_shows_a_layout_and_the_names_that_show_it(tmp_path, capsys):
     assert 'layout: rc4a training names (names), shown by blocks.0.att.time_aaaaa' in capsys.readouterr().out
 
 
-def test_inspect_of_a_refused_file_is_one_line_and_exit_1_and_json_says_so(tmp_path, capsys):
+def test_inspect_of_a_refused_file_is_one_line_and_its_exit_status_and_json_says_so(tmp_path, capsys):
     import torch
     from rwkv7_factory import save
     sd = {'emb.weight': torch.zeros(256, 128), 'blocks.0.att.receptance.lora.A': torch.zeros(8, 128)}  # unmerged LoRA
     path = save(sd, tmp_path / 'lora.pth')
-    assert main_inspect([str(path)]) == 1
+    assert main_inspect([str(path)]) == UnsupportedVariantError.exit_code
     out, err = capsys.readouterr()
     assert out == '' and len(err.strip().splitlines()) == 1 and err.startswith(f'error: {path}: ')
     assert 'merge' in err
-    assert main_inspect([str(path), '--json']) == 1
+    assert main_inspect([str(path), '--json']) == UnsupportedVariantError.exit_code
     got = json.loads(capsys.readouterr().out)
     assert (got['ok'], got['refusal'], got['error_type']) == (False, 'unmerged LoRA of another trainer',
                                                                 'UnsupportedVariantError')
@@ -272,7 +273,7 @@ def test_an_uncreatable_output_is_named_as_given_not_by_its_scratch_name(target,
 
 
 def test_an_unreadable_input_names_its_path(capsys):
-    assert main_to_fla(['--rwkv7', '/proc/self/mem', '--output', '/nonexistent-dir/x', '-q']) == 1
+    assert main_to_fla(['--rwkv7', '/proc/self/mem', '--output', '/nonexistent-dir/x', '-q']) == NotACheckpointError.exit_code
     err = capsys.readouterr().err
     assert err.startswith('error: /proc/self/mem: ') and len(err.strip().splitlines()) == 1, err
 

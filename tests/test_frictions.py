@@ -16,6 +16,7 @@ from fla.rwkv7_convert.api import convert_to_fla
 from fla.rwkv7_convert.cli import convert as cli_convert
 from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.cli.dispatch import COMMANDS, main, run_command
+from fla.rwkv7_convert.errors import EXIT_USAGE, NotACheckpointError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.states import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def _fails(argv: list[str], capsys, name: str = 'convert') -> str:
     with pytest.raises(SystemExit) as e:
         run_command(name, argv)
     err = capsys.readouterr().err
-    assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert e.value.code == EXIT_USAGE and len(err.strip().splitlines()) == 1, err
     return err
 
 
@@ -48,10 +49,10 @@ def test_a_mistyped_flag_is_named_before_a_missing_one(name, capsys):
 def test_every_failure_has_one_error_prefix(tmp_path, capsys):
     bad = tmp_path / 'notes.pth'
     bad.write_text('not a model')
-    assert main_to_fla(['--rwkv7', str(bad), '--output', str(tmp_path / 'o')]) == 1
+    assert main_to_fla(['--rwkv7', str(bad), '--output', str(tmp_path / 'o')]) == NotACheckpointError.exit_code
     conversion = capsys.readouterr().err
     argparse_error = _fails(['--rwkv7', str(bad)], capsys)
-    assert main(['convret']) == 1
+    assert main(['convret']) == EXIT_USAGE
     dispatch = capsys.readouterr().err.strip().splitlines()[-1]
     assert all(line.startswith('error: ') for line in (conversion, argparse_error, dispatch)), (conversion,
                                                                                                  argparse_error, dispatch)
@@ -61,7 +62,8 @@ def test_an_fla_directory_given_to_convert_names_rwkv7_export(tmp_path, capsys):
     convert_to_fla(BUNDLED, tmp_path / 'fla', tokenizer='none')
     sd = {'model.embeddings.weight': torch.zeros(256, 128), 'model.layers.0.attn.r_k': torch.zeros(2, 64)}
     torch.save(sd, tmp_path / 'fla.pth')
-    assert main_to_fla(['--rwkv7', str(tmp_path / 'fla.pth'), '--output', str(tmp_path / 'o')]) == 1
+    code = main_to_fla(['--rwkv7', str(tmp_path / 'fla.pth'), '--output', str(tmp_path / 'o')])
+    assert code == UnsupportedVariantError.exit_code
     err = capsys.readouterr().err
     assert 'rwkv7-export --model' in err and 'utils/' not in err, err
 

@@ -1,5 +1,5 @@
 """Ctrl-C, SIGTERM and SIGHUP outside the command's own work (the imports, seconds on a loaded machine, and the
-exit) end the scripts with one line, never a traceback from whichever import they hit; inside it, cli.run_cli's
+exit) end the scripts with one line, never a traceback from whichever import they hit; inside it, cli.process.run_cli's
 handling (KeyboardInterrupt, scratch output removed) takes over and is put back after."""
 
 from __future__ import annotations
