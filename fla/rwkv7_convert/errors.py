@@ -91,3 +91,9 @@ def error_classes() -> list[type[ConversionError]]:
         found.append(cls)
         todo.extend(cls.__subclasses__())
     return found
+
+
+def refusal_exit_codes() -> set[int]:
+    """The statuses of a one-line refusal (any ConversionError, or an OSError: nothing was written), as a test of
+    "refused in one line" accepts them."""
+    return {cls.exit_code for cls in error_classes()} | {EXIT_OS_ERROR}
