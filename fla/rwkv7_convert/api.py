@@ -133,10 +133,10 @@ def export_state(state, output: PathLike | None, *, fmt: str | None = None, forc
 
 
 def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype: str = 'float32',
-           tokens: int = DEFAULT_TOKENS,
-           text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
-           head_size: int | None = None, quiet: bool = True, state: PathLike | None = None,
-           model_state: PathLike | None = None, drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
+           tokens: int = DEFAULT_TOKENS, text: PathLike | None = None, batch: int = 1, per_layer: bool = False,
+           piece: int | None = None, seed: int = 0, head_size: int | None = None, quiet: bool = True, greedy: int = 0,
+           check_source: bool = True, state: PathLike | None = None, model_state: PathLike | None = None,
+           drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
     The verdict is the exact proof: fla's own modules in float64 (torch stand-ins for its kernels) against the
@@ -148,6 +148,12 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     dtype: the kernels' precision: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
+    piece: feed the tokens in pieces of this size through the cache (default: on the CPU 63, which fla's kernels
+        need; on CUDA the whole sequence, the chunk kernel for >= 64 tokens).
+    greedy: also report that many greedy tokens from both models after token 0 (the converter's --verify uses 8).
+    check_source: refuse, before any compute, a `model_dir` whose rwkv7_convert.json records a source file other
+        than `source` (by size, then sha256); False verifies anyway. With an adapter it checks the directory's record
+        of the adapter instead (the directory's source is the base, the reference runs on the merge).
     state / model_state: a bare RWKV-PEFT state file beside the base model `source`, and its conversion (a directory
     holding rwkv7_state.safetensors, or the file; default: the one in `model_dir`). A state-tuned merge as `source`
     needs neither: both sides start from their tuned states, checked to be the same state first.
@@ -168,7 +174,7 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
                                   'chosen before triton is imported, and this process has imported it (import fla does); '
                                   "use device='cpu-torch' or 'auto' (fla's modules with torch stand-ins for the kernels), "
                                   'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
-    if adapter is not None:
+    if adapter is not None and check_source:
         check_adapter_record(os.fspath(model_dir), adapter)
     if adapter is not None and adapter.form == 'peft':
         from fla.rwkv7_convert.proof.peft_form import verify_peft
@@ -176,10 +182,10 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
                            alpha=adapter.alpha, tokens=tokens, seed=seed, head_size=head_size, quiet=quiet)
     with reference_source(os.fspath(source), adapter) as reference:
         return _verify(reference, model_dir, device=device, dtype=dtype, tokens=tokens,
-                       text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
-                       head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
-                       model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state,
-                       check_source=adapter is None)
+                       text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer,
+                       piece=piece, seed=seed, head_size=head_size, quiet=quiet, greedy=greedy,
+                       check_source=check_source and adapter is None, state=os.fspath(state) if state is not None else None,
+                       model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
 
 
 def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection | BareState:
