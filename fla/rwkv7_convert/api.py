@@ -17,12 +17,21 @@ state file converts against its base model's directory, and goes back as RWKV-PE
     cache = initial_cache(model, 'out/state', batch_size=4)      # past_key_values for model(...) / model.generate
     export_state('out/state', 'state_back.pth')                  # blocks.N.att.time_state [H, V, K], bit for bit
 
+Fine-tunes: `convert_to_fla(..., adapter=AdapterSpec('rwkv-7.pth', alpha=16))` merges an RWKV-PEFT adapter (or, with
+`form='peft'`, writes it beside the base as a PEFT adapter); `export_adapter(model_dir, peft_dir, 'adapter.pth')`
+writes a PEFT adapter of a converted model back as RWKV-PEFT's.
+
+One signature per entry point: the functions defined below wrap their implementations only to give them this
+documented, path-typed signature (the implementations also take the command line's progress hooks), and
+tests/test_api.py checks each wrapper's parameters against its implementation's (names, kinds, defaults) and every
+command-line flag against them; the others are the implementations themselves, re-exported.
+
 Every refusal is a `ConversionError` (errors.py: NotACheckpointError, UnsupportedVariantError, KeyMismatchError,
-OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print
-it. Importing this module imports neither torch nor fla's models, triton or transformers (verify imports them
-when it runs). Note that `import fla.rwkv7_convert...` imports the `fla` package first, and fla's own __init__
-imports its models (seconds); a script that wants the fast start of the commands calls
-`rwkv7_convert_entry.light_fla()` before its first `import fla...` (the console commands do).
+OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print it,
+and whose `exit_code` is the commands' exit status for it. Importing this module imports neither torch nor fla's
+models, triton or transformers (verify imports them when it runs). Note that `import fla.rwkv7_convert...` imports
+the `fla` package first, and fla's own __init__ imports its models (seconds); a script that wants the fast start of
+the commands calls `rwkv7_convert_entry.light_fla()` before its first `import fla...` (the console commands do).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from fla.rwkv7_convert.convert.adapters import AdapterSpec, check_adapter_record
 from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.peft_adapter import PEFT_DIR
+from fla.rwkv7_convert.convert.peft_export import AdapterExport, export_adapter
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
@@ -50,9 +60,9 @@ from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['AdapterSpec', 'BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result',
-           'StateResult', 'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_state', 'generate',
-           'initial_cache', 'inspect', 'load_initial_state', 'load_model', 'verify']
+__all__ = ['AdapterExport', 'AdapterSpec', 'BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report',
+           'Result', 'StateResult', 'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_adapter',
+           'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state', 'load_model', 'verify']
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
@@ -148,8 +158,8 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     dtype: the kernels' precision: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
-    piece: feed the tokens in pieces of this size through the cache (default: on the CPU 63, which fla's kernels
-        need; on CUDA the whole sequence, the chunk kernel for >= 64 tokens).
+    piece: feed the tokens in pieces of this size through the cache (default: on the CPU pieces under 64 tokens, as
+        fla's kernels need there; on CUDA the whole sequence, the chunk kernel for >= 64 tokens).
     greedy: also report that many greedy tokens from both models after token 0 (the converter's --verify uses 8).
     check_source: refuse, before any compute, a `model_dir` whose rwkv7_convert.json records a source file other
         than `source` (by size, then sha256); False verifies anyway. With an adapter it checks the directory's record
