@@ -53,7 +53,9 @@ from fla.rwkv7_convert.convert.tuned_state import convert_state as _convert_stat
 from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
+from fla.rwkv7_convert.proof.peft_form import verify_peft
 from fla.rwkv7_convert.proof.run import generate, load_model
+from fla.rwkv7_convert.proof.runtime import interpreter_ready
 from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
@@ -178,7 +180,6 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
     if device == 'cpu':
-        from fla.rwkv7_convert.proof.runtime import interpreter_ready
         if not interpreter_ready():
             raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
                                   'chosen before triton is imported, and this process has imported it (import fla does); '
@@ -187,7 +188,6 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     if adapter is not None and check_source:
         check_adapter_record(os.fspath(model_dir), adapter)
     if adapter is not None and adapter.form == 'peft':
-        from fla.rwkv7_convert.proof.peft_form import verify_peft
         return verify_peft(source, model_dir, Path(model_dir) / PEFT_DIR, adapter.path, pissa_init=adapter.pissa_init,
                            alpha=adapter.alpha, tokens=tokens, seed=seed, head_size=head_size, quiet=quiet)
     with reference_source(os.fspath(source), adapter) as reference:

@@ -9,6 +9,7 @@ from fla.rwkv7_convert.cli.flags import Once, Parser, adapter_flags, adapter_spe
 from fla.rwkv7_convert.cli.process import run_cli
 from fla.rwkv7_convert.convert.adapters import check_adapter_record, reference_source
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.proof.peft_form import verify_peft
 from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
 
 
@@ -92,7 +93,6 @@ def _verify_source(args, source: str) -> int:
 
 
 def _verify_peft(args, spec) -> int:
-    from fla.rwkv7_convert.proof.peft_form import verify_peft
     report = verify_peft(args.rwkv7, args.model, args.peft, spec.path, pissa_init=spec.pissa_init, alpha=spec.alpha,
                          tokens=args.tokens, seed=args.seed, head_size=args.head_size, quiet=args.quiet)
     print(report.verdict_line() if args.quiet else report.render())
