@@ -1,6 +1,7 @@
 """The process plumbing every command shares: run_cli turns each expected failure into one line on stderr and the
-exit code of its class (errors.EXIT_CODES), a closed stdout (`... | head`) into a quiet exit 141, and SIGTERM/SIGHUP
-into an interrupt that unwinds like Ctrl-C (exit 128 + the signal), so that the converters' cleanup runs."""
+exit status of its kind (a ConversionError's `exit_code`, EXIT_OS_ERROR; errors.py holds the table), a closed stdout
+(`... | head`) into a quiet EXIT_BROKEN_PIPE, and SIGTERM/SIGHUP into an interrupt that unwinds like Ctrl-C (exit 128 +
+the signal), so that the converters' cleanup runs."""
 
 from __future__ import annotations
 
