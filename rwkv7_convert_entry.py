@@ -6,7 +6,7 @@ bare namespace over the same folders (the ones `pkgutil.extend_path` would find)
 Nothing of fla is copied or replaced; `fla.rwkv7_convert.proof.loading.ensure_real_fla()` swaps in the real package
 for steps that run fla's models.
 
-This module lives outside the `fla` package on purpose: a console script naming `fla.rwkv7_convert.cli:main` would
+This module lives outside the `fla` package on purpose: a console script naming `fla.rwkv7_convert.cli.dispatch:main` would
 import `fla` (and run its __init__) before any code of ours could run. setup.py installs it as a top-level module
 (`py_modules`) and points the console scripts here; utils/_bootstrap.py re-exports it for the utils/*.py scripts.
 `python -m rwkv7_convert_entry COMMAND ...` is the fast twin of `python -m fla.rwkv7_convert COMMAND ...` (which
@@ -32,11 +32,11 @@ def _stop_quietly(signum, frame) -> None:
     os._exit(128 + signum)
 
 
-_stop_quietly.outside_the_command = True  # cli.run_cli replaces it while the command runs, and puts it back after
+_stop_quietly.outside_the_command = True  # cli.process.run_cli replaces it while the command runs, and puts it back after
 
 
 def quiet_interrupts() -> None:
-    """Ctrl-C, SIGTERM and SIGHUP end the process with one line until cli.run_cli installs its own handling (signals
+    """Ctrl-C, SIGTERM and SIGHUP end the process with one line until cli.process.run_cli installs its own handling (signals
     the caller chose to ignore, SIGHUP under nohup say, stay ignored)."""
     for name in ('SIGINT', 'SIGTERM', 'SIGHUP'):
         sig = getattr(signal, name, None)
@@ -60,8 +60,8 @@ def light_fla() -> None:
 
 def _command(name: str, argv: list[str] | None = None) -> int:
     light_fla()
-    from fla.rwkv7_convert import cli
-    return cli.run_command(name, argv, prog=cli.CONSOLE_SCRIPTS[name])
+    from fla.rwkv7_convert.cli.dispatch import CONSOLE_SCRIPTS, run_command  # after light_fla(): see the docstring
+    return run_command(name, argv, prog=CONSOLE_SCRIPTS[name])
 
 
 # the console scripts (setup.py entry_points): each starts without fla's __init__
@@ -88,8 +88,8 @@ def inspect() -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m rwkv7_convert_entry COMMAND [args]`: the dispatcher of `python -m fla.rwkv7_convert`, started fast."""
     light_fla()
-    from fla.rwkv7_convert import cli
-    return cli.main(argv, prog='python -m rwkv7_convert_entry')
+    from fla.rwkv7_convert.cli.dispatch import main as dispatch  # after light_fla(): see the docstring
+    return dispatch(argv, prog='python -m rwkv7_convert_entry')
 
 
 if __name__ == '__main__':

@@ -122,5 +122,5 @@ def _write() -> None:
 if __name__ == '__main__':
     _wrap_use_interpreter()
     atexit.register(_write)
-    from fla.rwkv7_convert.cli import main_verify
+    from fla.rwkv7_convert.cli.verify import main_verify
     sys.exit(main_verify())

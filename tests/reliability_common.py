@@ -24,6 +24,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import refusal_exit_codes
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
@@ -191,7 +192,7 @@ def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.returncode in refusal_exit_codes(), (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in r.stderr, r.stderr
     return lines[0]

@@ -10,6 +10,13 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
+from fla.rwkv7_convert.cli import flags as cli_flags
+from fla.rwkv7_convert.cli.convert import build_to_fla_parser
+from fla.rwkv7_convert.cli.export import build_from_fla_parser, main_from_fla
+from fla.rwkv7_convert.cli.verify import build_verify_parser
+from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import EXIT_USAGE, NonFiniteError, NotACheckpointError, OutputExistsError
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
 
@@ -91,7 +98,7 @@ def test_existing_output_is_refused_then_replaced_with_force(tmp_path, checkpoin
     out.mkdir()
     (out / 'precious.txt').write_text('keep me')
     r = run('--rwkv7', checkpoint, '--output', out, '--tokenizer', 'none')
-    assert r.returncode == 1
+    assert r.returncode == OutputExistsError.exit_code
     assert r.stderr.strip() == f'error: {out}: exists and is not empty; pass --force to replace it'
     assert (out / 'precious.txt').read_text() == 'keep me'
     r = run('--rwkv7', checkpoint, '--output', out, '--tokenizer', 'none', '--force', '-q')
@@ -115,7 +122,7 @@ def test_failed_conversion_keeps_the_old_model_and_leaves_no_scratch(tmp_path, c
     sd['head.weight'][0, 0] = float('inf')  # the last tensor written: fails after the shard is mostly written
     bad = save(sd, tmp_path / 'bad.pth')
     r = run('--rwkv7', bad, '--output', out, '--tokenizer', 'none', '--force')
-    assert r.returncode == 1
+    assert r.returncode == NonFiniteError.exit_code
     assert r.stderr.strip() == (f'error: {bad}: head.weight holds NaN or Inf values; pass --allow-nonfinite to convert '
                                 'anyway')
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -148,7 +155,7 @@ def test_repeated_options_are_refused_by_the_export_script_too(tmp_path):
     script = REPO / 'utils' / 'convert_from_fla_rwkv7.py'
     r = subprocess.run([sys.executable, str(script), '--model', 'a', '--model', 'b', '--output', tmp_path / 'o.pth'],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+    assert r.returncode == EXIT_USAGE and r.stderr.strip().splitlines() == [
         'error: --model given more than once; give it once (see convert_from_fla_rwkv7.py --help)']
 
 
@@ -170,9 +177,10 @@ def test_bad_input_is_one_line_without_traceback_unless_verbose(tmp_path):
     bad = tmp_path / 'notes.pth'
     bad.write_text('not a model')
     r = run('--rwkv7', bad, '--output', tmp_path / 'out')
-    assert r.returncode == 1 and r.stderr.strip() == f'error: {bad}: not a PyTorch zip (.pth) or safetensors file'
+    assert r.returncode == NotACheckpointError.exit_code
+    assert r.stderr.strip() == f'error: {bad}: not a PyTorch zip (.pth) or safetensors file'
     r = run('--rwkv7', bad, '--output', tmp_path / 'out', '--verbose')
-    assert r.returncode == 1 and 'Traceback' in r.stderr
+    assert r.returncode == NotACheckpointError.exit_code and 'Traceback' in r.stderr
 
 
 @pytest.mark.parametrize('precision, dtype', [('fp32', torch.float32), ('bfloat16', torch.bfloat16), ('fp16', torch.float16)])
@@ -218,7 +226,7 @@ def test_conversion_does_not_import_fla_models_or_torch(tmp_path, checkpoint):
     code = (f'import sys; sys.argv = ["x", "--rwkv7", {str(checkpoint)!r}, "--output", {str(tmp_path / "o")!r}, "-q"]; '
             f'sys.path.insert(0, {str(REPO / "utils")!r}); import runpy; '
             f'runpy.run_path({str(SCRIPT)!r}, run_name="not_main"); '
-            'from fla.rwkv7_convert.cli import main_to_fla; assert main_to_fla(sys.argv[1:]) == 0; '
+            'from fla.rwkv7_convert.cli.convert import main_to_fla; assert main_to_fla(sys.argv[1:]) == 0; '
             'heavy = [m for m in ("torch", "triton", "transformers", "fla.models") if m in sys.modules]; '
             'assert not heavy, heavy')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
@@ -233,7 +241,6 @@ EXPORT_SHAPE = Goose(vocab=64, hidden=64, layers=2, head_size=32, w_rank=16, a_r
 @pytest.fixture(scope='module')
 def hf_dir(tmp_path_factory) -> Path:
     """A small fla directory made by the forward converter, for the export command to read."""
-    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
     root = tmp_path_factory.mktemp('hf')
     src = save(make_state_dict(EXPORT_SHAPE, torch.bfloat16, seed=3), root / 'src.pth')
     convert_to_fla(src, root / 'model', tokenizer='none')
@@ -241,7 +248,6 @@ def hf_dir(tmp_path_factory) -> Path:
 
 
 def _cli(*args: str, capsys) -> tuple[int, str, str]:
-    from fla.rwkv7_convert.cli import main_from_fla
     code = main_from_fla(list(args))
     out, err = capsys.readouterr()
     return code, out, err
@@ -269,23 +275,22 @@ def test_script_is_torch_free(hf_dir, tmp_path):
     assert run.stdout.strip() == 'heavy: []' and out.is_file()
     run = subprocess.run([sys.executable, 'utils/convert_from_fla_rwkv7.py', '--model', str(hf_dir), '--output',
                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and run.stderr == f'error: {out}: exists; pass --force to replace it\n'
+    assert run.returncode == OutputExistsError.exit_code
+    assert run.stderr == f'error: {out}: exists; pass --force to replace it\n'
 
 
 def test_shared_flags_are_declared_once_for_the_three_commands():
     """-q/-v, --precision, --force, --allow-nonfinite, --dry-run and --head-size: one declaration each (argparse
     parents), present on every command that takes them."""
-    from fla.rwkv7_convert import cli
-
     def flags(parser) -> set[str]:
         return {s for action in parser._actions for s in action.option_strings}
-    to_fla, from_fla, verify = cli.build_to_fla_parser(), cli.build_from_fla_parser(), cli.build_verify_parser()
+    to_fla, from_fla, verify = build_to_fla_parser(), build_from_fla_parser(), build_verify_parser()
     for parser in (to_fla, from_fla, verify):
         assert {'-q', '--quiet', '-v', '--verbose'} <= flags(parser)
     for parser in (to_fla, from_fla):
         assert {'--precision', '--force', '--allow-nonfinite', '--dry-run'} <= flags(parser)
     assert '--head-size' in flags(to_fla) and '--head-size' in flags(verify)
-    source = Path(cli.__file__).read_text(encoding='utf-8')
+    source = ''.join(p.read_text(encoding='utf-8') for p in Path(cli_flags.__file__).parent.glob('*.py'))
     for flag in ('--quiet', '--verbose', '--precision', '--force', '--allow-nonfinite', '--dry-run', '--head-size'):
         assert source.count(f"add_argument('{flag}'") == 1, flag
 

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from fla.rwkv7_convert import cli
+from fla.rwkv7_convert.cli.convert import main_to_fla
+from fla.rwkv7_convert.cli.dispatch import COMMANDS, CONSOLE_SCRIPTS, main, run_command
+from fla.rwkv7_convert.cli.export import main_from_fla
+from fla.rwkv7_convert.cli.inspect import main_inspect
 from fla.rwkv7_convert.convert.inspection import SCHEMA
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import EXIT_USAGE, NotACheckpointError, UnsupportedVariantError
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS
 
@@ -62,13 +66,13 @@ def _entry_points() -> dict[str, str]:
 
 def test_setup_declares_one_console_script_per_command_each_resolving():
     scripts = _entry_points()
-    assert set(scripts) == set(cli.CONSOLE_SCRIPTS.values())
+    assert set(scripts) == set(CONSOLE_SCRIPTS.values())
     sys.path.insert(0, str(REPO))
     try:
         import rwkv7_convert_entry as entry
     finally:
         sys.path.remove(str(REPO))
-    for name, script in cli.CONSOLE_SCRIPTS.items():
+    for name, script in CONSOLE_SCRIPTS.items():
         module, func = scripts[script].split(':')
         assert (module, func) == ('rwkv7_convert_entry', name) and callable(getattr(entry, func)), script
         assert getattr(entry, func).__doc__.startswith(f'{script}:'), script  # the function is that command's
@@ -122,34 +126,34 @@ def test_console_convert_and_export_run_light(tmp_path):
 
 # ---------------------------------------------------------------------------------------- python -m dispatch
 
-def test_python_m_without_a_command_prints_the_usage_and_exits_1():
+def test_python_m_without_a_command_prints_the_usage_and_exits_2():
     r = python('-m', 'fla.rwkv7_convert')
-    assert r.returncode == 1 and r.stdout == ''
-    assert all(f'\n  {name} ' in r.stderr for name in cli.COMMANDS), r.stderr
+    assert r.returncode == EXIT_USAGE and r.stdout == ''
+    assert all(f'\n  {name} ' in r.stderr for name in COMMANDS), r.stderr
     assert r.stderr.strip().splitlines()[-1] == 'error: no command given'
 
 
-def test_python_m_of_the_cli_module_dispatches_too(fla_dir):
-    """`python -m fla.rwkv7_convert.cli` used to import the module and do nothing."""
+def test_python_m_of_the_cli_package_is_refused_not_silent(fla_dir):
+    """`python -m fla.rwkv7_convert.cli` (when cli was one module) imported it and did nothing; the package has no
+    __main__ of its own (one dispatcher, `python -m fla.rwkv7_convert`): Python refuses it, never a silent exit 0."""
     r = python('-m', 'fla.rwkv7_convert.cli', 'inspect', fla_dir, '--json')
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)['sizes']['L'] == 2
+    assert r.returncode != 0 and r.stdout == '' and 'cannot be directly executed' in r.stderr, r.stderr
 
 
 def test_main_usage_unknown_command_and_help(capsys):
-    assert cli.main([]) == 1
+    assert main([]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert all(f'\n  {name} ' in err for name in cli.COMMANDS)
-    assert cli.main(['convret']) == 1
+    assert all(f'\n  {name} ' in err for name in COMMANDS)
+    assert main(['convret']) == EXIT_USAGE
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: unknown command 'convret'"
-    assert cli.main(['--help']) == 0 and 'commands:' in capsys.readouterr().out
+    assert main(['--help']) == 0 and 'commands:' in capsys.readouterr().out
 
 
 def test_main_passes_the_rest_to_the_command(fla_dir, capsys):
-    assert cli.main(['inspect', str(fla_dir)]) == 0
+    assert main(['inspect', str(fla_dir)]) == 0
     assert capsys.readouterr().out.startswith(f'{fla_dir}: an fla RWKV-7 directory')
     with pytest.raises(SystemExit) as e:
-        cli.main(['export', '--help'])
+        main(['export', '--help'])
     assert e.value.code == 0 and capsys.readouterr().out.startswith('usage: python -m fla.rwkv7_convert export ')
 
 
@@ -157,21 +161,21 @@ def test_main_passes_the_rest_to_the_command(fla_dir, capsys):
 
 @pytest.mark.parametrize('argv', [pytest.param(['--no-such-flag'], id='unknown-flag'),
                                   pytest.param([], id='missing-required')])
-@pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in cli.COMMANDS])
-def test_argparse_errors_exit_1_in_one_line(name, argv, capsys):
-    """docs/export.md: every failure exits 1; argparse's own status would be 2."""
+@pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in COMMANDS])
+def test_argparse_errors_exit_usage_in_one_line(name, argv, capsys):
+    """A mistyped command line exits with argparse's status (errors.EXIT_USAGE), its one line naming --help."""
     with pytest.raises(SystemExit) as e:
-        cli.run_command(name, argv)
+        run_command(name, argv)
     err = capsys.readouterr().err
-    assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
-    assert err.startswith('error: ') and err.rstrip().endswith(f'(see {cli.CONSOLE_SCRIPTS[name]} --help)')
+    assert e.value.code == EXIT_USAGE and len(err.strip().splitlines()) == 1, err
+    assert err.startswith('error: ') and err.rstrip().endswith(f'(see {CONSOLE_SCRIPTS[name]} --help)')
 
 
 # ------------------------------------------------------------------------------------------------------- --help
 
 def _help(name: str, capsys) -> str:
     with pytest.raises(SystemExit):
-        cli.run_command(name, ['--help'])
+        run_command(name, ['--help'])
     return ' '.join(capsys.readouterr().out.split())  # argparse wraps lines
 
 
@@ -189,7 +193,7 @@ def test_help_names_every_layout_of_its_side_from_the_table(name, side, capsys):
 # ------------------------------------------------------------------------------------------------------ inspect
 
 def test_inspect_a_blinkdl_file_in_about_a_dozen_lines(capsys):
-    assert cli.main_inspect([str(BUNDLED)]) == 0
+    assert main_inspect([str(BUNDLED)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert 8 <= len(lines) <= 15, lines
     text = '\n'.join(lines)
@@ -200,7 +204,7 @@ def test_inspect_a_blinkdl_file_in_about_a_dozen_lines(capsys):
 
 def test_inspect_json_is_a_stable_dict(fla_dir, capsys):
     for path, direction in ((BUNDLED, 'convert'), (fla_dir, 'export')):
-        assert cli.main_inspect([str(path), '--json']) == 0
+        assert main_inspect([str(path), '--json']) == 0
         got = json.loads(capsys.readouterr().out)
         assert set(got) == {'schema', 'ok', 'path', 'direction', 'format', 'layouts', 'sizes', 'head_size', 'parameters',
                             'tensors', 'dtypes', 'output', 'fuse_norm', 'dropped', 'added', 'state', 'notes', 'warnings'}
@@ -216,24 +220,24 @@ def test_inspect_shows_a_layout_and_the_names_that_show_it(tmp_path, capsys):
     import torch
     from rwkv7_factory import Goose, make_state_dict, write_layout
     path, _ = write_layout('rc4a-train', make_state_dict(Goose(layers=2), dtype=torch.float32), tmp_path)
-    assert cli.main_inspect([str(path), '--json']) == 0
+    assert main_inspect([str(path), '--json']) == 0
     layouts = json.loads(capsys.readouterr().out)['layouts']
     assert [x['name'] for x in layouts] == ['rc4a training names'] and layouts[0]['kind'] == 'names'
     assert 'blocks.0.att.time_aaaaa' in layouts[0]['evidence'] and layouts[0]['evidence_count'] >= 2
-    assert cli.main_inspect([str(path)]) == 0
+    assert main_inspect([str(path)]) == 0
     assert 'layout: rc4a training names (names), shown by blocks.0.att.time_aaaaa' in capsys.readouterr().out
 
 
-def test_inspect_of_a_refused_file_is_one_line_and_exit_1_and_json_says_so(tmp_path, capsys):
+def test_inspect_of_a_refused_file_is_one_line_and_its_exit_status_and_json_says_so(tmp_path, capsys):
     import torch
     from rwkv7_factory import save
     sd = {'emb.weight': torch.zeros(256, 128), 'blocks.0.att.receptance.lora.A': torch.zeros(8, 128)}  # unmerged LoRA
     path = save(sd, tmp_path / 'lora.pth')
-    assert cli.main_inspect([str(path)]) == 1
+    assert main_inspect([str(path)]) == UnsupportedVariantError.exit_code
     out, err = capsys.readouterr()
     assert out == '' and len(err.strip().splitlines()) == 1 and err.startswith(f'error: {path}: ')
     assert 'merge' in err
-    assert cli.main_inspect([str(path), '--json']) == 1
+    assert main_inspect([str(path), '--json']) == UnsupportedVariantError.exit_code
     got = json.loads(capsys.readouterr().out)
     assert (got['ok'], got['refusal'], got['error_type']) == (False, 'unmerged LoRA of another trainer',
                                                                 'UnsupportedVariantError')
@@ -244,12 +248,12 @@ def test_inspect_describes_a_bare_state_file_and_how_to_convert_it(tmp_path, cap
     import torch
     from rwkv7_factory import save
     path = save({f'blocks.{i}.att.time_state': torch.zeros(2, 64, 64) for i in range(3)}, tmp_path / 'state.pth')
-    assert cli.main_inspect([str(path)]) == 0
+    assert main_inspect([str(path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f'{path}: a bare tuned-state file (state tuning), no model weights (read as pth)'
     assert '3 blocks of [2, 64, 64] F32 (blocks.N.att.time_state' in lines[1] and '2 heads of head size 64' in lines[1]
     assert f'rwkv7-convert --rwkv7 {path} --base BASE_OUTDIR' in lines[2]
-    assert cli.main_inspect([str(path), '--json']) == 0
+    assert main_inspect([str(path), '--json']) == 0
     got = json.loads(capsys.readouterr().out)
     assert (got['ok'], got['direction'], got['head_size'], got['heads']) == (True, 'state', 64, 2)
     assert got['state'] == {'names': 'blocks.N.att.time_state', 'layers': 3, 'shape': [2, 64, 64], 'dtype': 'F32',
@@ -261,15 +265,15 @@ def test_inspect_describes_a_bare_state_file_and_how_to_convert_it(tmp_path, cap
 
 @pytest.mark.parametrize('target', [pytest.param('/proc/x', id='proc'), pytest.param('/dev/null/x', id='file-as-folder')])
 def test_an_uncreatable_output_is_named_as_given_not_by_its_scratch_name(target, fla_dir, capsys):
-    assert cli.main_to_fla(['--rwkv7', str(BUNDLED), '--output', target, '-q']) == 1
-    assert cli.main_from_fla(['--model', str(fla_dir), '--output', f'{target}.pth', '-q']) == 1
+    assert main_to_fla(['--rwkv7', str(BUNDLED), '--output', target, '-q']) == 1
+    assert main_from_fla(['--model', str(fla_dir), '--output', f'{target}.pth', '-q']) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(': ')[:2] for line in lines] == [['error', target], ['error', f'{target}.pth']], lines
     assert not any('.tmp-' in line for line in lines), lines
 
 
 def test_an_unreadable_input_names_its_path(capsys):
-    assert cli.main_to_fla(['--rwkv7', '/proc/self/mem', '--output', '/nonexistent-dir/x', '-q']) == 1
+    assert main_to_fla(['--rwkv7', '/proc/self/mem', '--output', '/nonexistent-dir/x', '-q']) == NotACheckpointError.exit_code
     err = capsys.readouterr().err
     assert err.startswith('error: /proc/self/mem: ') and len(err.strip().splitlines()) == 1, err
 
@@ -280,7 +284,7 @@ def test_an_unreadable_input_names_its_path(capsys):
                                        pytest.param('pth', 'x.safetensors', id='pth-as-safetensors')])
 def test_a_format_under_the_other_formats_suffix_is_refused(fmt, name, fla_dir, tmp_path, capsys):
     out = tmp_path / name
-    assert cli.main_from_fla(['--model', str(fla_dir), '--output', str(out), '--format', fmt]) == 1
+    assert main_from_fla(['--model', str(fla_dir), '--output', str(out), '--format', fmt]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f'error: {out}: ends in {out.suffix}') and len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.iterdir())

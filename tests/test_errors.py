@@ -2,8 +2,10 @@
 
 import os
 import pickle
+import re
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,11 +13,17 @@ from rwkv7_factory import Goose, add_prefix, flatten_r_k, make_state_dict, save,
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_OS_ERROR,
+    EXIT_USAGE,
+    ConversionError,
     KeyMismatchError,
     NonFiniteError,
     NotACheckpointError,
     UnsafeCheckpointError,
     UnsupportedVariantError,
+    error_classes,
+    refusal_exit_codes,
 )
 
 
@@ -295,3 +303,18 @@ def test_copy_falls_back_when_the_kernel_cannot_copy(tmp_path, monkeypatch):
     convert_to_fla(path, tmp_path / 'slow', tokenizer='none')
     fast, slow = load_file(tmp_path / 'fast' / 'model.safetensors'), load_file(tmp_path / 'slow' / 'model.safetensors')
     assert fast.keys() == slow.keys() and all(torch.equal(fast[k], slow[k]) for k in fast)
+
+
+def test_each_error_class_has_its_own_documented_exit_status():
+    """errors.py is the table's source; docs/export.md ("Exit status") lists each status with its class, and no
+    status is shared or taken from argparse (2), an interrupt (128 + a signal) or a closed stdout (141)."""
+    classes = error_classes()
+    codes = [cls.exit_code for cls in classes]
+    assert len(set(codes)) == len(codes) > 1, {cls.__name__: cls.exit_code for cls in classes}
+    assert ConversionError.exit_code == 1 and EXIT_BROKEN_PIPE == 141
+    reserved = {0, EXIT_USAGE, EXIT_OS_ERROR, *range(128, 256)}
+    assert not reserved & set(codes) and refusal_exit_codes() == {*codes, EXIT_OS_ERROR}
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'export.md').read_text(encoding='utf-8')
+    table = dict(re.findall(r'^\| (\d+) \| `?(\w+)`?', doc.split('### Exit status', 1)[1], flags=re.M))
+    documented = {**{cls.exit_code: cls.__name__ for cls in classes}, EXIT_USAGE: 'EXIT_USAGE', EXIT_OS_ERROR: 'EXIT_OS_ERROR'}
+    assert {int(k): v for k, v in table.items() if 0 < int(k) < 128} == documented, table

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fla.rwkv7_convert import cli
 from fla.rwkv7_convert.api import convert_to_fla
+from fla.rwkv7_convert.cli import convert as cli_convert
+from fla.rwkv7_convert.cli.convert import main_to_fla
+from fla.rwkv7_convert.cli.dispatch import COMMANDS, main, run_command
+from fla.rwkv7_convert.errors import EXIT_USAGE, NotACheckpointError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.state_file import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,9 +25,9 @@ BUNDLED = REPO / 'examples' / 'rwkv7-goose-mini.pth'
 
 def _fails(argv: list[str], capsys, name: str = 'convert') -> str:
     with pytest.raises(SystemExit) as e:
-        cli.run_command(name, argv)
+        run_command(name, argv)
     err = capsys.readouterr().err
-    assert e.value.code == 1 and len(err.strip().splitlines()) == 1, err
+    assert e.value.code == EXIT_USAGE and len(err.strip().splitlines()) == 1, err
     return err
 
 
@@ -36,7 +39,7 @@ def test_abbreviated_flags_are_refused_not_guessed(flag, tmp_path, capsys):
     assert 'unrecognized arguments: --forc' in err
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in cli.COMMANDS if n != 'inspect'])
+@pytest.mark.parametrize('name', [pytest.param(n, id=n) for n in COMMANDS if n != 'inspect'])
 def test_a_mistyped_flag_is_named_before_a_missing_one(name, capsys):
     required = {'convert': ['--rwkv7', 'x.pth'], 'export': ['--model', 'd'], 'verify': ['--rwkv7', 'x.pth']}[name]
     err = _fails([*required, '--outptu', 'o', '--model=m' if name == 'verify' else '-q'], capsys, name)
@@ -46,10 +49,10 @@ def test_a_mistyped_flag_is_named_before_a_missing_one(name, capsys):
 def test_every_failure_has_one_error_prefix(tmp_path, capsys):
     bad = tmp_path / 'notes.pth'
     bad.write_text('not a model')
-    assert cli.main_to_fla(['--rwkv7', str(bad), '--output', str(tmp_path / 'o')]) == 1
+    assert main_to_fla(['--rwkv7', str(bad), '--output', str(tmp_path / 'o')]) == NotACheckpointError.exit_code
     conversion = capsys.readouterr().err
     argparse_error = _fails(['--rwkv7', str(bad)], capsys)
-    assert cli.main(['convret']) == 1
+    assert main(['convret']) == EXIT_USAGE
     dispatch = capsys.readouterr().err.strip().splitlines()[-1]
     assert all(line.startswith('error: ') for line in (conversion, argparse_error, dispatch)), (conversion,
                                                                                                  argparse_error, dispatch)
@@ -59,16 +62,17 @@ def test_an_fla_directory_given_to_convert_names_rwkv7_export(tmp_path, capsys):
     convert_to_fla(BUNDLED, tmp_path / 'fla', tokenizer='none')
     sd = {'model.embeddings.weight': torch.zeros(256, 128), 'model.layers.0.attn.r_k': torch.zeros(2, 64)}
     torch.save(sd, tmp_path / 'fla.pth')
-    assert cli.main_to_fla(['--rwkv7', str(tmp_path / 'fla.pth'), '--output', str(tmp_path / 'o')]) == 1
+    code = main_to_fla(['--rwkv7', str(tmp_path / 'fla.pth'), '--output', str(tmp_path / 'o')])
+    assert code == UnsupportedVariantError.exit_code
     err = capsys.readouterr().err
     assert 'rwkv7-export --model' in err and 'utils/' not in err, err
 
 
 def test_precision_keep_is_in_the_help_and_works(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.run_command('convert', ['--help'])
+        run_command('convert', ['--help'])
     assert 'keep (the default)' in ' '.join(capsys.readouterr().out.split())
-    assert cli.main_to_fla(['--rwkv7', str(BUNDLED), '--output', str(tmp_path / 'o'), '--precision', 'keep']) == 0
+    assert main_to_fla(['--rwkv7', str(BUNDLED), '--output', str(tmp_path / 'o'), '--precision', 'keep']) == 0
     assert ', bfloat16, ' in capsys.readouterr().out
 
 
@@ -76,10 +80,10 @@ def test_a_merges_summary_line_names_the_state_file(tmp_path, capsys, user_env):
     r = subprocess.run([sys.executable, str(REPO / 'examples' / 'make_tuned_state.py')], cwd=tmp_path, env=user_env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ['merged.pth', 'state.pth'], r.stderr
-    assert cli.main_to_fla(['--rwkv7', str(tmp_path / 'merged.pth'), '--output', str(tmp_path / 'm')]) == 0
+    assert main_to_fla(['--rwkv7', str(tmp_path / 'merged.pth'), '--output', str(tmp_path / 'm')]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert f'its tuned state in {STATE_FILE}' in line and (tmp_path / 'm' / STATE_FILE).is_file()
-    assert cli.main_to_fla(['--rwkv7', str(tmp_path / 'merged.pth'), '--output', str(tmp_path / 'd'), '--drop-state']) == 0
+    assert main_to_fla(['--rwkv7', str(tmp_path / 'merged.pth'), '--output', str(tmp_path / 'd'), '--drop-state']) == 0
     assert STATE_FILE not in capsys.readouterr().out
 
 
@@ -90,13 +94,13 @@ def test_an_interrupt_during_verify_says_the_new_conversion_is_in_place(tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, 'verify_after_convert', interrupted)
-    assert cli.main_to_fla(['--rwkv7', str(BUNDLED), '--output', str(out), '--force', '--verify', '-q']) == 130
+    monkeypatch.setattr(cli_convert, 'verify_after_convert', interrupted)
+    assert main_to_fla(['--rwkv7', str(BUNDLED), '--output', str(out), '--force', '--verify', '-q']) == 130
     err = capsys.readouterr().err
     assert err.startswith('interrupted (SIGINT): verify stopped; the conversion was complete and is in place: ')
     assert str(out) in err and 'or the complete new one' not in err and (out / 'config.json').is_file()
-    monkeypatch.setattr(cli, 'convert_to_fla', interrupted)  # before the output is in place: the old promise
-    assert cli.main_to_fla(['--rwkv7', str(BUNDLED), '--output', str(out), '--force', '--verify', '-q']) == 130
+    monkeypatch.setattr(cli_convert, 'convert_to_fla', interrupted)  # before the output is in place: the old promise
+    assert main_to_fla(['--rwkv7', str(BUNDLED), '--output', str(out), '--force', '--verify', '-q']) == 130
     assert 'the output is as it was' in capsys.readouterr().err
 
 

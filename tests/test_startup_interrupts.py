@@ -1,5 +1,5 @@
 """Ctrl-C, SIGTERM and SIGHUP outside the command's own work (the imports, seconds on a loaded machine, and the
-exit) end the scripts with one line, never a traceback from whichever import they hit; inside it, cli.run_cli's
+exit) end the scripts with one line, never a traceback from whichever import they hit; inside it, cli.process.run_cli's
 handling (KeyboardInterrupt, scratch output removed) takes over and is put back after."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_run_cli_takes_over_while_the_command_runs_and_gives_back_after(monkeypa
         import _bootstrap
     finally:
         sys.path.remove(str(UTILS))
-    from fla.rwkv7_convert import cli
+    from fla.rwkv7_convert.cli.process import _raise_terminated, run_cli
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         for s in saved:
@@ -67,9 +67,9 @@ def test_run_cli_takes_over_while_the_command_runs_and_gives_back_after(monkeypa
         def body(args):
             inside.update({s: signal.getsignal(s) for s in saved})
             raise KeyboardInterrupt
-        assert cli.run_cli(body, type('Args', (), {})()) == 130
+        assert run_cli(body, type('Args', (), {})()) == 130
         assert inside[signal.SIGINT] is signal.default_int_handler
-        assert inside[signal.SIGTERM] is inside[signal.SIGHUP] is cli._raise_terminated
+        assert inside[signal.SIGTERM] is inside[signal.SIGHUP] is _raise_terminated
         assert all(signal.getsignal(s) is _bootstrap._stop_quietly for s in saved)
     finally:
         for s, handler in saved.items():

@@ -12,7 +12,7 @@ from _bootstrap import light_fla  # noqa: E402
 
 light_fla()
 
-from fla.rwkv7_convert.cli import main_to_fla  # noqa: E402
+from fla.rwkv7_convert.cli.convert import main_to_fla  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(main_to_fla())

@@ -17,12 +17,21 @@ state file converts against its base model's directory, and goes back as RWKV-PE
     cache = initial_cache(model, 'out/state', batch_size=4)      # past_key_values for model(...) / model.generate
     export_state('out/state', 'state_back.pth')                  # blocks.N.att.time_state [H, V, K], bit for bit
 
+Fine-tunes: `convert_to_fla(..., adapter=AdapterSpec('rwkv-7.pth', alpha=16))` merges an RWKV-PEFT adapter (or, with
+`form='peft'`, writes it beside the base as a PEFT adapter); `export_adapter(model_dir, peft_dir, 'adapter.pth')`
+writes a PEFT adapter of a converted model back as RWKV-PEFT's.
+
+One signature per entry point: the functions defined below wrap their implementations only to give them this
+documented, path-typed signature (the implementations also take the command line's progress hooks), and
+tests/test_api.py checks each wrapper's parameters against its implementation's (names, kinds, defaults) and every
+command-line flag against them; the others are the implementations themselves, re-exported.
+
 Every refusal is a `ConversionError` (errors.py: NotACheckpointError, UnsupportedVariantError, KeyMismatchError,
-OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print
-it. Importing this module imports neither torch nor fla's models, triton or transformers (verify imports them
-when it runs). Note that `import fla.rwkv7_convert...` imports the `fla` package first, and fla's own __init__
-imports its models (seconds); a script that wants the fast start of the commands calls
-`rwkv7_convert_entry.light_fla()` before its first `import fla...` (the console commands do).
+OutputExistsError, NonFiniteError, ConfigError) whose message is one line naming the path, as the commands print it,
+and whose `exit_code` is the commands' exit status for it. Importing this module imports neither torch nor fla's
+models, triton or transformers (verify imports them when it runs). Note that `import fla.rwkv7_convert...` imports
+the `fla` package first, and fla's own __init__ imports its models (seconds); a script that wants the fast start of
+the commands calls `rwkv7_convert_entry.light_fla()` before its first `import fla...` (the console commands do).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from fla.rwkv7_convert.convert.adapters import AdapterSpec, check_adapter_record
 from fla.rwkv7_convert.convert.inspection import BareState, Inspection
 from fla.rwkv7_convert.convert.inspection import inspect as _inspect
 from fla.rwkv7_convert.convert.peft_adapter import PEFT_DIR
+from fla.rwkv7_convert.convert.peft_export import AdapterExport, export_adapter
 from fla.rwkv7_convert.convert.to_blinkdl import ExportResult
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla as _convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import DEFAULT_MAX_SHARD_SIZE, Result
@@ -43,16 +53,18 @@ from fla.rwkv7_convert.convert.tuned_state import convert_state as _convert_stat
 from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
+from fla.rwkv7_convert.proof.peft_form import verify_peft
 from fla.rwkv7_convert.proof.run import generate, load_model
+from fla.rwkv7_convert.proof.runtime import interpreter_ready
 from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
 
 PathLike = str | os.PathLike
 
-__all__ = ['AdapterSpec', 'BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report', 'Result',
-           'StateResult', 'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_state', 'generate',
-           'initial_cache', 'inspect', 'load_initial_state', 'load_model', 'verify']
+__all__ = ['AdapterExport', 'AdapterSpec', 'BareState', 'ConversionError', 'ExportResult', 'Inspection', 'Report',
+           'Result', 'StateResult', 'convert_from_fla', 'convert_state', 'convert_to_fla', 'export_adapter',
+           'export_state', 'generate', 'initial_cache', 'inspect', 'load_initial_state', 'load_model', 'verify']
 
 
 def convert_to_fla(source: PathLike, output: PathLike | None, *, precision: str | None = None, force: bool = False,
@@ -133,10 +145,10 @@ def export_state(state, output: PathLike | None, *, fmt: str | None = None, forc
 
 
 def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype: str = 'float32',
-           tokens: int = DEFAULT_TOKENS,
-           text: PathLike | None = None, batch: int = 1, per_layer: bool = False, seed: int = 0,
-           head_size: int | None = None, quiet: bool = True, state: PathLike | None = None,
-           model_state: PathLike | None = None, drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
+           tokens: int = DEFAULT_TOKENS, text: PathLike | None = None, batch: int = 1, per_layer: bool = False,
+           piece: int | None = None, seed: int = 0, head_size: int | None = None, quiet: bool = True, greedy: int = 0,
+           check_source: bool = True, state: PathLike | None = None, model_state: PathLike | None = None,
+           drop_state: bool = False, adapter: AdapterSpec | None = None) -> Report:
     """Prove a conversion by logits: fla's model on `model_dir` against the float64 reference on `source`.
 
     The verdict is the exact proof: fla's own modules in float64 (torch stand-ins for its kernels) against the
@@ -148,6 +160,12 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     dtype: the kernels' precision: 'float32', 'bfloat16' or 'float16' (the last two on CUDA).
     tokens / text: `tokens` random token ids, or the tokens of the file `text` (needs the directory's tokenizer).
     per_layer: judge every sub-step, not only the logits (a failing run always names where the two part).
+    piece: feed the tokens in pieces of this size through the cache (default: on the CPU pieces under 64 tokens, as
+        fla's kernels need there; on CUDA the whole sequence, the chunk kernel for >= 64 tokens).
+    greedy: also report that many greedy tokens from both models after token 0 (the converter's --verify uses 8).
+    check_source: refuse, before any compute, a `model_dir` whose rwkv7_convert.json records a source file other
+        than `source` (by size, then sha256); False verifies anyway. With an adapter it checks the directory's record
+        of the adapter instead (the directory's source is the base, the reference runs on the merge).
     state / model_state: a bare RWKV-PEFT state file beside the base model `source`, and its conversion (a directory
     holding rwkv7_state.safetensors, or the file; default: the one in `model_dir`). A state-tuned merge as `source`
     needs neither: both sides start from their tuned states, checked to be the same state first.
@@ -162,24 +180,22 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
     if device == 'cpu':
-        from fla.rwkv7_convert.proof.runtime import interpreter_ready
         if not interpreter_ready():
             raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
                                   'chosen before triton is imported, and this process has imported it (import fla does); '
                                   "use device='cpu-torch' or 'auto' (fla's modules with torch stand-ins for the kernels), "
                                   'or start Python with TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0', os.fspath(model_dir))
-    if adapter is not None:
+    if adapter is not None and check_source:
         check_adapter_record(os.fspath(model_dir), adapter)
     if adapter is not None and adapter.form == 'peft':
-        from fla.rwkv7_convert.proof.peft_form import verify_peft
         return verify_peft(source, model_dir, Path(model_dir) / PEFT_DIR, adapter.path, pissa_init=adapter.pissa_init,
                            alpha=adapter.alpha, tokens=tokens, seed=seed, head_size=head_size, quiet=quiet)
     with reference_source(os.fspath(source), adapter) as reference:
         return _verify(reference, model_dir, device=device, dtype=dtype, tokens=tokens,
-                       text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer, seed=seed,
-                       head_size=head_size, quiet=quiet, state=os.fspath(state) if state is not None else None,
-                       model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state,
-                       check_source=adapter is None)
+                       text=os.fspath(text) if text is not None else None, batch=batch, per_layer=per_layer,
+                       piece=piece, seed=seed, head_size=head_size, quiet=quiet, greedy=greedy,
+                       check_source=check_source and adapter is None, state=os.fspath(state) if state is not None else None,
+                       model_state=os.fspath(model_state) if model_state is not None else None, drop_state=drop_state)
 
 
 def inspect(path: PathLike, *, head_size: int | None = None) -> Inspection | BareState:

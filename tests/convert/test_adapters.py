@@ -15,7 +15,8 @@ from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter, rwkv_peft_merge
 from safetensors.torch import load_file
 
-from fla.rwkv7_convert.cli import main_inspect, main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
+from fla.rwkv7_convert.cli.inspect import main_inspect
 from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.inspection import inspect_adapter
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla

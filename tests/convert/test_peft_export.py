@@ -10,7 +10,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter, rwkv_peft_merge
 
-from fla.rwkv7_convert.cli import main_from_fla
+from fla.rwkv7_convert.cli.export import main_from_fla
 from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.peft_adapter import PEFT_DIR
 from fla.rwkv7_convert.convert.peft_export import export_adapter

@@ -18,7 +18,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 from safetensors.torch import load_file, save_file
 
-from fla.rwkv7_convert.cli import main_from_fla
+from fla.rwkv7_convert.cli.export import main_from_fla
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla, plan_export
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import (
@@ -26,6 +26,7 @@ from fla.rwkv7_convert.errors import (
     KeyMismatchError,
     NonFiniteError,
     NotACheckpointError,
+    OutputExistsError,
     UnsupportedVariantError,
 )
 
@@ -166,7 +167,7 @@ def test_refusals(hf_dir, tmp_path, capsys, change, error, words):
     with pytest.raises(error, match=words):
         convert_from_fla(bad, tmp_path / 'out.pth')
     code, _, err = _cli('--model', str(bad), '--output', str(tmp_path / 'out.pth'), capsys=capsys)
-    assert code == 1 and err.count('\n') == 1 and err.startswith('error: ') and words in err
+    assert code == error.exit_code and err.count('\n') == 1 and err.startswith('error: ') and words in err
     assert not any(tmp_path.glob('*.pth')) and not any(tmp_path.glob('.out.pth*'))
 
 
@@ -232,13 +233,13 @@ def test_force_and_existing_output(hf_dir, tmp_path, capsys):
     out = tmp_path / 'out.pth'
     out.write_bytes(b'precious')
     code, _, err = _cli('--model', str(hf_dir), '--output', str(out), capsys=capsys)
-    assert code == 1 and 'exists; pass --force' in err and out.read_bytes() == b'precious'
+    assert code == OutputExistsError.exit_code and 'exists; pass --force' in err and out.read_bytes() == b'precious'
     code, stdout, _ = _cli('--model', str(hf_dir), '--output', str(out), '--force', capsys=capsys)
     assert code == 0 and stdout.startswith(f'exported {hf_dir} -> {out}: RWKV-7, 2 layers')
     assert 'emb.weight' in torch.load(out, weights_only=True)
     (tmp_path / 'dir.pth').mkdir()
     code, _, err = _cli('--model', str(hf_dir), '--output', str(tmp_path / 'dir.pth'), '--force', capsys=capsys)
-    assert code == 1 and 'not a regular file' in err
+    assert code == OutputExistsError.exit_code and 'not a regular file' in err
 
 
 def test_failure_mid_write_leaves_old_output(hf_dir, tmp_path):

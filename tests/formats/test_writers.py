@@ -77,7 +77,7 @@ def test_a_registered_format_is_what_the_export_and_the_cli_use(tmp_path, monkey
     import torch
     from rwkv7_factory import Goose, make_state_dict, save
 
-    from fla.rwkv7_convert import cli
+    from fla.rwkv7_convert.cli.export import main_from_fla
     from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
     from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 
@@ -96,4 +96,4 @@ def test_a_registered_format_is_what_the_export_and_the_cli_use(tmp_path, monkey
     result = convert_from_fla(model, tmp_path / 'out.toy')
     assert result.fmt == 'toy' and (tmp_path / 'out.toy').read_bytes() == b'npz-ish'
     assert 'emb.weight' in written and 'head.weight' in written
-    assert cli.main_from_fla(['--model', str(model), '--output', str(tmp_path / 'cli.bin'), '--format', 'toy', '-q']) == 0
+    assert main_from_fla(['--model', str(model), '--output', str(tmp_path / 'cli.bin'), '--format', 'toy', '-q']) == 0

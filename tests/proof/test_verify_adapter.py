@@ -8,7 +8,8 @@ import pytest
 from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter
 
-from fla.rwkv7_convert.cli import main_to_fla, main_verify
+from fla.rwkv7_convert.cli.convert import main_to_fla
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.errors import ConversionError
 
 SHAPE = Goose(hidden=128, layers=2)

@@ -77,7 +77,7 @@ def test_a_backend_instance_is_the_seam(converted):
 
 
 def test_the_command_line_offers_the_registered_backends():
-    from fla.rwkv7_convert.cli import build_verify_parser
+    from fla.rwkv7_convert.cli.verify import build_verify_parser
     device = next(a for a in build_verify_parser()._actions if '--device' in a.option_strings)
     assert device.choices == ['auto', *BACKENDS] and list(BACKENDS) == ['cpu', 'cpu-torch', 'cuda']
     assert device.default == 'auto'

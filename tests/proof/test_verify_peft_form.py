@@ -13,7 +13,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter
 
-from fla.rwkv7_convert.cli import main_verify
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError

@@ -12,7 +12,7 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert.cli import main_verify
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats import provenance

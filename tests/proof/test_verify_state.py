@@ -27,7 +27,7 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, make_tuned_state, save, time_states, write_state_conversion
 
-from fla.rwkv7_convert.cli import main_verify
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.convert.tuned_state import convert_state
 from fla.rwkv7_convert.errors import ConversionError

@@ -15,7 +15,7 @@ import pytest
 import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert.cli import main_verify
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.hub.tokenizer import VOCAB_PATH, WORLD_VOCAB_SIZE
 from fla.rwkv7_convert.proof import verify as verify_module

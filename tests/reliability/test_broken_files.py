@@ -33,7 +33,7 @@ from reliability_common import (
 )
 from rwkv7_factory import save
 
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
 
@@ -314,7 +314,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
             with contextlib.redirect_stderr(err_buffer):
                 code = main_to_fla(argv)
             err = err_buffer.getvalue()
-        assert code == 1, err
+        assert code == NotACheckpointError.exit_code, err
         assert err.strip() == f'error: {src}: cannot open: Permission denied', err
         assert leftovers(folder, 'm.pth') == []
         tally('special files (command line)', 'refused (exit 1, one line)', 'no read permission')

@@ -36,8 +36,9 @@ from reliability_common import (
 )
 from rwkv7_factory import Goose, make_state_dict, save
 
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
+from fla.rwkv7_convert.errors import EXIT_OS_ERROR
 from fla.rwkv7_convert.formats import atomic, safetensors_writer
 
 # ------------------------------------------------------------------------------------------------ 3. output safety
@@ -134,7 +135,7 @@ else:  # the two-rename fallback, paused between the renames
         if '.old-' in str(b):
             pause('moved aside')
     atomic.os.rename = rename
-from fla.rwkv7_convert.cli import main_to_fla
+from fla.rwkv7_convert.cli.convert import main_to_fla
 sys.exit(main_to_fla(sys.argv[1:]))
 '''
 
@@ -259,7 +260,7 @@ def test_full_disk_injected_fails_cleanly(tmp_path, monkeypatch, capsys, where):
     _FullDisk(budget, tmp_path, monkeypatch)
     code = main_to_fla(['--rwkv7', str(src), '--output', str(out), '--force', '--tokenizer', 'none'])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == EXIT_OS_ERROR
     assert err.strip().splitlines() == ['error: No space left on device (nothing was written; any existing output is '
                                         'untouched)']
     assert digest(out) == before and leftovers(tmp_path, 'm.pth', 'out') == []

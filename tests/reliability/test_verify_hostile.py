@@ -32,9 +32,9 @@ from reliability_common import print_summary, start_script
 from reliability_common import tally as common_tally
 from rwkv7_factory import make_state_dict, save
 
-from fla.rwkv7_convert.cli import main_verify
+from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.errors import ConversionError, refusal_exit_codes
 from fla.rwkv7_convert.proof import verify as verify_module
 from fla.rwkv7_convert.proof.verify import verify
 
@@ -129,7 +129,7 @@ def cli(*args) -> tuple[int, str, str]:
 def assert_refused_by_cli(source: Path, model: Path) -> str:
     code, out, err = cli('--rwkv7', source, '--model', model, '--tokens', TOKENS)
     lines = err.strip().splitlines()
-    assert code == 1 and out == '' and len(lines) == 1 and lines[0].startswith('error: '), (code, out, err)
+    assert code in refusal_exit_codes() and out == '' and len(lines) == 1 and lines[0].startswith('error: '), (code, out, err)
     assert 'Traceback' not in err and str(model) in lines[0], err
     return lines[0]
 
@@ -361,7 +361,8 @@ def test_hostile_directories_through_the_script(tmp_path, hf):
         r = subprocess.run([sys.executable, str(SCRIPT), '--rwkv7', str(hf['source']), '--model', str(path)],
                            capture_output=True, text=True, timeout=120)
         lines = r.stderr.strip().splitlines()
-        assert r.returncode == 1 and r.stdout == '' and len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+        assert r.returncode in refusal_exit_codes(), r.stderr
+        assert r.stdout == '' and len(lines) == 1 and lines[0].startswith('error: '), r.stderr
         tally('through utils/verify_rwkv7.py', 'refused (exit 1, one line)', what)
 
 
@@ -474,7 +475,8 @@ def test_hostile_state_given_with_state_is_refused(tmp_path, hf, tuned_hf, no_co
     code, out, err = cli('--rwkv7', hf['source'], '--state', bad, '--model', hf['dir'], '--model-state',
                          tuned_hf['state_dir'], '--tokens', TOKENS)
     lines = err.strip().splitlines()
-    assert code == 1 and out == '' and len(lines) == 1 and lines[0].startswith('error: ') and str(bad) in lines[0], err
+    assert code in refusal_exit_codes(), err
+    assert out == '' and len(lines) == 1 and lines[0].startswith('error: ') and str(bad) in lines[0], err
     tally('hostile --state files', type(e.value).__name__, what)
 
 
