@@ -22,7 +22,7 @@ REPO = HERE.parent
 TESTS, UTILS = REPO / 'tests', REPO / 'utils'
 for _p in (TESTS, UTILS):  # benchmarks import the generator (tests/rwkv7_factory.py) and utils/_bootstrap.py
     if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+        sys.path.append(str(_p))
 
 from rwkv7_factory import Goose  # noqa: E402  (torch-free: see its docstring)
 
