@@ -31,6 +31,7 @@ CPU through Triton's interpreter, recurrent kernel only, to check the script its
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -42,6 +43,8 @@ from pathlib import Path
 
 from harness import md_table, prepare_size, say
 
+# torch, triton and fla are imported inside the functions: --cpu-smoke must select Triton's interpreter before any of
+# them is imported, and without CUDA the script says "skipped" without paying for them.
 RECURRENT_PIECE = 63  # fla takes its recurrent kernel below 64 tokens per call
 
 
@@ -168,8 +171,6 @@ class RwkvPackageRunner:
 def load_rwkv_package(src: Path, dtype: str):
     """(model, label): BlinkDL's package with its CUDA kernel (RWKV_CUDA_ON=1), or its torch ops if that fails
     to build. It turns TF32 and cudnn.benchmark on at import: the previous settings come back afterwards."""
-    import importlib
-
     import torch
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     strategy = f'cuda {dict(bfloat16="bf16", float16="fp16", float32="fp32")[dtype]}'

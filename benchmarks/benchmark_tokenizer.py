@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--ablation', action='store_true', help='also time the pattern without each speed measure')
     args = parser.parse_args(argv)
 
+    # the encoders here, after the arguments: --help and argument errors stay instant
     import tokenizers
     import transformers
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER

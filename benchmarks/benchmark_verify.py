@@ -58,7 +58,7 @@ DEFAULT_TARGETS = {'1.5B': (30.0, 2.0), '2.9B': (None, 4.0), '7.2B': (240.0, 4.0
 def cpu_backends(wanted: str) -> dict:
     """--device key -> Backend for the backends to measure: `auto` (the default path), or those named ('all': auto
     and every CPU one of BACKENDS)."""
-    from _bootstrap import light_fla
+    from _bootstrap import light_fla  # here: light_fla() must run before fla.rwkv7_convert is imported
     light_fla()  # BACKENDS without fla's own __init__ (triton, torch): this process stays small
     from fla.rwkv7_convert.proof.backends import AUTO, BACKENDS, EXACT
     known = {'auto': EXACT, **{k: b for k, b in BACKENDS.items() if not str(b.device).startswith('cuda')}}

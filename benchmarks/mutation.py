@@ -16,6 +16,8 @@ differs from the right one (config.json or any tensor).
     python benchmarks/mutation.py                        # every slip; prints the markdown table
     python benchmarks/mutation.py --write-docs           # ... and writes it into docs/verification.md
     python benchmarks/mutation.py --slips rc4a-decay-aaaaa,rules-x_r-x_k --no-tests   # a few, verify only
+
+The package is imported inside the functions: a child must patch the table before anything of fla imports it.
 """
 
 from __future__ import annotations
