@@ -163,10 +163,14 @@ def make_state_dict(shape: Goose, dtype: torch.dtype | None = None, seed: int = 
 
 
 def write_checkpoint(shape: Goose, path: str | Path, seed: int = 0, profile: str = 'trained-like') -> Path:
-    """A released-style bf16 RWKV-LM `.pth` of `shape`, values as `profile` says (PROFILES); ~15 s for 3 GB on 2 cores."""
+    """A released-style bf16 RWKV-LM `.pth` of `shape`, values as `profile` says (PROFILES); ~15 s for 3 GB on 2 cores.
+    Written beside `path` and renamed into place: benchmarks reuse the file they find, so it must never be partial."""
     import torch
 
-    return save(make_state_dict(shape, torch.bfloat16, seed, profile=profile), path)
+    path = Path(path)
+    partial = save(make_state_dict(shape, torch.bfloat16, seed, profile=profile), path.with_name(path.name + '.partial'))
+    os.replace(partial, path)
+    return path
 
 
 def squeeze_vectors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,18 +187,15 @@ def add_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
 
 
 def save(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Save as RWKV-LM does (`torch.save`) or, for a `.safetensors` path, with safetensors; via a `.partial` file
-    renamed into place, so an interrupted write leaves no half file under `path`."""
+    """Save as RWKV-LM does (`torch.save`) or, for a `.safetensors` path, with safetensors."""
     import torch
-    from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + '.partial')
     if path.suffix == '.safetensors':
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     else:
-        torch.save(sd, tmp)
-    os.replace(tmp, path)
+        torch.save(sd, path)
     return path
 
 
