@@ -2,7 +2,7 @@
 """Prefill and decode speed of a converted RWKV-7 model in fla, against the project's plain-PyTorch reference (GPU only).
 
 For each size (released shapes, random weights) it writes an RWKV-LM bf16 checkpoint with the generator of
-benchmark_convert.py, converts it with utils/convert_to_rwkv7.py, loads the result with fla's
+tests/rwkv7_factory.py, converts it with utils/convert_to_rwkv7.py (harness.prepare_size), loads the result with fla's
 RWKV7ForCausalLM (bf16) and measures, median of --repeats after warm-up, CUDA-synchronized:
 
   prefill   tokens/s of one forward over a [B, T] prompt (logits of the last position only)
@@ -31,17 +31,20 @@ CPU through Triton's interpreter, recurrent kernel only, to check the script its
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve()
-REPO = HERE.parents[1]
+from harness import md_table, prepare_size, say
+
+# torch, triton and fla are imported inside the functions: --cpu-smoke must select Triton's interpreter before any of
+# them is imported, and without CUDA the script says "skipped" without paying for them.
 RECURRENT_PIECE = 63  # fla takes its recurrent kernel below 64 tokens per call
 
 
@@ -165,11 +168,9 @@ class RwkvPackageRunner:
         return self.model.forward(ids[0].tolist(), None, full_output=True)[0].unsqueeze(0)
 
 
-def load_rwkv_package(src: Path, dtype: str, say):
+def load_rwkv_package(src: Path, dtype: str):
     """(model, label): BlinkDL's package with its CUDA kernel (RWKV_CUDA_ON=1), or its torch ops if that fails
     to build. It turns TF32 and cudnn.benchmark on at import: the previous settings come back afterwards."""
-    import importlib
-
     import torch
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     strategy = f'cuda {dict(bfloat16="bf16", float16="fp16", float32="fp32")[dtype]}'
@@ -241,30 +242,17 @@ def bench_runner(runner, timer: Timer, args, vocab: int, device, prefill_len: in
 
 # ------------------------------------------------------------------------------------------------------ driver
 
-def prepare(size: str, workdir: Path, py: str, say) -> tuple[Path, Path]:
-    sys.path.insert(0, str(HERE.parent))
-    from benchmark_convert import SIZES, Shape, generate_checkpoint
-
-    work = workdir / size
-    work.mkdir(parents=True, exist_ok=True)
-    src, out = work / f'rwkv7-{size}.pth', work / 'fla'
-    if not src.exists():
-        say(f'  generating {src}')
-        generate_checkpoint(Shape(*SIZES[size]), src)
-    if not (out / 'config.json').exists():
-        say(f'  converting -> {out}')
-        subprocess.run([py, str(REPO / 'utils' / 'convert_to_rwkv7.py'), '--rwkv7', str(src), '--output', str(out),
-                        '--force', '--quiet', '--tokenizer', 'none'], check=True)
-    return src, out
-
-
-def bench_size(size: str, args, device, say) -> list[dict]:
+def bench_size(size: str, args, device) -> list[dict]:
     import torch
     from fla.models import RWKV7ForCausalLM
 
     from fla.rwkv7_convert.proof.reference import RWKV7Reference
 
-    src, model_dir = prepare(size, args.workdir, sys.executable, say)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    files = prepare_size(size, args.workdir)
+    if files is None:
+        raise SystemExit(f'{size}: not enough disk in {args.workdir}')
+    src, model_dir = files
     timer = Timer(device)
     rows = []
     model_dtype = getattr(torch, args.dtype)
@@ -297,7 +285,7 @@ def bench_size(size: str, args, device, say) -> list[dict]:
             torch.cuda.empty_cache()
         if device.type == 'cuda' and not args.no_rwkv_package:
             try:
-                package, label = load_rwkv_package(src, args.dtype, say)
+                package, label = load_rwkv_package(src, args.dtype)
             except Exception as e:  # noqa: BLE001 - the comparison is optional; say why it is missing
                 say(f'  {size} rwkv package: not run ({type(e).__name__}: {str(e)[:200]})')
             else:
@@ -324,17 +312,16 @@ def _summary(r: dict, args) -> str:
 
 
 def markdown(rows: list[dict], args, device_name: str) -> str:
-    dec_cols = ''.join(f' decode B={b} tok/s (ms/step) |' for b in args.decode_batch)
-    lines = [f'Device: {device_name}; prefill batch {args.prefill_batch}; decode {args.decode_tokens} steps after a '
-             f'{args.decode_context}-token context; median of {args.repeats}.', '',
-             f'| model | implementation | prefill tok/s (T) | TTFT ms (T) |{dec_cols} warm-up s | RMS err vs ref |',
-             '|---|---|---|---|' + '---|' * len(args.decode_batch) + '---|---|']
-    for r in rows:
-        dec = ''.join(f' {r[f"decode_b{b}_tok_s"]:.0f} ({r[f"decode_b{b}_ms_per_step"]:.2f}) |'
-                      if r[f'decode_b{b}_tok_s'] is not None else ' — |' for b in args.decode_batch)
-        lines.append(f'| {r["size"]} | {r["impl"]} | {r["prefill_tok_s"]:.0f} ({r["prefill_tokens"]}) | '
-                     f'{r["ttft_ms"]:.1f} ({r["prefill_tokens"]}) |{dec} {r["warmup_s"]:.1f} | {r["err_vs_ref"]:.1e} |')
-    return '\n'.join(lines)
+    header = ['model', 'implementation', 'prefill tok/s (T)', 'TTFT ms (T)',
+              *(f'decode B={b} tok/s (ms/step)' for b in args.decode_batch), 'warm-up s', 'RMS err vs ref']
+    cells = [[r['size'], r['impl'], f'{r["prefill_tok_s"]:.0f} ({r["prefill_tokens"]})',
+              f'{r["ttft_ms"]:.1f} ({r["prefill_tokens"]})',
+              *(f'{r[f"decode_b{b}_tok_s"]:.0f} ({r[f"decode_b{b}_ms_per_step"]:.2f})'
+                if r[f'decode_b{b}_tok_s'] is not None else '—' for b in args.decode_batch),
+              f'{r["warmup_s"]:.1f}', f'{r["err_vs_ref"]:.1e}'] for r in rows]
+    return '\n'.join([f'Device: {device_name}; prefill batch {args.prefill_batch}; decode {args.decode_tokens} steps '
+                      f'after a {args.decode_context}-token context; median of {args.repeats}.', '',
+                      *md_table(header, cells)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,22 +358,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
-    sys.path.insert(0, str(REPO))
     from fla.models import RWKV7ForCausalLM  # noqa: F401  (fail early, before generating anything)
 
     device = torch.device('cpu' if args.cpu_smoke else 'cuda')
     device_name = 'CPU (Triton interpreter smoke test)' if args.cpu_smoke else torch.cuda.get_device_name()
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     rows = []
     try:
         for size in [s.strip() for s in args.sizes.split(',') if s.strip()]:
-            rows += bench_size(size, args, device, say)
+            rows += bench_size(size, args, device)
     finally:
         if not args.keep:
-            import shutil
             shutil.rmtree(args.workdir, ignore_errors=True)
     print(markdown(rows, args, device_name))
     if args.json:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """fuse_norm: fla's fused norms against its unfused ones, in float32, on the CPU backends (issue #29, part 3).
 
-For each size and weight profile (benchmark_convert.PROFILES: 'trained-like', and 'long-memory', w0 around -2) it
-writes an RWKV-LM-format bf16 `.pth` shaped like BlinkDL's release (benchmark_convert.py's generator, in a process of
+For each size and weight profile (rwkv7_factory.PROFILES: 'trained-like', and 'long-memory', w0 around -2) it
+writes an RWKV-LM-format bf16 `.pth` shaped like BlinkDL's release (tests/rwkv7_factory.py's generator, in a process of
 its own) and converts it once with the converter (neither timed). The directory is then copied twice (the weights
 hard-linked), config.json set to `"fuse_norm": true` in one and `false` in the other, and each copy is verified in a
 fresh process on each backend:
@@ -26,26 +26,21 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from benchmark_convert import PROFILES  # noqa: E402
-from benchmark_verify import SIZES, prepare_size  # noqa: E402
+from harness import md_table, prepare_size, run_measured, say
+from rwkv7_factory import PROFILES, RELEASED
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / 'rwkv7-fuse-norm-bench'
 BACKENDS = ('cpu-torch', 'cpu')
 FUSE_NORM = (True, False)
 
 
-def prepare(size: str, profile: str, workdir: Path, say) -> tuple[Path, dict[bool, Path]]:
+def prepare(size: str, profile: str, workdir: Path) -> tuple[Path, dict[bool, Path]]:
     """The size's file, and its conversion with config.json's fuse_norm set to each value; reused when there."""
-    files = prepare_size(size, workdir, say, profile)  # benchmark_verify's files: one generator, one converter run
+    files = prepare_size(size, workdir, weights=profile)  # benchmark_verify's files: one generator, one converter run
     if files is None:
         raise SystemExit(f'{size}: not enough disk in {workdir}')
     source, converted = files
@@ -62,24 +57,22 @@ def prepare(size: str, profile: str, workdir: Path, say) -> tuple[Path, dict[boo
 
 def measure(source: Path, model: Path, device: str, tokens: int) -> dict:
     """One verify in a fresh process (this script's --one): its figures, with wall and CPU time."""
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), '--one', str(source), str(model), device,
-                              str(tokens)], stdout=subprocess.PIPE, text=True)
-    out = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f'verify of {model} on {device} failed (exit {child.returncode})')
-    row = json.loads(out.strip().splitlines()[-1])
-    return {**row, 'wall_s': time.perf_counter() - start, 'cpu_s': usage.ru_utime + usage.ru_stime}
+    with tempfile.TemporaryFile('w+') as out:
+        sample, code = run_measured([sys.executable, Path(__file__).resolve(), '--one', source, model, device, tokens],
+                                    out)
+        out.seek(0)
+        text = out.read()
+    if code != 0:
+        raise SystemExit(f'verify of {model} on {device} failed (exit {code})')
+    row = json.loads(text.strip().splitlines()[-1])
+    return {**row, 'wall_s': sample.wall, 'cpu_s': sample.cpu}
 
 
 def one(source: str, model: str, device: str, tokens: int) -> None:
     """The child: verify with every sub-step judged; one JSON line on stdout. The kernels' error is against the
     float64 reference of fla's own function (their rounding alone); the formula, fla's function against BlinkDL's
     (in float64: the l2-norm eps when fused); their sum is what a float32 comparison with BlinkDL's function sees."""
-    sys.path.insert(0, str(REPO / 'utils'))
-    from _bootstrap import light_fla
+    from _bootstrap import light_fla  # here: the driver never imports fla (harness.py says why)
     light_fla()
     from fla.rwkv7_convert.api import verify
     report = verify(source, model, device=device, tokens=tokens, per_layer=True, quiet=True)
@@ -93,23 +86,22 @@ def one(source: str, model: str, device: str, tokens: int) -> None:
                       'worst': worst[0], 'worst_at': worst[1]}))
 
 
+TABLE = ['size', 'weights', 'backend', 'ref-f32 rel. RMS', 'kernels rel. RMS, fused', 'kernels ratio, fused',
+         'worst sub-step, fused', 'formula vs BlinkDL (float64), fused', 'kernels ratio, unfused', 'formula, unfused',
+         'exact proof (fused / unfused)', 'CPU s (fused / unfused)']
+
+
 def table(rows: list[dict]) -> str:
-    head = ('| size | weights | backend | ref-f32 rel. RMS | kernels rel. RMS, fused | kernels ratio, fused | worst '
-            'sub-step, fused | formula vs BlinkDL (float64), fused | kernels ratio, unfused | formula, unfused '
-            '| exact proof (fused / unfused) | CPU s (fused / unfused) |')
-    out = [head, '|' + '---|' * head.count(' | ') + '---|']
-    for r in rows:
-        t, f = r[True], r[False]
-        out.append(f'| {r["size"]} (C{r["C"]} L{r["L"]}) | {r["profile"]} | {r["backend"]} | {t["ref"]:.3g} '
-                   f'| {t["fla"]:.3g} | **{t["ratio"]:.3g}** | {t["worst"]:.3g} ({t["worst_at"]}) | {t["formula"]:.2g} '
-                   f'| **{f["ratio"]:.3g}** | {f["formula"]:.2g} | {t["verdict"]} {t["exact"]:.1e} / {f["verdict"]} '
-                   f'{f["exact"]:.1e} | {t["cpu_s"]:.0f} / {f["cpu_s"]:.0f} |')
-    return '\n'.join(out)
+    cells = [[f'{r["size"]} (C{r["C"]} L{r["L"]})', r['profile'], r['backend'], f'{t["ref"]:.3g}', f'{t["fla"]:.3g}',
+              f'**{t["ratio"]:.3g}**', f'{t["worst"]:.3g} ({t["worst_at"]})', f'{t["formula"]:.2g}', f'**{f["ratio"]:.3g}**',
+              f'{f["formula"]:.2g}', f'{t["verdict"]} {t["exact"]:.1e} / {f["verdict"]} {f["exact"]:.1e}',
+              f'{t["cpu_s"]:.0f} / {f["cpu_s"]:.0f}'] for r in rows for t, f in [(r[True], r[False])]]
+    return '\n'.join(md_table(TABLE, cells))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--sizes', default='0.1B,0.4B', help=f'comma-separated, of {", ".join(SIZES)}')
+    p.add_argument('--sizes', default='0.1B,0.4B', help=f'comma-separated, of {", ".join(RELEASED)}')
     p.add_argument('--profiles', default=','.join(PROFILES), help=f'comma-separated, of {", ".join(PROFILES)}')
     p.add_argument('--backends', default=','.join(BACKENDS), help='comma-separated --device keys')
     p.add_argument('--interpreted', default='0.1B', help='sizes also run on the interpreted kernels (--device cpu)')
@@ -122,24 +114,22 @@ def main(argv: list[str] | None = None) -> int:
         one(*args.one[:3], int(args.one[3]))
         return 0
 
-    def say(msg: str) -> None:
-        print(f'[{time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
-
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     interpreted = set(args.interpreted.split(','))
     rows = []
     for size in args.sizes.split(','):
         for profile in args.profiles.split(','):
-            source, dirs = prepare(size, profile, args.cache_dir, say)
+            source, dirs = prepare(size, profile, args.cache_dir)
             for backend in args.backends.split(','):
                 if backend == 'cpu' and size not in interpreted:
                     continue
-                row = {'size': size, 'C': SIZES[size][0], 'L': SIZES[size][1], 'profile': profile, 'backend': backend,
+                row = {'size': size, 'C': RELEASED[size][0], 'L': RELEASED[size][1], 'profile': profile, 'backend': backend,
                        'tokens': args.tokens}
                 for value in FUSE_NORM:
-                    say(f'{size} {profile} {backend} fuse_norm {str(value).lower()}: verify, {args.tokens} tokens')
-                    row[value] = measure(source, dirs[value], backend, args.tokens)
-                    say(f'  ratio {row[value]["ratio"]:.3g} ({row[value]["verdict"]}), {row[value]["cpu_s"]:.0f} s CPU')
+                    say(f'{size} {profile} {backend} fuse_norm {str(value).lower()}: verify, {args.tokens} tokens',
+                        stamp=True)
+                    r = row[value] = measure(source, dirs[value], backend, args.tokens)
+                    say(f'  ratio {r["ratio"]:.3g} ({r["verdict"]}), {r["cpu_s"]:.0f} s CPU', stamp=True)
                 rows.append(row)
                 if args.json:
                     with open(args.json, 'a') as f:

@@ -17,12 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / 'utils'))
+from harness import md_table, prepare_size, say
+from rwkv7_factory import PROFILES, RELEASED
 
 
 def measure(source: Path, model: Path, tokens: int, kernels: list[str]) -> list[dict]:
+    # fla's proof (torch) here, after main's light_fla(): --help and argument errors stay instant
     from fla.rwkv7_convert.proof.backends import TorchWkv, cpu_threads
     from fla.rwkv7_convert.proof.torch_wkv import installed
     from fla.rwkv7_convert.proof.verify import verify
@@ -42,7 +42,7 @@ def measure(source: Path, model: Path, tokens: int, kernels: list[str]) -> list[
         rows.append({'exact': ', '.join(sorted(precise)) or 'none', 'ratio': k.judgement.ratio,
                      'kernels_rel_rms': k.logits.rel_rms, 'ref_rel_rms': k.reference.rel_rms,
                      'verdict': 'PASS' if report.passed else 'FAIL'})
-        print(f"  {rows[-1]['exact']}: ratio {rows[-1]['ratio']:.3g}", file=sys.stderr, flush=True)
+        say(f"  {rows[-1]['exact']}: ratio {rows[-1]['ratio']:.3g}")
     return rows
 
 
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--rwkv7', type=Path, help='a BlinkDL checkpoint (with --model)')
     p.add_argument('--model', type=Path, help='its converted directory')
-    p.add_argument('--size', help='or a generated released shape (benchmark_convert.SIZES), converted in --cache-dir')
-    p.add_argument('--weights', default='trained-like', help='with --size: benchmark_convert.PROFILES')
+    p.add_argument('--size', choices=RELEASED, help='or a generated released shape, converted in --cache-dir')
+    p.add_argument('--weights', default='trained-like', choices=PROFILES, help='with --size: how the values are drawn')
     p.add_argument('--cache-dir', type=Path, default=Path('/tmp/rwkv7-verify-bench'))
     p.add_argument('--tokens', type=int, default=16)
     p.add_argument('--kernels', default='', help='comma-separated KERNELS of proof/torch_wkv.py (default: all)')
@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     light_fla()
     from fla.rwkv7_convert.proof.torch_wkv import KERNELS
     if args.size:
-        from benchmark_verify import prepare_size
         args.cache_dir.mkdir(parents=True, exist_ok=True)
-        source, model = prepare_size(args.size, args.cache_dir, lambda m: print(m, file=sys.stderr), args.weights)
+        files = prepare_size(args.size, args.cache_dir, weights=args.weights)
+        if files is None:
+            raise SystemExit(f'{args.size}: not enough disk in {args.cache_dir}')
+        source, model = files
     elif args.rwkv7 and args.model:
         source, model = args.rwkv7, args.model
     else:
@@ -72,11 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{source.name}, {args.tokens} tokens: the float32 stand-ins\' error over the float32 reference\'s own, with '
           'one kernel at a time computed in float64')
     print()
-    print('| computed in float64 | kernels / reference (float32) | kernels rel. RMS | reference rel. RMS | exact proof |')
-    print('|---|---|---|---|---|')
-    for r in rows:
-        print(f"| {r['exact']} | {r['ratio']:.3g} | {r['kernels_rel_rms']:.2e} | {r['ref_rel_rms']:.2e} | "
-              f"{r['verdict']} |")
+    header = ['computed in float64', 'kernels / reference (float32)', 'kernels rel. RMS', 'reference rel. RMS', 'exact proof']
+    print('\n'.join(md_table(header, [[r['exact'], f"{r['ratio']:.3g}", f"{r['kernels_rel_rms']:.2e}",
+                                         f"{r['ref_rel_rms']:.2e}", r['verdict']] for r in rows])))
     return 0 if all(r['verdict'] == 'PASS' for r in rows) else 1
 
 

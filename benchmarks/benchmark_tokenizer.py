@@ -23,18 +23,15 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / 'tests')]
+import harness  # first: puts tests/ (tokenizer_corpus) on the path
+import tokenizer_corpus as corpus
 
-import tokenizer_corpus as corpus  # noqa: E402
-
-from fla.rwkv7_convert.hub import tokenizer as world  # noqa: E402
-from fla.rwkv7_convert.hub.trie_regex import greedy_longest_match_regex  # noqa: E402
+from fla.rwkv7_convert.hub import tokenizer as world
+from fla.rwkv7_convert.hub.trie_regex import greedy_longest_match_regex
 
 
 def cpu_best(fn, text: str, repeats: int) -> tuple[float, list[int]]:
@@ -79,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--ablation', action='store_true', help='also time the pattern without each speed measure')
     args = parser.parse_args(argv)
 
+    # the encoders here, after the arguments: --help and argument errors stay instant
     import tokenizers
     import transformers
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             tok = tokenizers.Tokenizer.from_str(variant(spec, per_match, group_size))
             encoders[name] = lambda s, tok=tok: tok.encode(s).ids
 
-    print(f'# World tokenizer encode speed\n\n{platform.processor() or platform.machine()}, Python '
+    print(f'# World tokenizer encode speed\n\n{harness.machine()}, Python '
           f'{platform.python_version()}, tokenizers {tokenizers.__version__}, transformers {transformers.__version__}; '
           f'CPU time of one thread, best of {args.repeats}\n')
     print('| text | MB | encoder | MB/s | Mtokens/s | vs trie |')

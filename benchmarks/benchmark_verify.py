@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Verification at released sizes: time, CPU, peak RSS, the exact proof's error, the formula difference, launches.
 
-For each size it writes an RWKV-LM-format bf16 `.pth` shaped like BlinkDL's release (random trained-like values,
-vocab 65536; benchmark_convert.py's generator, in a process of its own) and converts it with the converter (neither
-timed), into --cache-dir, where later runs find them again; --weights long-memory draws w0 around -2 (decays near
-1: the ill-conditioned case). Then for each backend (`auto`, the default path: the exact proof alone; or keys of
-proof.backends.BACKENDS, which add their kernels' accuracy report: a backend registered there is measured without
-changing this script) it runs
+For each size it writes an RWKV-LM-format bf16 `.pth` shaped like BlinkDL's release (random trained-like values, vocab
+65536; tests/rwkv7_factory.py's generator, in a process of its own: harness.prepare_size) and converts it with the
+converter (neither timed), into --cache-dir, where later runs find them again; --weights long-memory draws w0 around
+-2 (decays near 1: the ill-conditioned case). Then for each backend (`auto`, the default path: the exact proof alone;
+or keys of proof.backends.BACKENDS, which add their kernels' accuracy report: a backend registered there is measured
+without changing this script) it runs
 
   python benchmarks/verify_counted.py --rwkv7 F --model D --tokens T --device KEY [--per-layer]
 
@@ -38,26 +38,18 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / 'utils'))
-from benchmark_convert import PROFILES, SIZES, Shape  # noqa: E402
-from verify_cases import calibrate, corrupt, corruptions  # noqa: E402
+from harness import HERE, UTILS, GiB, git_state, md_table, prepare_size, run_measured, say
+from rwkv7_factory import PROFILES, RELEASED
+from verify_cases import calibrate, corrupt, corruptions
 
-SIZES = {**SIZES, '7.2B': (4096, 32)}
 FAST_ONLY = {'7.2B'}
-VERIFY = REPO / 'utils' / 'verify_rwkv7.py'
+VERIFY = UTILS / 'verify_rwkv7.py'
 COUNTED = HERE / 'verify_counted.py'
-CONVERT = REPO / 'utils' / 'convert_to_rwkv7.py'
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / 'rwkv7-verify-bench'
-GiB = 1 << 30
 # (wall s or None, peak RSS GiB): issue #11 for every backend, issue #29 for the default path (auto: the exact proof)
 TARGETS = {'1.5B': (None, 3.0), '2.9B': (None, 4.0)}
 DEFAULT_TARGETS = {'1.5B': (30.0, 2.0), '2.9B': (None, 4.0), '7.2B': (240.0, 4.0)}
@@ -66,7 +58,7 @@ DEFAULT_TARGETS = {'1.5B': (30.0, 2.0), '2.9B': (None, 4.0), '7.2B': (240.0, 4.0
 def cpu_backends(wanted: str) -> dict:
     """--device key -> Backend for the backends to measure: `auto` (the default path), or those named ('all': auto
     and every CPU one of BACKENDS)."""
-    from _bootstrap import light_fla
+    from _bootstrap import light_fla  # here: light_fla() must run before fla.rwkv7_convert is imported
     light_fla()  # BACKENDS without fla's own __init__ (triton, torch): this process stays small
     from fla.rwkv7_convert.proof.backends import AUTO, BACKENDS, EXACT
     known = {'auto': EXACT, **{k: b for k, b in BACKENDS.items() if not str(b.device).startswith('cuda')}}
@@ -87,17 +79,12 @@ def run_verify(source: Path, model: Path, tokens: int, device: str, per_layer: b
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile('w+') as out:
         counts_file = Path(tmp) / 'counts.json'
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, RWKV7_BENCH_COUNTS=str(counts_file)))
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
+        sample, code = run_measured(argv, out, env=dict(os.environ, RWKV7_BENCH_COUNTS=str(counts_file)))
         out.seek(0)
         text = out.read()
         counts = json.loads(counts_file.read_text()) if counts_file.exists() else None
-    row = {'exit': os.waitstatus_to_exitcode(status), 'wall_s': round(wall, 1),
-           'cpu_s': round(usage.ru_utime + usage.ru_stime, 1), 'peak_rss_gib': round(usage.ru_maxrss * 1024 / GiB, 2),
-           'load': round(load, 2), 'output': text}
+    row = {'exit': code, 'wall_s': round(sample.wall, 1), 'cpu_s': round(sample.cpu, 1),
+           'peak_rss_gib': round(sample.rss_mb * 2**20 / GiB, 2), 'load': round(load, 2), 'output': text}
     if counts is not None:
         row['launches'] = sum(counts['launches'].values()) if counts['interpreted'] else 0
         row['programs'] = sum(counts['programs'].values()) if counts['interpreted'] else 0
@@ -118,39 +105,6 @@ def run_verify(source: Path, model: Path, tokens: int, device: str, per_layer: b
     return row
 
 
-def _need_bytes(name: str) -> int:
-    """The .pth and its conversion, both bf16, plus 1 GiB to spare."""
-    C, L = SIZES[name]
-    return 2 * 2 * Shape(C, L).num_parameters + GiB
-
-
-def prepare_size(name: str, workdir: Path, say, weights: str = 'trained-like') -> tuple[Path, Path] | None:
-    """The size's file and its conversion in `workdir`, reused when there; None when the disk cannot hold them."""
-    C, L = SIZES[name]
-    tag = name if weights == 'trained-like' else f'{name}-{weights}'
-    source, out = workdir / f'{tag}.pth', workdir / f'{tag}-out'
-    have = (source.stat().st_size if source.exists() else 0) * (2 if (out / 'config.json').exists() else 1)
-    free = shutil.disk_usage(workdir).free
-    if _need_bytes(name) - have > free:
-        say(f'{name}: skipped, {free / GiB:.1f} GiB free in {workdir}, {_need_bytes(name) / GiB:.1f} GiB needed')
-        return None
-    if not source.exists():
-        say(f'{name}: writing {source}')
-        # in a process of its own: Linux passes a parent's peak RSS on to every child it starts (the high-water mark
-        # survives fork and exec), so a parent that held the generated state dict inflated verify's measured peak
-        # RSS to the file's size (3.07 GiB at 1.5B instead of 1.22 GiB)
-        subprocess.run([sys.executable, '-c', 'import sys; sys.path.insert(0, sys.argv[1]); '
-                        'from pathlib import Path; from benchmark_convert import Shape, generate_checkpoint; '
-                        'generate_checkpoint(Shape(int(sys.argv[2]), int(sys.argv[3])), Path(sys.argv[4]), '
-                        'profile=sys.argv[5])', str(HERE), str(C), str(L), str(source), weights], check=True)
-    if not (out / 'config.json').exists():
-        say(f'{name}: converting to {out}')
-        shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([sys.executable, str(CONVERT), '--rwkv7', str(source), '--output', str(out), '--quiet',
-                        '--tokenizer', 'none'], check=True)
-    return source, out
-
-
 def judge_row(row: dict, name: str, default_path: bool, corruption) -> None:
     if corruption:
         row['expected'] = f'FAIL at {corruption[1]}'
@@ -163,51 +117,40 @@ def judge_row(row: dict, name: str, default_path: bool, corruption) -> None:
                   and (rss is None or row['peak_rss_gib'] <= rss))
 
 
-def _commit() -> str:
-    try:
-        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return head + (' (with uncommitted changes)' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
-
-
 def _sci(x) -> str:
     return '-' if x is None else f'{x:.1e}'
 
 
+TABLE = ['size', 'weights', 'backend', 'case', 'tokens', 'verdict', 'exact: fla float64 rel. RMS', 'formula vs BlinkDL',
+         'kernels ratio', 'wall', 'CPU', 'peak RSS', 'launches / programs / helper calls', 'load', 'target']
+
+
+def _cells(r: dict) -> list:
+    if r.get('skipped'):
+        return [r['size'], '', r['backend'], '-', '-', f"not run: {r['skipped']}"] + [''] * 9
+    counts = f"{r['launches']} / {r['programs']} / {r['helper_calls']}" if 'launches' in r else '-'
+    verdict = r['verdict'] + (f" at {r['first_divergence']}" if r['verdict'] == 'FAIL' and r['first_divergence'] else '')
+    piece = f" (piece {r['piece']})" if r.get('piece') else ''
+    return [f"{r['size']} (C{r['C']} L{r['L']})", r['weights'], r['backend'], r['case'], f"{r['tokens']}{piece}", verdict,
+            _sci(r.get('exact_rel_rms')), _sci(r.get('formula_rel_rms')), r['ratio'] or '-', f"{r['wall_s']} s",
+            f"{r['cpu_s']} s", f"{r['peak_rss_gib']} GiB", counts, r['load'],
+            f"{r['expected']}: {'met' if r['met'] else 'NOT met'}"]
+
+
 def table(rows: list[dict]) -> str:
-    lines = ['| size | weights | backend | case | tokens | verdict | exact: fla float64 rel. RMS | formula vs BlinkDL | '
-             'kernels ratio | wall | CPU | peak RSS | launches / programs / helper calls | load | target |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        if r.get('skipped'):
-            lines.append(f"| {r['size']} | | {r['backend']} | - | - | not run: {r['skipped']} | | | | | | | | | |")
-            continue
-        counts = (f"{r['launches']} / {r['programs']} / {r['helper_calls']}" if 'launches' in r else '-')
-        verdict = r['verdict'] + (f" at {r['first_divergence']}" if r['verdict'] == 'FAIL' and r['first_divergence']
-                                  else '')
-        lines.append(f"| {r['size']} (C{r['C']} L{r['L']}) | {r['weights']} | {r['backend']} | {r['case']} | {r['tokens']}"
-                     f"{' (piece ' + str(r['piece']) + ')' if r.get('piece') else ''} | {verdict} | "
-                     f"{_sci(r.get('exact_rel_rms'))} | {_sci(r.get('formula_rel_rms'))} | {r['ratio'] or '-'} | "
-                     f"{r['wall_s']} s | "
-                     f"{r['cpu_s']} s | {r['peak_rss_gib']} GiB | {counts} | {r['load']} | "
-                     f"{r['expected']}: {'met' if r['met'] else 'NOT met'} |")
-    return '\n'.join(lines)
+    return '\n'.join(md_table(TABLE, [_cells(r) for r in rows]))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--sizes', default='0.1B,0.4B,1.5B,2.9B',
-                   help=f'comma-separated from {", ".join(SIZES)} (default 0.1B,0.4B,1.5B,2.9B; 7.2B only with fast '
+                   help=f'comma-separated from {", ".join(RELEASED)} (default 0.1B,0.4B,1.5B,2.9B; 7.2B only with fast '
                         'backends)')
     p.add_argument('--backends', default='auto',
                    help='comma-separated: auto (the default path: the exact proof alone) or --device keys of CPU '
                         'backends (the exact proof and their kernels\' report), or all (default auto)')
     p.add_argument('--weights', default='trained-like', choices=PROFILES,
-                   help='benchmark_convert.PROFILES: trained-like (default) or long-memory (every vector N(0, 0.1), w0 '
+                   help='rwkv7_factory.PROFILES: trained-like (default) or long-memory (every vector N(0, 0.1), w0 '
                         'around -2: issue 29\'s ill-conditioned recipe)')
     p.add_argument('--tokens', type=int, default=16)
     p.add_argument('--per-layer', action='store_true')
@@ -224,9 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     if args.calibrate:
         rows = calibrate(args.workdir, args.tokens, say)
         if args.json:
@@ -236,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = cpu_backends(args.backends)
     rows, ok = [], True
     for name in args.sizes.split(','):
-        C, L = SIZES[name]
+        C, L = RELEASED[name]
         chosen = {k: b for k, b in backends.items() if name not in FAST_ONLY or getattr(b, 'fast', False)}
         for key in sorted(set(backends) - set(chosen)):
             rows.append({'size': name, 'backend': backends[key].name, 'skipped': 'only fast backends run 7.2B'})
@@ -278,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             source.unlink(missing_ok=True)
             shutil.rmtree(out, ignore_errors=True)
 
-    print(f'commit {_commit()}, {os.cpu_count()} CPUs, {args.tokens} tokens; `load` is the 1-minute load average '
+    print(f'commit {git_state()}, {os.cpu_count()} CPUs, {args.tokens} tokens; `load` is the 1-minute load average '
           'before each run')
     print()
     print(table(rows))

@@ -61,8 +61,8 @@ def prepare(case, source: Path, model_dir: Path, corrupt: str | None = None) -> 
     from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 
     if case.kind == 'released':
-        from benchmark_convert import Shape, generate_checkpoint
-        generate_checkpoint(Shape(case.hidden, case.layers, case.vocab, case.head_size), source)
+        from rwkv7_factory import Goose, write_checkpoint
+        write_checkpoint(Goose.rwkv_lm(case.hidden, case.layers, case.vocab, case.head_size), source)
     else:
         from rwkv7_factory import Goose, make_state_dict
         shape = Goose(vocab=case.vocab, hidden=case.hidden, layers=case.layers, head_size=case.head_size)

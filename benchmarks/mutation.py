@@ -16,6 +16,8 @@ differs from the right one (config.json or any tensor).
     python benchmarks/mutation.py                        # every slip; prints the markdown table
     python benchmarks/mutation.py --write-docs           # ... and writes it into docs/verification.md
     python benchmarks/mutation.py --slips rc4a-decay-aaaaa,rules-x_r-x_k --no-tests   # a few, verify only
+
+The package is imported inside the functions: a child must patch the table before anything of fla imports it.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import REPO, md_table, say, write_between_markers
+from rwkv7_factory import Goose, add_prefix, make_state_dict, save, write_layout
+
 TESTS = ['tests/mapping', 'tests/convert/test_layouts.py']
 DOCS_TEST = 'tests/mapping/test_docs.py'
-BEGIN, END = '<!-- mutation:begin -->', '<!-- mutation:end -->'
 
 
 # --------------------------------------------------------------------------------------------------------- the slips
@@ -169,8 +172,6 @@ def _run_child(args: list[str], timeout: int) -> dict:
 
 def write_sources(folder: Path) -> dict[str, Path]:
     """One small model in every layout the slips touch (tests/rwkv7_factory.py)."""
-    sys.path.insert(0, str(REPO / 'tests'))
-    from rwkv7_factory import Goose, add_prefix, make_state_dict, save, write_layout
     sd = make_state_dict(Goose(vocab=96, hidden=64, layers=2, head_size=64, w_rank=16, a_rank=16, v_rank=16,
                                g_rank=16), seed=3)
     out = {'canonical': save(sd, folder / 'canonical.pth'), 'orig_mod': save(add_prefix(sd, '_orig_mod.'),
@@ -209,8 +210,8 @@ def measure(slips: list[Slip], tests: bool, folder: Path) -> list[dict]:
             row['tests'] = _run_child(['--child-tests', s.key], 900)
         row['seconds'] = time.time() - t0
         rows.append(row)
-        print(f'{s.key}: verify {row["verdict"]}, wrong model {row["wrong"]}, tests '
-              f'{len(row["tests"]["failed"]) if tests else "-"} failed ({row["seconds"]:.0f} s)', file=sys.stderr)
+        say(f'{s.key}: verify {row["verdict"]}, wrong model {row["wrong"]}, tests '
+            f'{len(row["tests"]["failed"]) if tests else "-"} failed ({row["seconds"]:.0f} s)')
     return rows
 
 
@@ -234,35 +235,23 @@ def _verify_cell(row: dict, folder: str) -> str:
 
 
 def table(rows: list[dict], folder: str) -> str:
-    lines = ['| slip | file | wrong model made | tests catch it | verify catches it | verify says |',
-             '|---|---|---|---|---|---|']
+    cells = []
     for r in rows:
         wrong = 'no model (convert refused)' if r['wrong'] is None else 'yes' if r['wrong'] else 'no (same model)'
         caught = 'yes' if r['verdict'] != 'PASS' else ('no (harmless)' if r['wrong'] is False else '**NO**')
-        lines.append(f'| {r["slip"].what} | {r["slip"].layout} | {wrong} | {_tests_cell(r)} | {caught} | '
-                     f'{_verify_cell(r, folder)} |')
+        cells.append([r['slip'].what, r['slip'].layout, wrong, _tests_cell(r), caught, _verify_cell(r, folder)])
     passed_wrong = sum(1 for r in rows if r['verdict'] == 'PASS' and r['wrong'])
-    lines.append('')
-    lines.append(f'Wrong models passed by verify: **{passed_wrong}** of {sum(1 for r in rows if r["wrong"])}.')
-    return '\n'.join(lines)
-
-
-def write_docs(text: str, command: str) -> None:
-    doc = REPO / 'docs' / 'verification.md'
-    body = doc.read_text(encoding='utf-8')
-    block = f'{BEGIN}\nMeasured with `{command}` ({time.strftime("%Y-%m-%d")}):\n\n{text}\n{END}'
-    if BEGIN in body and END in body:
-        body = body[:body.index(BEGIN)] + block + body[body.index(END) + len(END):]
-    else:
-        body = body.rstrip('\n') + '\n\n## Mutation testing\n\n' + block + '\n'
-    doc.write_text(body, encoding='utf-8')
+    return '\n'.join(md_table(['slip', 'file', 'wrong model made', 'tests catch it', 'verify catches it', 'verify says'],
+                               cells) + ['', f'Wrong models passed by verify: **{passed_wrong}** of '
+                                             f'{sum(1 for r in rows if r["wrong"])}.'])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--slips', help='comma-separated keys (default: all): ' + ', '.join(BY_KEY))
     p.add_argument('--no-tests', action='store_true', help='skip the test-suite column')
-    p.add_argument('--write-docs', action='store_true', help='write the table into docs/verification.md')
+    p.add_argument('--write-docs', action='store_true',
+                   help='write the table into docs/verification.md, between its mutation markers')
     p.add_argument('--json', help='also write the rows here')
     p.add_argument('--child-tests', help=argparse.SUPPRESS)
     p.add_argument('--child-verify', nargs=3, help=argparse.SUPPRESS)
@@ -282,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.json).write_text(json.dumps([{**r, 'slip': r['slip'].key} for r in rows], indent=1))
     if a.write_docs:
         shown = ['--slips', a.slips] if a.slips else []
-        write_docs(text, ' '.join(['python benchmarks/mutation.py', *shown, *(['--no-tests'] if a.no_tests else []),
-                                   '--write-docs']))
+        command = ' '.join(['python benchmarks/mutation.py', *shown, *(['--no-tests'] if a.no_tests else []),
+                            '--write-docs'])
+        write_between_markers(REPO / 'docs' / 'verification.md', 'mutation',
+                              f'Measured with `{command}` ({time.strftime("%Y-%m-%d")}):\n\n{text}')
     return 1 if any(r['verdict'] == 'PASS' and r['wrong'] for r in rows) else 0
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import md_table
+from rwkv7_factory import Goose, make_state_dict, save
 
 
 def corruptions(L: int) -> dict:
@@ -40,7 +40,7 @@ def _tensor_spans(model_dir: Path) -> dict[str, tuple[Path, int, list[int], str]
 
 def corrupt(good: Path, bad: Path, action: tuple) -> None:
     """A copy of `good` with one corruption, patched in place (same shapes, so it loads)."""
-    import numpy as np
+    import numpy as np  # here: benchmark_verify's driver imports this module and stays small (harness.py)
     shutil.rmtree(bad, ignore_errors=True)
     shutil.copytree(good, bad)
     if action[0] == 'eps':
@@ -89,9 +89,8 @@ def calibrate(workdir: Path, tokens: int, say) -> list[dict]:
     fla's float64 error against the float64 reference of the same function for correct conversions and for the
     corruptions of tests/proof/test_verify.py, the formula difference from BlinkDL's function, and beside it the
     float32 stand-ins' calibrated ratio (the kernels' accuracy report)."""
-    sys.path.insert(0, str(REPO / 'tests'))
+    # torch and fla here: benchmark_verify's driver imports this module and must stay small (harness.py says why)
     import torch
-    from rwkv7_factory import Goose, make_state_dict, save
 
     from fla.rwkv7_convert.convert.to_fla import convert_to_fla
     from fla.rwkv7_convert.proof.verdict import EXACT_BOUND
@@ -127,13 +126,13 @@ def calibrate(workdir: Path, tokens: int, say) -> list[dict]:
                                  'first_divergence': r.first_divergence})
                     if action:
                         shutil.rmtree(model, ignore_errors=True)
-    print('| model | stored | weights | case | exact: fla float64 rel. RMS | worst sub-step | formula vs BlinkDL | '
-          'float32 stand-ins ratio | verdict |')
-    print('|---|---|---|---|---|---|---|---|---|')
-    for r in rows:
-        print(f"| {r['model']} | {r['stored']} | {r['weights']} | {r['case']} | {r['exact']:.1e} | "
-              f"{r['worst_step_err']:.1e} ({r['worst_step']}) | {r['formula']:.1e} | {r['kernels_ratio']:.3g} | "
-              f"{r['verdict']}{' at ' + r['first_divergence'] if r['first_divergence'] and r['verdict'] == 'FAIL' else ''} |")
+    header = ['model', 'stored', 'weights', 'case', 'exact: fla float64 rel. RMS', 'worst sub-step', 'formula vs BlinkDL',
+              'float32 stand-ins ratio', 'verdict']
+    print('\n'.join(md_table(header, [[
+        r['model'], r['stored'], r['weights'], r['case'], f"{r['exact']:.1e}",
+        f"{r['worst_step_err']:.1e} ({r['worst_step']})", f"{r['formula']:.1e}", f"{r['kernels_ratio']:.3g}",
+        r['verdict'] + (' at ' + r['first_divergence'] if r['first_divergence'] and r['verdict'] == 'FAIL' else '')]
+        for r in rows])))
     correct = [r['worst_step_err'] for r in rows if r['case'] == 'correct']
     wrong = [r['exact'] for r in rows if r['case'] != 'correct']
     if correct and wrong:

@@ -1,17 +1,41 @@
-"""Writes RWKV-7 checkpoints the way BlinkDL's RWKV-LM does, with random but trained-like values.
+"""Writes RWKV-7 checkpoints the way BlinkDL's RWKV-LM does, with random but trained-like values: the one generator
+of tests and benchmarks (benchmarks/ imports it for released-size files).
 
 Names and shapes follow RWKV-LM's `RWKV-v7/train_temp/src/model.py` (see ../shared/rwkv7-format.md): vectors are
 `[1, 1, C]`, `r_k` is `[H, N]`, layer 0 carries the unused `att.v0/v1/v2`. The values are drawn so that every path
 of the forward pass matters: decays spread over their whole range, gates away from 0 and 1, non-trivial norms.
+
+torch is imported inside the functions that draw or save: the benchmarks' drivers import this module for the shapes
+alone, and Linux passes a parent's peak RSS on to every child it starts, so a driver holding torch (~300 MB) would
+floor every peak RSS it measures.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# released RWKV-7 "Goose" World models: name -> (hidden size C, layers L); tiny is a quick smoke test, not released
+RELEASED = {'0.1B': (768, 12), '0.4B': (1024, 24), '1.5B': (2048, 24), '2.9B': (2560, 32), '7.2B': (4096, 32),
+            'tiny': (256, 2)}
+# How make_state_dict draws the values. 'tests' (the default): per tensor, trained-like, float32 (tests pin results on
+# it). 'trained-like' (released-size files, drawn in the target dtype: memory is the file's size once): LayerNorm gains
+# around 1, mixing coefficients in [0, 1], other vectors N(0, 0.2). 'long-memory', issue #29's ill-conditioned recipe:
+# every vector N(0, 0.1), the decay base w0 around -2 (decays exp(-exp(-softplus(2) - 0.5)) ~ 0.93 per token). Matrices
+# are N(0, fan_in^-0.5) in both released profiles.
+PROFILES = ('trained-like', 'long-memory')
+LONG_MEMORY_W0, LONG_MEMORY_SCALE = -2.0, 0.1
+
+
+def lora_rank(factor: float, C: int) -> int:
+    """RWKV-LM's suggested LoRA rank: max(32, round(f * sqrt(C) / 32) * 32)."""
+    return max(32, int(round(factor * math.sqrt(C) / 32)) * 32)
 
 
 @dataclass(frozen=True)
@@ -28,6 +52,16 @@ class Goose:
     v_rank: int = 32
     g_rank: int = 32
 
+    @classmethod
+    def rwkv_lm(cls, hidden: int, layers: int, vocab: int = 65536, head_size: int = 64) -> Goose:
+        """The shape RWKV-LM trains at this width and depth (FFN 4C, its suggested LoRA ranks), as released."""
+        return cls(vocab=vocab, hidden=hidden, layers=layers, head_size=head_size, w_rank=lora_rank(2.5, hidden),
+                   a_rank=lora_rank(2.5, hidden), v_rank=lora_rank(1.7, hidden), g_rank=lora_rank(5.0, hidden))
+
+    @classmethod
+    def released(cls, size: str) -> Goose:
+        return cls.rwkv_lm(*RELEASED[size])
+
     @property
     def heads(self) -> int:
         return self.hidden // self.head_size
@@ -36,70 +70,107 @@ class Goose:
     def ffn_width(self) -> int:
         return self.ffn if self.ffn is not None else 4 * self.hidden
 
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {'w': self.w_rank, 'a': self.a_rank, 'v': self.v_rank, 'g': self.g_rank}
+
     def but(self, **changes) -> Goose:
         return replace(self, **changes)
 
+    def tensors(self, layer0_v: bool = True) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) in RWKV-LM's module order, the order the values are drawn in."""
+        C, F, V, r = self.hidden, self.ffn_width, self.vocab, self.ranks
+        vec = (1, 1, C)
+        out: list[tuple[str, tuple[int, ...]]] = [('emb.weight', (V, C))]
+        for i in range(self.layers):
+            b, a = f'blocks.{i}.', f'blocks.{i}.att.'
+            norms = ('ln0', 'ln1', 'ln2') if i == 0 else ('ln1', 'ln2')
+            out += [(b + f'{n}.{p}', (C,)) for n in norms for p in ('weight', 'bias')]
+            out += [(a + f'x_{c}', vec) for c in 'rwkvag']
+            for letter in 'wav' if i > 0 or layer0_v else 'wa':
+                out += [(a + f'{letter}0', vec), (a + f'{letter}1', (C, r[letter])), (a + f'{letter}2', (r[letter], C))]
+            out += [(a + 'g1', (C, r['g'])), (a + 'g2', (r['g'], C)), (a + 'k_k', vec), (a + 'k_a', vec),
+                    (a + 'r_k', (self.heads, self.head_size))]
+            out += [(a + f'{p}.weight', (C, C)) for p in ('receptance', 'key', 'value', 'output')]
+            out += [(a + 'ln_x.weight', (C,)), (a + 'ln_x.bias', (C,))]
+            out += [(b + 'ffn.x_k', vec), (b + 'ffn.key.weight', (F, C)), (b + 'ffn.value.weight', (C, F))]
+        return out + [('ln_out.weight', (C,)), ('ln_out.bias', (C,)), ('head.weight', (V, C))]
 
-def make_state_dict(
-    shape: Goose,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    layer0_v: bool = True,
-) -> dict[str, torch.Tensor]:
-    """An RWKV-LM-format state dict (canonical names and shapes, no prefix) for `shape`."""
+    @property
+    def num_parameters(self) -> int:
+        return sum(math.prod(s) for _, s in self.tensors())
+
+
+# The 'tests' profile: ('normal', mean, std) or ('uniform', low, high) per tensor, by name
+_TESTS_RECIPE = {'w0': ('uniform', -6.0, 1.5),  # fast to slow decays, as trained models have
+                 'w2': ('normal', 0.0, 0.3), 'a0': ('normal', -0.2, 0.5), 'a2': ('normal', 0.0, 0.5),
+                 'v0': ('normal', 0.5, 0.5), 'v2': ('normal', 0.0, 0.5), 'k_k': ('normal', 0.8, 0.2),
+                 'k_a': ('normal', 1.0, 0.2), 'r_k': ('normal', 0.0, 0.3), 'bias': ('normal', 0.0, 0.1)}
+
+
+def _tests_recipe(name: str, s: Goose) -> tuple[str, float, float]:
+    *_, module, leaf = ['', *name.split('.')]
+    C = s.hidden
+    if leaf.startswith('x_'):
+        return 'uniform', 0.0, 1.0
+    if leaf in _TESTS_RECIPE:
+        return _TESTS_RECIPE[leaf]
+    if module.startswith('ln'):
+        return 'normal', 0.8 if module == 'ln_x' else 1.0, 0.2
+    if name == 'emb.weight':
+        return 'normal', 0.0, 0.3
+    fan = s.ffn_width if name.endswith('ffn.value.weight') else s.g_rank if leaf == 'g2' else C
+    scale = {'head': 2.0, 'w1': 0.3, 'a1': 0.5, 'v1': 0.5, 'g2': 0.5}.get(module if leaf == 'weight' else leaf, 1.0)
+    return 'normal', 0.0, scale / math.sqrt(fan)
+
+
+def _released_draw(t: torch.Tensor, name: str, size: tuple[int, ...], profile: str, gen) -> None:
+    if len(size) == 2 and not name.endswith('att.r_k'):
+        t.normal_(0.0, 1.0 / math.sqrt(size[-1]), generator=gen)
+    elif profile == 'long-memory':
+        t.normal_(LONG_MEMORY_W0 if name.endswith('.att.w0') else 0.0, LONG_MEMORY_SCALE, generator=gen)
+    elif name.endswith(('ln0.weight', 'ln1.weight', 'ln2.weight', 'ln_x.weight', 'ln_out.weight', 'k_k', 'k_a')):
+        t.normal_(1.0, 0.1, generator=gen)
+    elif len(size) == 3 and name.split('.')[-1].startswith('x_'):
+        t.uniform_(0.0, 1.0, generator=gen)
+    else:
+        t.normal_(0.0, 0.2, generator=gen)
+
+
+def make_state_dict(shape: Goose, dtype: torch.dtype | None = None, seed: int = 0, layer0_v: bool = True,
+                    profile: str = 'tests') -> dict[str, torch.Tensor]:
+    """An RWKV-LM-format state dict (canonical names and shapes, no prefix) for `shape`, its values drawn as `profile`
+    says ('tests' or one of PROFILES); dtype float32 by default."""
+    import torch
+
+    if profile not in ('tests', *PROFILES):
+        raise ValueError(f'profile {profile!r}: expected tests or one of {", ".join(PROFILES)}')
+    dtype = dtype or torch.float32
     gen = torch.Generator().manual_seed(seed)
-    C, H, N, F, V = shape.hidden, shape.heads, shape.head_size, shape.ffn_width, shape.vocab
+    sd = {}
+    for name, size in shape.tensors(layer0_v):
+        if profile != 'tests':  # drawn in the target dtype: a released-size file is held once
+            sd[name] = torch.empty(size, dtype=dtype)
+            _released_draw(sd[name], name, size, profile, gen)
+            continue
+        how, x, y = _tests_recipe(name, shape)
+        if how == 'uniform':
+            t = torch.rand(*size, generator=gen) * (y - x) + x
+        else:
+            t = torch.randn(*size, generator=gen) * y + x
+        sd[name] = t.to(dtype).contiguous()
+    return sd
 
-    def randn(*size, std=1.0, mean=0.0):
-        return torch.randn(*size, generator=gen) * std + mean
 
-    def uniform(*size, low=0.0, high=1.0):
-        return torch.rand(*size, generator=gen) * (high - low) + low
+def write_checkpoint(shape: Goose, path: str | Path, seed: int = 0, profile: str = 'trained-like') -> Path:
+    """A released-style bf16 RWKV-LM `.pth` of `shape`, values as `profile` says (PROFILES); ~15 s for 3 GB on 2 cores.
+    Written beside `path` and renamed into place: benchmarks reuse the file they find, so it must never be partial."""
+    import torch
 
-    def vec(t):
-        return t.reshape(1, 1, C)
-
-    sd: dict[str, torch.Tensor] = {'emb.weight': randn(V, C, std=0.3)}
-    for i in range(shape.layers):
-        b = f'blocks.{i}.'
-        if i == 0:
-            sd[b + 'ln0.weight'] = randn(C, std=0.2, mean=1.0)
-            sd[b + 'ln0.bias'] = randn(C, std=0.1)
-        sd[b + 'ln1.weight'] = randn(C, std=0.2, mean=1.0)
-        sd[b + 'ln1.bias'] = randn(C, std=0.1)
-        sd[b + 'ln2.weight'] = randn(C, std=0.2, mean=1.0)
-        sd[b + 'ln2.bias'] = randn(C, std=0.1)
-        a = b + 'att.'
-        for name in 'rwkvag':
-            sd[a + f'x_{name}'] = vec(uniform(C))
-        # w0 spans fast to slow decays, as trained models do
-        sd[a + 'w0'] = vec(uniform(C, low=-6.0, high=1.5))
-        sd[a + 'w1'] = randn(C, shape.w_rank, std=0.3 / math.sqrt(C))
-        sd[a + 'w2'] = randn(shape.w_rank, C, std=0.3)
-        sd[a + 'a0'] = vec(randn(C, std=0.5, mean=-0.2))
-        sd[a + 'a1'] = randn(C, shape.a_rank, std=0.5 / math.sqrt(C))
-        sd[a + 'a2'] = randn(shape.a_rank, C, std=0.5)
-        if i > 0 or layer0_v:
-            sd[a + 'v0'] = vec(randn(C, std=0.5, mean=0.5))
-            sd[a + 'v1'] = randn(C, shape.v_rank, std=0.5 / math.sqrt(C))
-            sd[a + 'v2'] = randn(shape.v_rank, C, std=0.5)
-        sd[a + 'g1'] = randn(C, shape.g_rank, std=1.0 / math.sqrt(C))
-        sd[a + 'g2'] = randn(shape.g_rank, C, std=0.5 / math.sqrt(shape.g_rank))
-        sd[a + 'k_k'] = vec(randn(C, std=0.2, mean=0.8))
-        sd[a + 'k_a'] = vec(randn(C, std=0.2, mean=1.0))
-        sd[a + 'r_k'] = randn(H, N, std=0.3)
-        for proj in ('receptance', 'key', 'value', 'output'):
-            sd[a + f'{proj}.weight'] = randn(C, C, std=1.0 / math.sqrt(C))
-        sd[a + 'ln_x.weight'] = randn(C, std=0.2, mean=0.8)
-        sd[a + 'ln_x.bias'] = randn(C, std=0.1)
-        f = b + 'ffn.'
-        sd[f + 'x_k'] = vec(uniform(C))
-        sd[f + 'key.weight'] = randn(F, C, std=1.0 / math.sqrt(C))
-        sd[f + 'value.weight'] = randn(C, F, std=1.0 / math.sqrt(F))
-    sd['ln_out.weight'] = randn(C, std=0.2, mean=1.0)
-    sd['ln_out.bias'] = randn(C, std=0.1)
-    sd['head.weight'] = randn(V, C, std=2.0 / math.sqrt(C))
-    return {k: v.to(dtype).contiguous() for k, v in sd.items()}
+    path = Path(path)
+    partial = save(make_state_dict(shape, torch.bfloat16, seed, profile=profile), path.with_name(path.name + '.partial'))
+    os.replace(partial, path)
+    return path
 
 
 def squeeze_vectors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,6 +188,8 @@ def add_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
 
 def save(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Save as RWKV-LM does (`torch.save`) or, for a `.safetensors` path, with safetensors."""
+    import torch
+
     path = Path(path)
     if path.suffix == '.safetensors':
         from safetensors.torch import save_file
@@ -198,6 +271,8 @@ def write_layout(layout: str, sd: dict[str, torch.Tensor], folder: Path,
                  edit=None) -> tuple[Path, dict[str, torch.Tensor]]:
     """`sd` written in `layout` (one of LAYOUT_WRITERS) under `folder`; returns (path, what it means canonically).
     `edit`, if given, changes the stored name -> tensor mapping just before it is written (a mutation)."""
+    import torch
+
     folder = Path(folder)
     edit = edit or (lambda stored: stored)
     if layout == 'rc4a-train':
@@ -246,6 +321,8 @@ LAYOUT_WRITERS = ('rc4a-train', 'rc4a-demo', 'lightning', 'st', 'hf-rwkv7-prefix
 # fla-side layouts: a modern fla state dict rewritten the way older fla versions saved it
 def to_fla_jan2025(fla_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fla 7f8c169f: k_k, k_a, ffn.x_k stored [1,1,C]; layer 0 has a (unused) v_lora."""
+    import torch
+
     out = {k: (v.reshape(1, 1, -1) if k.endswith(('attn.k_k', 'attn.k_a', 'ffn.x_k')) else v) for k, v in fla_sd.items()}
     for k in [k for k in fla_sd if k.startswith('model.layers.1.attn.v_lora.')]:
         out[k.replace('layers.1.', 'layers.0.')] = torch.zeros_like(fla_sd[k])
@@ -254,6 +331,8 @@ def to_fla_jan2025(fla_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_fla_x_x(fla_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fla 845112af: the six mixing vectors stacked as attn.x_x [6, C]."""
+    import torch
+
     out = {}
     for k, v in fla_sd.items():
         if k.endswith('.attn.x_r'):
@@ -272,6 +351,8 @@ FLA_LAYOUT_WRITERS = {'fla-jan2025': to_fla_jan2025, 'fla-x_x': to_fla_x_x}
 def make_tuned_state(shape: Goose, seed: int = 5, scale: float = 0.5) -> torch.Tensor:
     """[L, H, N, N] tuned initial wkv states in BlinkDL's orientation ([head, value, key], RWKV-PEFT's time_state),
     scaled like a trained state (entries of order 0.1 to 1) and far from symmetric, so a transpose shows."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(shape.layers, shape.heads, shape.head_size, shape.head_size, generator=gen) * scale
 
