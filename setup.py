@@ -7,8 +7,8 @@ setup(
     # A portion of fla's namespace: installed fla's __init__ calls pkgutil.extend_path, so there is no fla/__init__.py here.
     packages=['fla.rwkv7_convert'] + [f'fla.rwkv7_convert.{p}' for p in ('formats', 'mapping', 'convert', 'hub', 'proof', 'cli')],
     package_data={'fla.rwkv7_convert.hub': ['data/*']},
-    # outside the fla package on purpose: a console script naming fla.rwkv7_convert.cli.dispatch would run fla's __init__
-    # (its models, triton, transformers: 5-10 s) before our code; this module starts the commands without it
+    # outside the fla package on purpose: a console script naming fla.rwkv7_convert.cli.dispatch would run fla's
+    # __init__ (its models, triton, transformers: 5-10 s) before our code; this module starts the commands without it
     py_modules=['rwkv7_convert_entry'],
     entry_points={'console_scripts': [
         'rwkv7-convert = rwkv7_convert_entry:convert',
