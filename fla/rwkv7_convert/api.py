@@ -43,10 +43,10 @@ from fla.rwkv7_convert.convert.tuned_state import convert_state as _convert_stat
 from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
-from fla.rwkv7_convert.proof.run import generate, load_model
-from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
+from fla.rwkv7_convert.runtime.run import generate, load_model
+from fla.rwkv7_convert.runtime.state_cache import initial_cache, load_initial_state
 
 PathLike = str | os.PathLike
 
@@ -162,7 +162,7 @@ def verify(source: PathLike, model_dir: PathLike, *, device: str = 'auto', dtype
     it runs, not with this module). Raises ConversionError before any compute for files that are not a pair.
     """
     if device == 'cpu':
-        from fla.rwkv7_convert.proof.runtime import interpreter_ready
+        from fla.rwkv7_convert.runtime.device import interpreter_ready
         if not interpreter_ready():
             raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
                                   'chosen before triton is imported, and this process has imported it (import fla does); '

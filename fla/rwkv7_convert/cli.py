@@ -36,7 +36,8 @@ from fla.rwkv7_convert.hub.model_card import write_model_card
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS, PREFIXES, WRAPPER_KEYS
-from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
+from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, DEFAULT_TOKENS, DTYPES, verify
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `yes | head`: the reader left, not an error
 
@@ -366,7 +367,7 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
     p.add_argument('--per-layer', action='store_true', help='judge and show every sub-step (a failing run always '
                    'names the first divergence)')
     p.add_argument('--piece', type=int, default=None, action=Once,
-                   help=f'feed tokens in pieces of this size through the cache (default: {CPU_PIECE} on the CPU, '
+                   help=f'feed tokens in pieces of this size through the cache (default: {RECURRENT_MAX_TOKENS} on the CPU, '
                         'which fla needs (< 64); the whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
     p.add_argument('--seed', type=int, default=0, action=Once)
     tuned = p.add_argument_group('tuned initial states (state tuning)', (

@@ -18,7 +18,7 @@ from fla.rwkv7_convert.mapping.table import PREFIXES, RULES, SHAPE_ALIASES, WRAP
 def meta_model_shapes(dims) -> dict[str, tuple[int, ...]]:
     from fla.models import RWKV7Config, RWKV7ForCausalLM
 
-    from fla.rwkv7_convert.proof.loading import fla_init_skipped
+    from fla.rwkv7_convert.runtime.loading import fla_init_skipped
     with torch.device('meta'), fla_init_skipped():
         model = RWKV7ForCausalLM(RWKV7Config(**{k: v for k, v in fla_config(dims, 'F32').items()
                                                 if k not in ('architectures', 'model_type', 'dtype')}))

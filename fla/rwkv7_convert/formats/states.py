@@ -7,7 +7,7 @@ holds `recurrent_state` as `[B, H, K, V]`. The file written here holds one tenso
 converted to. It is a file of its own so that config.json and the weights stay exactly what every loader reads.
 
 This module only reads and writes that file and checks what it holds; where the tensors come from (the mapping
-table) and how they become fla's cache (proof/run.py) live elsewhere.
+table) and how they become fla's cache (runtime/state_cache.py) live elsewhere.
 """
 
 from __future__ import annotations

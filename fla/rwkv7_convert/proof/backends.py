@@ -10,14 +10,19 @@ the instance itself).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.runtime import device as runtime  # called as runtime.use_interpreter(): benchmarks wrap it there
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
+from fla.rwkv7_convert.runtime.torch_wkv import installed
 
-# On the CPU as many tokens per fla call as its recurrent path takes (runtime.RECURRENT_MAX_TOKENS): fewer interpreted
-# launches. The cache between calls is exercised from 64 tokens on, and by the tests that set a smaller piece
-# (tests/proof/test_verify.py, test_interpreter.py).
-CPU_PIECE = 63
+# torch is imported inside the functions: the command line imports this module on its light path (~1.3 s for torch).
+# On the CPU every backend feeds fla RECURRENT_MAX_TOKENS tokens per call by default, as many as its recurrent path
+# takes: fewer interpreted launches. The cache between calls is exercised from 64 tokens on, and by the tests that set
+# a smaller piece (tests/proof/test_verify.py, tests/runtime/test_interpreter.py).
 
 
 class Backend:
@@ -56,7 +61,6 @@ class Backend:
 
     def running(self):
         """A context the fla side runs inside (the torch stand-ins for TorchWkv); nothing by default."""
-        import contextlib
         return contextlib.nullcontext()
 
     def choose(self, dims, piece: int | None) -> Backend:
@@ -65,14 +69,13 @@ class Backend:
 
 
 class CpuInterpreted(Backend):
-    """fla's Triton kernels on the CPU through Triton's interpreter (runtime.use_interpreter): only the recurrent
+    """fla's Triton kernels on the CPU through Triton's interpreter (runtime/device.py use_interpreter): only the recurrent
     kernel works there (< 64 tokens a call), and numpy computes it, in IEEE float32."""
 
     device = 'cpu'
     name = 'fla Triton kernels, interpreted'
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
         if dtype != 'float32':
             raise ConversionError(f'--dtype {dtype} on the CPU: fla runs there through Triton\'s interpreter, which '
                                   'computes with numpy (no bfloat16) and returns NaN; use float32, or --device cuda')
@@ -82,23 +85,20 @@ class CpuInterpreted(Backend):
         return piece
 
     def prepare(self) -> None:
-        import sys
-
-        from fla.rwkv7_convert.proof.runtime import cuda_available, use_interpreter
-        if os.environ.get('TRITON_INTERPRET') != '1' and ('triton' in sys.modules or cuda_available()):
+        if os.environ.get('TRITON_INTERPRET') != '1' and ('triton' in sys.modules or runtime.cuda_available()):
             # the interpreter is chosen when triton is imported, and use_interpreter leaves a CUDA machine alone
             raise ConversionError("--device cpu: fla's kernels run on the CPU only through Triton's interpreter, and "
                                   'this process has triton imported or a CUDA device without it; set TRITON_INTERPRET=1 '
                                   'and FLA_CACHE_RESULTS=0 before starting Python, or use --device cuda')
-        use_interpreter()
+        runtime.use_interpreter()
 
     def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE
+        return RECURRENT_MAX_TOKENS
 
 
 class TorchWkv(Backend):
     """fla's own modules (RWKV7Block, LoRAs, norms, FFN) on the CPU with every Triton kernel they launch replaced by
-    a torch function of the same contract (torch_wkv.py) computing in float32 as the kernels do: their rounding
+    a torch function of the same contract (runtime/torch_wkv.py) computing in float32 as the kernels do: their rounding
     without the kernels themselves (CpuInterpreted and Cuda run those). Torch uses every core this process may use."""
 
     device = 'cpu'
@@ -112,10 +112,9 @@ class TorchWkv(Backend):
         return self.piece_at_least_one(piece, tokens)
 
     def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE  # what the interpreted backend feeds, so both run fla's recurrent path the same way
+        return RECURRENT_MAX_TOKENS  # what the interpreted backend feeds, so both run fla's recurrent path the same way
 
     def running(self):
-        from fla.rwkv7_convert.proof.torch_wkv import installed
         return installed(threads=cpu_threads())
 
 
@@ -128,7 +127,7 @@ def cpu_threads() -> int:
 
 
 class Exact(Backend):
-    """The exact proof alone: fla's modules in float64 with the torch stand-ins (torch_wkv.py), against the float64
+    """The exact proof alone: fla's modules in float64 with the torch stand-ins (runtime/torch_wkv.py), against the float64
     reference of the function config.json configures. torch on the CPU, every core this process may use."""
 
     device = 'cpu'
@@ -143,7 +142,7 @@ class Exact(Backend):
         return self.piece_at_least_one(piece, tokens)
 
     def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE
+        return RECURRENT_MAX_TOKENS
 
     def precision(self, dtype: str, piece: int) -> str:
         return 'float64'
@@ -161,7 +160,7 @@ class Auto(Backend):
         return (BACKENDS['cuda'] if _cuda_present() else EXACT).check(dtype, piece, tokens)
 
     def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE
+        return RECURRENT_MAX_TOKENS
 
     def choose(self, dims, piece: int | None) -> Backend:
         return BACKENDS['cuda'] if _cuda_present() else EXACT
@@ -170,7 +169,6 @@ class Auto(Backend):
 def _cuda_present() -> bool:
     if os.environ.get('TRITON_INTERPRET') == '1':
         return False
-    import sys
     torch = sys.modules.get('torch')
     if torch is None:
         import torch
@@ -188,8 +186,7 @@ class Cuda(Backend):
         return piece or self.default_piece(tokens)
 
     def prepare(self) -> None:
-        from fla.rwkv7_convert.proof.runtime import cuda_available
-        if not cuda_available():
+        if not runtime.cuda_available():
             raise ConversionError('--device cuda: no CUDA device is available')
 
     def precision(self, dtype: str, piece: int) -> str:

@@ -6,6 +6,8 @@ import os
 import sys
 from contextlib import contextmanager
 
+from fla.rwkv7_convert.runtime.cpu_guard import guard_cpu_runs
+
 
 def ensure_real_fla():
     """The real `fla` package, imported now if the command-line scripts had put a light stub in its place
@@ -68,5 +70,4 @@ def load_fla_model(model_dir: str | os.PathLike, dtype=None, device=None):
         raise RuntimeError(f'{model_dir}: loading into RWKV7ForCausalLM reported {problems or info["error_msgs"]}')
     if device is not None:
         model = model.to(device)
-    from fla.rwkv7_convert.proof.cpu_guard import guard_cpu_runs  # CPU runs that would fail or give NaN: one clear error
     return guard_cpu_runs(model.eval())
