@@ -19,10 +19,7 @@ from fla.rwkv7_convert.runtime import device as runtime  # called as runtime.use
 from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
 from fla.rwkv7_convert.runtime.torch_wkv import installed
 
-# torch is imported inside the functions: the command line imports this module on its light path (~1.3 s for torch).
-# On the CPU every backend feeds fla RECURRENT_MAX_TOKENS tokens per call by default, as many as its recurrent path
-# takes: fewer interpreted launches. The cache between calls is exercised from 64 tokens on, and by the tests that set
-# a smaller piece (tests/proof/test_verify.py, tests/runtime/test_interpreter.py).
+# torch is imported inside the functions: the command line imports this module on its light path (~1.3 s for torch)
 
 
 class Backend:
@@ -36,17 +33,26 @@ class Backend:
     name = ''  # shown in the report
     fast = False  # runs at the speed of the arithmetic (no interpreter): benchmarks/benchmark_verify.py runs 7.2B with it
     kernels = True  # runs fla's kernels for the accuracy report beside the exact proof
+    not_float32 = ''  # why a --dtype other than float32 is refused here (the refusal's rest); '' where any dtype runs
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         """Refuse what cannot work here from the arguments alone (one line, nothing imported or read); returns the
-        piece size to feed fla."""
-        raise NotImplementedError
+        piece size to feed fla. By default: the dtype (`not_float32`), then a piece below 1."""
+        self.refuse_dtype(dtype)
+        return self.piece_at_least_one(piece, tokens)
+
+    def refuse_dtype(self, dtype: str) -> None:
+        if self.not_float32 and dtype != 'float32':
+            raise ConversionError(f'--dtype {dtype}{self.not_float32}')
 
     def prepare(self) -> None:
         """Set up what must come before fla or triton are imported; refuse (one line) where the device cannot run."""
 
     def default_piece(self, tokens: int) -> int:
-        return tokens
+        """On the CPU as many tokens per fla call as its recurrent path takes (fewer interpreted launches; the cache
+        between calls is exercised from 64 tokens on, and by the tests that set a smaller piece); elsewhere the whole
+        sequence."""
+        return RECURRENT_MAX_TOKENS if self.device == 'cpu' else tokens
 
     def piece_at_least_one(self, piece: int | None, tokens: int) -> int:
         """The piece to feed fla: `piece`, or the default for `tokens`; refused below 1 (one line)."""
@@ -75,10 +81,11 @@ class CpuInterpreted(Backend):
     device = 'cpu'
     name = 'fla Triton kernels, interpreted'
 
+    not_float32 = (' on the CPU: fla runs there through Triton\'s interpreter, which computes with numpy (no bfloat16) '
+                   'and returns NaN; use float32, or --device cuda')
+
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32':
-            raise ConversionError(f'--dtype {dtype} on the CPU: fla runs there through Triton\'s interpreter, which '
-                                  'computes with numpy (no bfloat16) and returns NaN; use float32, or --device cuda')
+        self.refuse_dtype(dtype)
         piece = self.default_piece(tokens) if piece is None else piece
         if not 1 <= piece <= RECURRENT_MAX_TOKENS:
             raise ConversionError(f'--piece {piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
@@ -92,9 +99,6 @@ class CpuInterpreted(Backend):
                                   'and FLA_CACHE_RESULTS=0 before starting Python, or use --device cuda')
         runtime.use_interpreter()
 
-    def default_piece(self, tokens: int) -> int:
-        return RECURRENT_MAX_TOKENS
-
 
 class TorchWkv(Backend):
     """fla's own modules (RWKV7Block, LoRAs, norms, FFN) on the CPU with every Triton kernel they launch replaced by
@@ -104,15 +108,8 @@ class TorchWkv(Backend):
     device = 'cpu'
     name = 'fla modules, torch wkv'
     fast = True
-
-    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32':
-            raise ConversionError(f'--dtype {dtype} with --device cpu-torch: its verdicts are calibrated for the '
-                                  'kernels\' float32 on the CPU; use float32, or --device cuda')
-        return self.piece_at_least_one(piece, tokens)
-
-    def default_piece(self, tokens: int) -> int:
-        return RECURRENT_MAX_TOKENS  # what the interpreted backend feeds, so both run fla's recurrent path the same way
+    not_float32 = (' with --device cpu-torch: its verdicts are calibrated for the kernels\' float32 on the CPU; use '
+                   'float32, or --device cuda')
 
     def running(self):
         return installed(threads=cpu_threads())
@@ -134,15 +131,8 @@ class Exact(Backend):
     name = 'fla modules in float64, torch wkv'
     fast = True
     kernels = False
-
-    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32':
-            raise ConversionError(f'--dtype {dtype}: the exact proof runs in float64; a precision is for the kernels\' '
-                                  'accuracy report: name the kernels with --device cpu, cpu-torch or cuda')
-        return self.piece_at_least_one(piece, tokens)
-
-    def default_piece(self, tokens: int) -> int:
-        return RECURRENT_MAX_TOKENS
+    not_float32 = (': the exact proof runs in float64; a precision is for the kernels\' accuracy report: name the '
+                   'kernels with --device cpu, cpu-torch or cuda')
 
     def precision(self, dtype: str, piece: int) -> str:
         return 'float64'
@@ -158,9 +148,6 @@ class Auto(Backend):
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         return (BACKENDS['cuda'] if _cuda_present() else EXACT).check(dtype, piece, tokens)
-
-    def default_piece(self, tokens: int) -> int:
-        return RECURRENT_MAX_TOKENS
 
     def choose(self, dims, piece: int | None) -> Backend:
         return BACKENDS['cuda'] if _cuda_present() else EXACT
