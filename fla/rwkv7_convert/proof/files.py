@@ -12,6 +12,7 @@ Every refusal is one line naming the file and the key.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError
@@ -124,8 +125,6 @@ class ConvertedDir:
 def check_pair(src: SourceFile, out: ConvertedDir) -> None:
     """Before any compute: the directory's config and tensor shapes are the ones the source file converts to.
     One line naming both files and the first disagreement."""
-    from dataclasses import asdict
-
     problems = [f'config.json {key} = {value!r}, but the file has {symbol} = {size}'
                 for key, value, symbol, size in size_mismatches(out.config, asdict(src.plan.dims))]
     expected = {e.fla: e for e in src.plan.kept}

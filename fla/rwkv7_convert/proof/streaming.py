@@ -10,11 +10,13 @@ sent back to meta. The embedding is read for the rows the tokens use, the head a
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from fla.rwkv7_convert.errors import ConfigError
 from fla.rwkv7_convert.formats.display import progress_bar
@@ -35,7 +37,6 @@ FLA_SIZES = (('hidden_size', 'C'), ('num_hidden_layers', 'L'), ('head_dim', 'N')
 def _check_fla_config(config, raw: dict, dims, shown: str) -> None:
     """What fla builds from config.json, with its defaults for missing keys, is the file's model: without
     num_hidden_layers fla builds 24 layers (from_pretrained leaves the extra ones random), without vocab_size 32000."""
-    from dataclasses import asdict
     want = asdict(dims)
     for key, symbol in FLA_SIZES:
         if symbol == 'Dv' and dims.L == 1:  # fla builds no value LoRA in layer 0 (it takes v_first there)
@@ -330,8 +331,6 @@ def _release_freed() -> None:
     grows as large blocks are freed, come from the heap: a layer's float64 and float32 copies of different sizes leave
     free space there that the next layer's sizes may not reuse, and RSS would climb layer by layer (2.9B with a
     kernels' report: 4.5 GiB without this). Nothing where there is no glibc."""
-    import ctypes
-    import ctypes.util
     global _TRIM
     if _TRIM is None:
         try:

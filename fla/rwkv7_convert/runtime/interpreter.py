@@ -27,6 +27,8 @@ from __future__ import annotations
 import inspect
 import math
 
+# triton is imported inside the functions: use_interpreter sets the variables it reads at import first
+
 _INSTALLED: dict | None = None  # what install() replaced, while installed
 
 

@@ -23,6 +23,9 @@ import contextlib
 
 from fla.rwkv7_convert.runtime.loading import ensure_real_fla
 
+# torch and fla's modules are imported inside the functions: the command line imports this module on its light path
+# (seconds), and fla's modules come after ensure_real_fla and the interpreter's variables
+
 NAME = 'fla modules, torch wkv'
 
 
