@@ -3,7 +3,7 @@
 `import fla.<anything>` normally runs fla/__init__.py, which imports all of fla's models, triton and transformers:
 about 5-10 s before the first byte is converted. Conversion needs none of them, so the commands register `fla` as a
 bare namespace over the same folders (the ones `pkgutil.extend_path` would find) while fla is not yet imported.
-Nothing of fla is copied or replaced; `fla.rwkv7_convert.proof.loading.ensure_real_fla()` swaps in the real package
+Nothing of fla is copied or replaced; `fla.rwkv7_convert.runtime.loading.ensure_real_fla()` swaps in the real package
 for steps that run fla's models.
 
 This module lives outside the `fla` package on purpose: a console script naming `fla.rwkv7_convert.cli.dispatch:main` would

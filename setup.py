@@ -5,7 +5,8 @@ setup(
     version='0.1.0',
     description='Convert RWKV-7 checkpoints between BlinkDL RWKV-LM and flash-linear-attention, verified by logits',
     # A portion of fla's namespace: installed fla's __init__ calls pkgutil.extend_path, so there is no fla/__init__.py here.
-    packages=['fla.rwkv7_convert'] + [f'fla.rwkv7_convert.{p}' for p in ('formats', 'mapping', 'convert', 'hub', 'proof', 'cli')],
+    packages=['fla.rwkv7_convert'] + [f'fla.rwkv7_convert.{p}' for p in (
+        'formats', 'mapping', 'convert', 'hub', 'runtime', 'proof', 'parity', 'cli')],
     package_data={'fla.rwkv7_convert.hub': ['data/*']},
     # outside the fla package on purpose: a console script naming fla.rwkv7_convert.cli.dispatch would run fla's
     # __init__ (its models, triton, transformers: 5-10 s) before our code; this module starts the commands without it

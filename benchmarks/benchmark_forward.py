@@ -45,7 +45,6 @@ from harness import md_table, prepare_size, say
 
 # torch, triton and fla are imported inside the functions: --cpu-smoke must select Triton's interpreter before any of
 # them is imported, and without CUDA the script says "skipped" without paying for them.
-RECURRENT_PIECE = 63  # fla takes its recurrent kernel below 64 tokens per call
 
 
 def cuda_available() -> bool:
@@ -106,7 +105,10 @@ class Timer:
 
 class FlaRunner:
     def __init__(self, model, kernel: str):
-        self.model, self.kernel = model, kernel
+        # late: fla is imported by now (the model is built), and importing the package earlier would import triton
+        # before --cpu-smoke selects the interpreter
+        from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
+        self.model, self.kernel, self.piece = model, kernel, RECURRENT_MAX_TOKENS  # fla's recurrent kernel: < 64 tokens
 
     def _call(self, ids, cache, keep):
         logits, cache = self.model(input_ids=ids, past_key_values=cache, use_cache=True, return_dict=False,
@@ -118,8 +120,8 @@ class FlaRunner:
         if self.kernel == 'chunk':  # one call; fla runs it with chunk_rwkv7 when it has 64 tokens or more
             return self._call(ids, cache, 1)
         logits = None
-        for s in range(0, ids.shape[1], RECURRENT_PIECE):
-            logits, cache = self._call(ids[:, s:s + RECURRENT_PIECE], cache, 1)
+        for s in range(0, ids.shape[1], self.piece):
+            logits, cache = self._call(ids[:, s:s + self.piece], cache, 1)
         return logits, cache
 
     def step(self, tok, cache):
@@ -130,8 +132,8 @@ class FlaRunner:
         import torch
 
         outs, cache = [], None
-        for s in range(0, ids.shape[1], RECURRENT_PIECE):
-            out, cache = self._call(ids[:, s:s + RECURRENT_PIECE], cache, 0)
+        for s in range(0, ids.shape[1], self.piece):
+            out, cache = self._call(ids[:, s:s + self.piece], cache, 0)
             outs.append(out)
         return torch.cat(outs, 1)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which kernel's float32 rounding dominates fla's error: the kernels' accuracy report, taken apart.
 
-The float32 stand-ins (proof/torch_wkv.py) round as fla's fused kernels do. This runs verify's kernels' report once
+The float32 stand-ins (runtime/torch_wkv.py) round as fla's fused kernels do. This runs verify's kernels' report once
 with all of them, then once per kernel with that kernel alone computed in float64 (its inputs widened, its output
 rounded back to float32 once: `installed(precise=...)`), and prints the ratio of the kernels' error to the float32
 reference's own each time. The kernel whose exactness brings the ratio down most is the one whose rounding
@@ -24,8 +24,8 @@ from rwkv7_factory import PROFILES, RELEASED
 def measure(source: Path, model: Path, tokens: int, kernels: list[str]) -> list[dict]:
     # fla's proof (torch) here, after main's light_fla(): --help and argument errors stay instant
     from fla.rwkv7_convert.proof.backends import TorchWkv, cpu_threads
-    from fla.rwkv7_convert.proof.torch_wkv import installed
     from fla.rwkv7_convert.proof.verify import verify
+    from fla.rwkv7_convert.runtime.torch_wkv import installed
 
     class Precise(TorchWkv):
         def __init__(self, precise: frozenset[str]):
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--weights', default='trained-like', choices=PROFILES, help='with --size: how the values are drawn')
     p.add_argument('--cache-dir', type=Path, default=Path('/tmp/rwkv7-verify-bench'))
     p.add_argument('--tokens', type=int, default=16)
-    p.add_argument('--kernels', default='', help='comma-separated KERNELS of proof/torch_wkv.py (default: all)')
+    p.add_argument('--kernels', default='', help='comma-separated KERNELS of runtime/torch_wkv.py (default: all)')
     args = p.parse_args(argv)
     from _bootstrap import light_fla
     light_fla()
-    from fla.rwkv7_convert.proof.torch_wkv import KERNELS
+    from fla.rwkv7_convert.runtime.torch_wkv import KERNELS
     if args.size:
         args.cache_dir.mkdir(parents=True, exist_ok=True)
         files = prepare_size(args.size, args.cache_dir, weights=args.weights)

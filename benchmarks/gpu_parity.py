@@ -3,7 +3,7 @@
 
 Every model here is written in RWKV-LM's format, converted with this project's converter, and loaded from the
 converted directory (fla) and from the original file (reference). The engine is the library's
-(fla.rwkv7_convert.proof.parity: the plan, one cell, the verdict; proof.parity_workers: the worker processes and
+(fla.rwkv7_convert.parity.matrix: the plan, one cell, the verdict; parity.workers: the worker processes and
 the budget); this driver builds the models, runs it, and writes the report.
 
 Cells: kernel (chunk, fused_recurrent) x precision (float32 with IEEE dots, float32 as users run it = TF32 dots,
@@ -47,8 +47,9 @@ from _bootstrap import light_fla  # noqa: E402
 
 light_fla()  # the parent converts and judges: fla's models (and triton) are for the workers only
 
-from fla.rwkv7_convert.proof.parity import make_plan, select_runtime  # noqa: E402
-from fla.rwkv7_convert.proof.parity_workers import device_name, judge_cells, markdown, run_matrix, versions  # noqa: E402
+from fla.rwkv7_convert.parity.matrix import make_plan  # noqa: E402
+from fla.rwkv7_convert.parity.process import select_runtime  # noqa: E402
+from fla.rwkv7_convert.parity.workers import device_name, judge_cells, markdown, run_matrix, versions  # noqa: E402
 
 CORRUPTIONS = ('swap-kk-ka', 'transpose-state')
 
@@ -71,7 +72,7 @@ def prepare(case, source: Path, model_dir: Path, corrupt: str | None = None) -> 
     if any(lay.state for lay in case.layouts):
         from rwkv7_factory import make_tuned_state, time_states, write_state_conversion
 
-        from fla.rwkv7_convert.proof.parity_workers import case_state_paths
+        from fla.rwkv7_convert.parity.workers import case_state_paths
         state, state_dir = case_state_paths(source.parent.parent, case)
         torch.save(time_states(make_tuned_state(shape, seed=zlib.crc32(f'{case.name}/state'.encode()))), state)
         # the converter writes bare states later (issue 21): the state file is written as formats/state_file.py says

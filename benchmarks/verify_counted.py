@@ -2,7 +2,7 @@
 """`utils/verify_rwkv7.py` with Triton's interpreter counted: what benchmark_verify.py runs for --launches.
 
 Benchmark code only: the counters wrap the interpreter's entry points in this process once the backend has set
-the interpreter up (proof.runtime.use_interpreter), and are written as JSON to the file named by
+the interpreter up (runtime.device.use_interpreter), and are written as JSON to the file named by
 $RWKV7_BENCH_COUNTS when the process ends:
 
   launches        kernel launches (GridExecutor.__call__), per kernel
@@ -11,7 +11,7 @@ $RWKV7_BENCH_COUNTS when the process ends:
   lang_patches    calls of the interpreter's _patch_lang (stock Triton: one per launch and one per helper call)
   attrs_patched   attributes of triton.language those calls set (_LangPatchScope.set_attr): the patching work
 
-$RWKV7_BENCH_INTERPRETER installs proof.interpreter with other options (see _reinstall), so that each of its
+$RWKV7_BENCH_INTERPRETER installs runtime.interpreter with other options (see _reinstall), so that each of its
 changes can be measured alone. A backend that never sets the interpreter up writes {"interpreted": false}. Each
 counter costs a dict update per call, small against the milliseconds an interpreted launch takes.
 
@@ -87,7 +87,7 @@ def install_counters() -> None:
 
 
 def _wrap_use_interpreter() -> None:
-    from fla.rwkv7_convert.proof import runtime
+    from fla.rwkv7_convert.runtime import device as runtime
 
     original = runtime.use_interpreter
 
@@ -102,11 +102,11 @@ def _wrap_use_interpreter() -> None:
 
 
 def _reinstall(how: str) -> None:
-    """$RWKV7_BENCH_INTERPRETER, e.g. `fewest_programs=0,keep_lang_patched=1`: proof.interpreter installed with those
+    """$RWKV7_BENCH_INTERPRETER, e.g. `fewest_programs=0,keep_lang_patched=1`: runtime.interpreter installed with those
     options instead of its defaults, to measure each change alone (empty: as use_interpreter left it)."""
     if not how:
         return
-    from fla.rwkv7_convert.proof import interpreter
+    from fla.rwkv7_convert.runtime import interpreter
     options = {k: bool(int(v)) for k, v in (item.split('=') for item in how.split(','))}
     interpreter.restore()
     interpreter.install(**options)

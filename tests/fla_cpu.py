@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import pytest
 import torch
 
-from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS, use_interpreter  # noqa: F401  (re-exported)
+from fla.rwkv7_convert.runtime.device import PROMPT_PIECE, RECURRENT_MAX_TOKENS, use_interpreter  # noqa: F401  (re-exported)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
@@ -89,7 +89,7 @@ def fla_model(sd: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
     """An eval-mode RWKV7ForCausalLM holding the BlinkDL weights `sd` (canonical names, r_k as [H, N])."""
     from fla.models import RWKV7ForCausalLM
 
-    from fla.rwkv7_convert.proof.loading import fla_init_skipped
+    from fla.rwkv7_convert.runtime.loading import fla_init_skipped
 
     # fla's own init is wasted work here, and divides by zero for 1-layer models
     with fla_init_skipped():
@@ -98,7 +98,7 @@ def fla_model(sd: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
     return model.to(device=device or fla_device(), dtype=dtype).eval()
 
 
-def fla_logits(model, tokens: torch.LongTensor, piece: int = 48) -> torch.Tensor:
+def fla_logits(model, tokens: torch.LongTensor, piece: int = PROMPT_PIECE) -> torch.Tensor:
     """Logits [B, T, V] of `model` for tokens [B, T], fed `piece` tokens at a time through the cache."""
-    from fla.rwkv7_convert.proof.runtime import fla_logits as run
+    from fla.rwkv7_convert.runtime.device import fla_logits as run
     return run(model, tokens, piece=piece)

@@ -21,9 +21,14 @@ ALLOWED = {
     'mapping': {'', 'formats'},
     'hub': {'', 'formats'},
     'convert': {'', 'formats', 'mapping', 'hub'},
-    'proof': {'', 'formats', 'mapping'},
-    'api': {'', 'formats', 'mapping', 'hub', 'convert', 'proof'},
-    'cli': {'', 'formats', 'mapping', 'hub', 'convert', 'proof'},
+    # running fla's model (loading, the interpreter and its guard, the torch stand-ins, generate, the state cache):
+    # below the proof, which runs fla through it; it never imports the proof
+    'runtime': {'', 'formats'},
+    'proof': {'', 'formats', 'mapping', 'runtime'},
+    # the GPU parity harness, for tests and benchmarks: on top of the proof, and no part of the library imports it
+    'parity': {'', 'runtime', 'proof'},
+    'api': {'', 'formats', 'mapping', 'hub', 'convert', 'runtime', 'proof'},
+    'cli': {'', 'formats', 'mapping', 'hub', 'convert', 'runtime', 'proof'},
 }
 
 
@@ -96,6 +101,12 @@ def test_nothing_imports_the_cli():
     g = graph()
     assert not [n for n, deps in g.items() if any(part_of(d) == 'cli' for d in deps) and part_of(n) != 'cli']
     assert f'{ROOT}.cli.dispatch' in g[f'{ROOT}.__main__']
+
+
+def test_nothing_in_the_library_imports_the_parity_harness():
+    """parity/ is a harness for tests and benchmarks (they import it), not a layer the library stands on."""
+    users = sorted(n for n, deps in graph().items() for d in deps if part_of(d) == 'parity' and part_of(n) != 'parity')
+    assert not users, f'library modules import the parity harness: {users}'
 
 
 def test_no_import_cycle():

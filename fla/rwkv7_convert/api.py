@@ -54,11 +54,11 @@ from fla.rwkv7_convert.convert.tuned_state import export_state as _export_state
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM
 from fla.rwkv7_convert.proof.peft_form import verify_peft
-from fla.rwkv7_convert.proof.run import generate, load_model
-from fla.rwkv7_convert.proof.runtime import interpreter_ready
-from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
 from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, Report
 from fla.rwkv7_convert.proof.verify import verify as _verify
+from fla.rwkv7_convert.runtime.device import interpreter_ready
+from fla.rwkv7_convert.runtime.run import generate, load_model
+from fla.rwkv7_convert.runtime.state_cache import initial_cache, load_initial_state
 
 PathLike = str | os.PathLike
 

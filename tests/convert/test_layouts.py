@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.formats.readers import open_checkpoint
-from fla.rwkv7_convert.proof.loading import load_fla_model
 from fla.rwkv7_convert.proof.reference import RWKV7Reference
 from fla.rwkv7_convert.proof.verify import compare
+from fla.rwkv7_convert.runtime.loading import load_fla_model
 
 # N = 64, so fla's eps equal BlinkDL's; ranks differ from C, so .st orientation is readable from shapes
 SHAPE = Goose(vocab=64, hidden=128, layers=2, head_size=64, w_rank=16, a_rank=32, v_rank=8, g_rank=24)

@@ -65,7 +65,7 @@ def test_fla_computes_the_same_with_without_and_with_absurd_llamacpp_keys(conver
     import fla_cpu
     from transformers import AutoConfig
 
-    from fla.rwkv7_convert.proof.loading import load_fla_model
+    from fla.rwkv7_convert.runtime.loading import load_fla_model
 
     variants = {}
     for name, extra in (('ours', None), ('without', {}), ('absurd', {'head_size': 7, 'layer_norm_epsilon': 0.5})):

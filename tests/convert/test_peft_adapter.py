@@ -1,7 +1,7 @@
 """RWKV-PEFT adapters as Hugging Face PEFT adapters (`--adapter-format peft`): peft loads them onto the converted base
 model and the logits are the merged model's; what PEFT has no form for is refused in one line, nothing written.
 
-fla runs on the CPU with the torch stand-ins for its kernels (proof.torch_wkv.installed): both sides run the same
+fla runs on the CPU with the torch stand-ins for its kernels (runtime.torch_wkv.installed): both sides run the same
 modules, so what differs is only where the adapter is applied (merged into W, or beside it by peft).
 """
 
@@ -17,7 +17,7 @@ from fla.rwkv7_convert.convert.adapters import AdapterSpec
 from fla.rwkv7_convert.convert.peft_adapter import PEFT_DIR
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import UnsupportedVariantError
-from fla.rwkv7_convert.proof.torch_wkv import installed
+from fla.rwkv7_convert.runtime.torch_wkv import installed
 
 peft = pytest.importorskip('peft')
 

@@ -134,7 +134,7 @@ def test_blinkdl_rwkv_package_runs_the_merged_export_as_peft_runs_the_adapter(tm
     from transformers import AutoModelForCausalLM
 
     import fla  # noqa: F401
-    from fla.rwkv7_convert.proof.torch_wkv import installed
+    from fla.rwkv7_convert.runtime.torch_wkv import installed
     _to_peft(tmp_path, 'bone', parts=('ln', 'head'))
     export_adapter(tmp_path / 'fla', tmp_path / 'fla' / PEFT_DIR, tmp_path / 'model.pth', form='merged')
     tokens = torch.randint(0, SHAPE.vocab, (24,), generator=torch.Generator().manual_seed(0))

@@ -23,7 +23,7 @@ def meta_model_shapes(dims) -> dict[str, tuple[int, ...]]:
     # fla's models (with triton, transformers) cost seconds of import: only the tests that build one pay it
     from fla.models import RWKV7Config, RWKV7ForCausalLM
 
-    from fla.rwkv7_convert.proof.loading import fla_init_skipped
+    from fla.rwkv7_convert.runtime.loading import fla_init_skipped
     with torch.device('meta'), fla_init_skipped():
         model = RWKV7ForCausalLM(RWKV7Config(**{k: v for k, v in fla_config(dims, 'F32').items()
                                                 if k not in ('architectures', 'model_type', 'dtype')}))

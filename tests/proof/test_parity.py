@@ -17,9 +17,9 @@ from rwkv7_factory import Goose, add_prefix, make_state_dict, save, squeeze_vect
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.mapping.config import norm_eps_for
-from fla.rwkv7_convert.proof.loading import load_fla_model
 from fla.rwkv7_convert.proof.reference import RWKV7Reference
 from fla.rwkv7_convert.proof.verify import compare
+from fla.rwkv7_convert.runtime.loading import load_fla_model
 
 
 def rwkv_package_logits(sd, tmp_path, tokens: torch.Tensor) -> torch.Tensor:

@@ -91,9 +91,9 @@ def test_blinkdl_package_seeded_with_the_original_state_agrees(tuned):
     """The oracle: BlinkDL's rwkv package (cpu fp32) on the merge file itself (it loads the time_state tensors beside
     the weights and never reads them), seeded with the original time_state as its own state, against the reference
     from the same state (tight) and fla from the converted state."""
-    from fla.rwkv7_convert.proof.loading import load_fla_model
-    from fla.rwkv7_convert.proof.runtime import fla_logits
-    from fla.rwkv7_convert.proof.states import initial_cache, load_initial_state
+    from fla.rwkv7_convert.runtime.device import fla_logits
+    from fla.rwkv7_convert.runtime.loading import load_fla_model
+    from fla.rwkv7_convert.runtime.state_cache import initial_cache, load_initial_state
 
     theirs = blinkdl_rwkv.rwkv_package_model(str(tuned['merge'])[:-len('.pth')])
     ids = torch.randint(0, SHAPE.vocab, (1, TOKENS), generator=torch.Generator().manual_seed(3))

@@ -10,7 +10,8 @@ from fla.rwkv7_convert.cli.process import run_cli
 from fla.rwkv7_convert.convert.adapters import check_adapter_record, reference_source
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof.peft_form import verify_peft
-from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, CPU_PIECE, DEFAULT_TOKENS, DTYPES, verify
+from fla.rwkv7_convert.proof.verify import BACKENDS, CHOICES, DEFAULT_TOKENS, DTYPES, verify
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
 
 
 def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def build_verify_parser(prog: str = 'verify_rwkv7.py') -> argparse.ArgumentParse
     p.add_argument('--per-layer', action='store_true', help='judge and show every sub-step (a failing run always '
                    'names the first divergence)')
     p.add_argument('--piece', type=int, default=None, action=Once,
-                   help=f'feed tokens in pieces of this size through the cache (default: {CPU_PIECE} on the CPU, '
+                   help=f'feed tokens in pieces of this size through the cache (default: {RECURRENT_MAX_TOKENS} on the CPU, '
                         'which fla needs (< 64); the whole sequence on CUDA, i.e. the chunk kernel for >= 64 tokens)')
     p.add_argument('--seed', type=int, default=0, action=Once)
     tuned = p.add_argument_group('tuned initial states (state tuning)', (

@@ -4,7 +4,7 @@
   too) converted against its base model's converted directory, which gives the sizes it must fit (read and checked
   as the export reads a directory: formats.readers.open_hf_directory, mapping/export_plan.py). The output is a
   directory holding the state file (formats/state_file.py) and its provenance, for `verify --model-state` and
-  `proof.states.initial_cache`; the base directory is not touched.
+  `runtime.state_cache.initial_cache`; the base directory is not touched.
 - `export_state`: a state in fla's layout (a converted directory, a state directory or file, or a [L, H, K, V]
   tensor a user trained with fla) written as RWKV-PEFT's state file: `blocks.N.att.time_state` [H, V, K], what
   BlinkDL's `rwkv` package and RWKV-PEFT load. The tensors' dtype is kept, so a round trip is bit for bit.

@@ -8,7 +8,8 @@ batch dimension left out), in the dtype it was converted to. It is a file of its
 weights stay exactly what every loader reads.
 
 This module only says what that file is and reads and checks it; where the tensors come from and the per-head
-transpose (the mapping table's state rule, mapping/ops.py SWAP_LAST_TWO) and how they become fla's cache live elsewhere.
+transpose (the mapping table's state rule, mapping/ops.py SWAP_LAST_TWO) and how they become fla's cache
+(runtime/state_cache.py) live elsewhere.
 """
 
 from __future__ import annotations

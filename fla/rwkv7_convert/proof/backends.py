@@ -10,14 +10,16 @@ the instance itself).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.runtime import device as runtime  # called as runtime.use_interpreter(): benchmarks wrap it there
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
+from fla.rwkv7_convert.runtime.torch_wkv import installed
 
-# On the CPU as many tokens per fla call as its recurrent path takes (runtime.RECURRENT_MAX_TOKENS): fewer interpreted
-# launches. The cache between calls is exercised from 64 tokens on, and by the tests that set a smaller piece
-# (tests/proof/test_verify.py, test_interpreter.py).
-CPU_PIECE = 63
+# torch is imported inside the functions: the command line imports this module on its light path (~1.3 s for torch)
 
 
 class Backend:
@@ -31,17 +33,26 @@ class Backend:
     name = ''  # shown in the report
     fast = False  # runs at the speed of the arithmetic (no interpreter): benchmarks/benchmark_verify.py runs 7.2B with it
     kernels = True  # runs fla's kernels for the accuracy report beside the exact proof
+    not_float32 = ''  # why a --dtype other than float32 is refused here (the refusal's rest); '' where any dtype runs
 
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         """Refuse what cannot work here from the arguments alone (one line, nothing imported or read); returns the
-        piece size to feed fla."""
-        raise NotImplementedError
+        piece size to feed fla. By default: the dtype (`not_float32`), then a piece below 1."""
+        self.refuse_dtype(dtype)
+        return self.piece_at_least_one(piece, tokens)
+
+    def refuse_dtype(self, dtype: str) -> None:
+        if self.not_float32 and dtype != 'float32':
+            raise ConversionError(f'--dtype {dtype}{self.not_float32}')
 
     def prepare(self) -> None:
         """Set up what must come before fla or triton are imported; refuse (one line) where the device cannot run."""
 
     def default_piece(self, tokens: int) -> int:
-        return tokens
+        """On the CPU as many tokens per fla call as its recurrent path takes (fewer interpreted launches; the cache
+        between calls is exercised from 64 tokens on, and by the tests that set a smaller piece); elsewhere the whole
+        sequence."""
+        return RECURRENT_MAX_TOKENS if self.device == 'cpu' else tokens
 
     def piece_at_least_one(self, piece: int | None, tokens: int) -> int:
         """The piece to feed fla: `piece`, or the default for `tokens`; refused below 1 (one line)."""
@@ -56,7 +67,6 @@ class Backend:
 
     def running(self):
         """A context the fla side runs inside (the torch stand-ins for TorchWkv); nothing by default."""
-        import contextlib
         return contextlib.nullcontext()
 
     def choose(self, dims, piece: int | None) -> Backend:
@@ -65,57 +75,43 @@ class Backend:
 
 
 class CpuInterpreted(Backend):
-    """fla's Triton kernels on the CPU through Triton's interpreter (runtime.use_interpreter): only the recurrent
+    """fla's Triton kernels on the CPU through Triton's interpreter (runtime/device.py use_interpreter): only the recurrent
     kernel works there (< 64 tokens a call), and numpy computes it, in IEEE float32."""
 
     device = 'cpu'
     name = 'fla Triton kernels, interpreted'
 
+    not_float32 = (' on the CPU: fla runs there through Triton\'s interpreter, which computes with numpy (no bfloat16) '
+                   'and returns NaN; use float32, or --device cuda')
+
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
-        if dtype != 'float32':
-            raise ConversionError(f'--dtype {dtype} on the CPU: fla runs there through Triton\'s interpreter, which '
-                                  'computes with numpy (no bfloat16) and returns NaN; use float32, or --device cuda')
+        self.refuse_dtype(dtype)
         piece = self.default_piece(tokens) if piece is None else piece
         if not 1 <= piece <= RECURRENT_MAX_TOKENS:
             raise ConversionError(f'--piece {piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
         return piece
 
     def prepare(self) -> None:
-        import sys
-
-        from fla.rwkv7_convert.proof.runtime import cuda_available, use_interpreter
-        if os.environ.get('TRITON_INTERPRET') != '1' and ('triton' in sys.modules or cuda_available()):
+        if os.environ.get('TRITON_INTERPRET') != '1' and ('triton' in sys.modules or runtime.cuda_available()):
             # the interpreter is chosen when triton is imported, and use_interpreter leaves a CUDA machine alone
             raise ConversionError("--device cpu: fla's kernels run on the CPU only through Triton's interpreter, and "
                                   'this process has triton imported or a CUDA device without it; set TRITON_INTERPRET=1 '
                                   'and FLA_CACHE_RESULTS=0 before starting Python, or use --device cuda')
-        use_interpreter()
-
-    def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE
+        runtime.use_interpreter()
 
 
 class TorchWkv(Backend):
     """fla's own modules (RWKV7Block, LoRAs, norms, FFN) on the CPU with every Triton kernel they launch replaced by
-    a torch function of the same contract (torch_wkv.py) computing in float32 as the kernels do: their rounding
+    a torch function of the same contract (runtime/torch_wkv.py) computing in float32 as the kernels do: their rounding
     without the kernels themselves (CpuInterpreted and Cuda run those). Torch uses every core this process may use."""
 
     device = 'cpu'
     name = 'fla modules, torch wkv'
     fast = True
-
-    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32':
-            raise ConversionError(f'--dtype {dtype} with --device cpu-torch: its verdicts are calibrated for the '
-                                  'kernels\' float32 on the CPU; use float32, or --device cuda')
-        return self.piece_at_least_one(piece, tokens)
-
-    def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE  # what the interpreted backend feeds, so both run fla's recurrent path the same way
+    not_float32 = (' with --device cpu-torch: its verdicts are calibrated for the kernels\' float32 on the CPU; use '
+                   'float32, or --device cuda')
 
     def running(self):
-        from fla.rwkv7_convert.proof.torch_wkv import installed
         return installed(threads=cpu_threads())
 
 
@@ -128,22 +124,15 @@ def cpu_threads() -> int:
 
 
 class Exact(Backend):
-    """The exact proof alone: fla's modules in float64 with the torch stand-ins (torch_wkv.py), against the float64
+    """The exact proof alone: fla's modules in float64 with the torch stand-ins (runtime/torch_wkv.py), against the float64
     reference of the function config.json configures. torch on the CPU, every core this process may use."""
 
     device = 'cpu'
     name = 'fla modules in float64, torch wkv'
     fast = True
     kernels = False
-
-    def check(self, dtype: str, piece: int | None, tokens: int) -> int:
-        if dtype != 'float32':
-            raise ConversionError(f'--dtype {dtype}: the exact proof runs in float64; a precision is for the kernels\' '
-                                  'accuracy report: name the kernels with --device cpu, cpu-torch or cuda')
-        return self.piece_at_least_one(piece, tokens)
-
-    def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE
+    not_float32 = (': the exact proof runs in float64; a precision is for the kernels\' accuracy report: name the '
+                   'kernels with --device cpu, cpu-torch or cuda')
 
     def precision(self, dtype: str, piece: int) -> str:
         return 'float64'
@@ -160,9 +149,6 @@ class Auto(Backend):
     def check(self, dtype: str, piece: int | None, tokens: int) -> int:
         return (BACKENDS['cuda'] if _cuda_present() else EXACT).check(dtype, piece, tokens)
 
-    def default_piece(self, tokens: int) -> int:
-        return CPU_PIECE
-
     def choose(self, dims, piece: int | None) -> Backend:
         return BACKENDS['cuda'] if _cuda_present() else EXACT
 
@@ -170,7 +156,6 @@ class Auto(Backend):
 def _cuda_present() -> bool:
     if os.environ.get('TRITON_INTERPRET') == '1':
         return False
-    import sys
     torch = sys.modules.get('torch')
     if torch is None:
         import torch
@@ -188,8 +173,7 @@ class Cuda(Backend):
         return piece or self.default_piece(tokens)
 
     def prepare(self) -> None:
-        from fla.rwkv7_convert.proof.runtime import cuda_available
-        if not cuda_available():
+        if not runtime.cuda_available():
             raise ConversionError('--device cuda: no CUDA device is available')
 
     def precision(self, dtype: str, piece: int) -> str:

@@ -12,9 +12,20 @@ Every refusal is one line naming the file and the key.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.formats.dtypes import FLOATING
+from fla.rwkv7_convert.formats.hf_directory import read_config
+from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest, read_source_record
+from fla.rwkv7_convert.formats.readers import open_checkpoint, open_hf_directory
+from fla.rwkv7_convert.mapping.config import size_mismatches
+from fla.rwkv7_convert.mapping.export_plan import refuse_fla_input
+from fla.rwkv7_convert.mapping.plan import make_plan
+from fla.rwkv7_convert.proof.source_agree import check_readings, tagged_tree
+from fla.rwkv7_convert.proof.source_reader import read_tree
+from fla.rwkv7_convert.proof.state_pair import find_states
 
 
 def load_blinkdl_weights(source: str | os.PathLike, head_size: int | None = None) -> dict:
@@ -44,11 +55,6 @@ class SourceFile:
     reads and checks them)."""
 
     def __init__(self, path: str | os.PathLike, head_size: int | None = None):
-        from fla.rwkv7_convert.formats.readers import open_checkpoint
-        from fla.rwkv7_convert.mapping.plan import make_plan
-        from fla.rwkv7_convert.proof.source_agree import check_readings, tagged_tree
-        from fla.rwkv7_convert.proof.source_reader import read_tree
-        from fla.rwkv7_convert.proof.state_pair import find_states
         self.path = str(path)
         self.ckpt = open_checkpoint(path)
         try:  # the plan first: its refusals name what a file is; then the reference's own reading, compared
@@ -82,9 +88,6 @@ class ConvertedDir:
     docstring), then one tensor at a time (plain reads, no memory mapping whose touched pages would stay resident)."""
 
     def __init__(self, model_dir: str | os.PathLike):
-        from fla.rwkv7_convert.formats.hf_directory import read_config
-        from fla.rwkv7_convert.formats.readers import open_hf_directory
-        from fla.rwkv7_convert.mapping.export_plan import refuse_fla_input
         self.path = Path(model_dir)
         shown = str(model_dir)
         self.config = read_config(self.path)
@@ -122,10 +125,6 @@ class ConvertedDir:
 def check_pair(src: SourceFile, out: ConvertedDir) -> None:
     """Before any compute: the directory's config and tensor shapes are the ones the source file converts to.
     One line naming both files and the first disagreement."""
-    from dataclasses import asdict
-
-    from fla.rwkv7_convert.formats.dtypes import FLOATING
-    from fla.rwkv7_convert.mapping.config import size_mismatches
     problems = [f'config.json {key} = {value!r}, but the file has {symbol} = {size}'
                 for key, value, symbol, size in size_mismatches(out.config, asdict(src.plan.dims))]
     expected = {e.fla: e for e in src.plan.kept}
@@ -157,7 +156,6 @@ class SourceCheck:
     With `enabled=False` only the free size comparison runs, and a mismatch is a note instead of a refusal."""
 
     def __init__(self, src: SourceFile, out: ConvertedDir, enabled: bool = True):
-        from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest, read_source_record
         self.src, self.out, self.note = src, out, None
         self.digest: FileDigest | None = None
         self.record, why = read_source_record(out.path)

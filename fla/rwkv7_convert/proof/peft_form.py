@@ -15,9 +15,29 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.formats.dtypes import FLOATING
+from fla.rwkv7_convert.formats.hf_directory import read_json_object
+from fla.rwkv7_convert.formats.outputs import OutTensor
+from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.formats.writers import WRITERS
+from fla.rwkv7_convert.mapping.adapter_ops import exact
+from fla.rwkv7_convert.mapping.adapter_plan import check_base, from_torch, read_adapter, to_torch
+from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
+from fla.rwkv7_convert.proof.backends import cpu_threads
+from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, check_pair
+from fla.rwkv7_convert.proof.report import Exact, Report, compare
+from fla.rwkv7_convert.proof.streaming import Lane, Progress, StreamingPair
+from fla.rwkv7_convert.proof.variant import BLINKDL, config_problems, differences, fla_variant
+from fla.rwkv7_convert.proof.verify import DEFAULT_TOKENS, EXACT, _tokens, _transformers_quiet
+from fla.rwkv7_convert.runtime.loading import load_fla_model
+from fla.rwkv7_convert.runtime.torch_wkv import installed
+
+# torch and peft are imported inside the functions: peft is optional (a one-line error without it) and torch costs
+# seconds where the command line imports this module
 
 PEFT_MAX_PARAMS = 2e9  # the whole model in float64 (16 GB at 2B) on the CPU: larger ones verify the merged form
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
@@ -26,15 +46,7 @@ CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
 def write_exact_merge(source: str | os.PathLike, adapter: str | os.PathLike, pissa_init: str | os.PathLike | None,
                       alpha: float | None, output: str | os.PathLike) -> Path:
     """The base checkpoint `source` with the adapter merged in float64, unrounded, as a float64 .pth at `output`."""
-    from contextlib import ExitStack
 
-    from fla.rwkv7_convert.formats.dtypes import FLOATING
-    from fla.rwkv7_convert.formats.outputs import OutTensor
-    from fla.rwkv7_convert.formats.readers import open_checkpoint
-    from fla.rwkv7_convert.formats.writers import WRITERS
-    from fla.rwkv7_convert.mapping.adapter_ops import exact
-    from fla.rwkv7_convert.mapping.adapter_plan import check_base, from_torch, read_adapter, to_torch
-    from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
     shown = os.fspath(source)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_checkpoint(source))
@@ -62,8 +74,6 @@ def write_exact_merge(source: str | os.PathLike, adapter: str | os.PathLike, pis
 def check_adapter_dir(adapter_dir: str | os.PathLike) -> None:
     """A PEFT adapter directory as peft will read it: a JSON object naming a peft_type, and a safetensors file that
     our reader opens (one line naming the file otherwise)."""
-    from fla.rwkv7_convert.formats.hf_directory import read_json_object
-    from fla.rwkv7_convert.formats.readers import open_checkpoint
     folder = Path(adapter_dir)
     data = read_json_object(folder / CONFIG_FILE, 'a PEFT adapter config')
     if not isinstance(data.get('peft_type'), str):
@@ -77,14 +87,10 @@ def peft_logits(model_dir, adapter_dir, ids):
     torch stand-ins in float64 (the exact proof's fla side, whole)."""
     import torch
 
-    from fla.rwkv7_convert.proof.backends import cpu_threads
-    from fla.rwkv7_convert.proof.loading import load_fla_model
-    from fla.rwkv7_convert.proof.torch_wkv import installed
     try:
         from peft import PeftModel
     except ImportError as e:
         raise ConversionError('verifying a PEFT adapter needs the peft package (pip install peft)') from e
-    from fla.rwkv7_convert.proof.verify import _transformers_quiet
     with installed(threads=cpu_threads()), torch.no_grad(), _transformers_quiet():
         model = load_fla_model(model_dir, dtype=torch.float64, device='cpu')
         model.rwkv7_torch_wkv = True  # cpu_guard: the stand-ins run here, none of the interpreter's limits apply
@@ -93,14 +99,9 @@ def peft_logits(model_dir, adapter_dir, ids):
 
 
 def verify_peft(source, model_dir, adapter_dir, adapter, *, pissa_init=None, alpha: float | None = None,
-                tokens: int = 48, seed: int = 0, head_size: int | None = None, quiet: bool = True):
+                tokens: int = DEFAULT_TOKENS, seed: int = 0, head_size: int | None = None, quiet: bool = True):
     """The exact proof of `model_dir` (the converted base) with the PEFT adapter `adapter_dir`, against `source` (the
     base checkpoint) with the RWKV-PEFT `adapter` merged exactly; a Report (see the module docstring)."""
-    from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, check_pair
-    from fla.rwkv7_convert.proof.report import Exact, Report, compare
-    from fla.rwkv7_convert.proof.streaming import Lane, Progress, StreamingPair
-    from fla.rwkv7_convert.proof.variant import BLINKDL, config_problems, differences, fla_variant
-    from fla.rwkv7_convert.proof.verify import EXACT, _tokens
     check_adapter_dir(adapter_dir)
     with tempfile.TemporaryDirectory(prefix='rwkv7-exact-merge-') as scratch:
         merged = write_exact_merge(source, adapter, pissa_init, alpha, Path(scratch) / 'merged.pth')

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fla.rwkv7_convert.proof.verdict import EXACT_BOUND, calibration, rel_rms
+
 SUBSTEP_NAMES = {'ln0': 'ln0 (embedding LayerNorm)', 'att': 'time mix (attention)', 'ffn': 'channel mix (FFN)',
                  'ln_out': 'final LayerNorm'}
 
@@ -47,7 +49,6 @@ class Exact:
 
     @property
     def bound(self) -> float:
-        from fla.rwkv7_convert.proof.verdict import EXACT_BOUND
         return EXACT_BOUND
 
     @property
@@ -102,7 +103,6 @@ class Kernels:
         return next((s.key for s in self.steps if not s.judgement.passed), None)
 
     def lines(self, per_layer: bool) -> list[str]:
-        from fla.rwkv7_convert.proof.verdict import calibration
         c, r, j = self.logits, self.reference, self.judgement
         cal = calibration(self.precision)
         lines = [f'  kernels\' accuracy (not the conversion\'s verdict): {self.backend} on {self.device}, {self.dtype}; '
@@ -138,7 +138,6 @@ class Kernels:
 
 
 def calibration_text(precision: str) -> str:
-    from fla.rwkv7_convert.proof.verdict import calibration
     cal = calibration(precision)
     return f'{cal.factor:g}x + {cal.floor:.0e}'
 
@@ -261,7 +260,6 @@ def compare(got, want) -> Comparison:
     """Statistics of `got` against the reference `want` (last dim = classes for KL/top-1)."""
     import torch
 
-    from fla.rwkv7_convert.proof.verdict import rel_rms
     got, want = got.double().cpu(), want.double().cpu()
     diff = got - want
     logp_ref, logp_got = torch.log_softmax(want, -1), torch.log_softmax(got, -1)

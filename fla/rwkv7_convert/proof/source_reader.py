@@ -23,6 +23,8 @@ import numpy as np
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
+from fla.rwkv7_convert.formats.dtypes import to_float32
+from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.proof.source_layouts import STATE, WRAPPERS, canonical_name, strip_wrapper_prefixes
 
 # BlinkDL's shapes, literally (RWKV-LM RWKV-v7/train_temp/src/model.py): V vocab, C hidden, H heads, N head size,
@@ -232,14 +234,12 @@ def to_torch(data: np.ndarray, dtype: str):
     """A carrier array as a float torch tensor: float64 kept, everything else float32."""
     import torch
 
-    from fla.rwkv7_convert.formats.dtypes import to_float32
     return torch.from_numpy(data if dtype == 'F64' else to_float32(data, dtype))
 
 
 def load_source_weights(source: str | os.PathLike, head_size: int | None = None) -> dict:
     """The whole checkpoint as the reference reads it (canonical names -> float torch tensors), for small models and
     the known-answer fixtures; refuses a file with tensors it does not know."""
-    from fla.rwkv7_convert.formats.readers import open_checkpoint
     with open_checkpoint(source) as ckpt:
         reading = read_tree(ckpt.tree, str(source), head_size)
         if reading.unknown:

@@ -29,6 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError
+from fla.rwkv7_convert.formats.dtypes import FLOATING, TORCH_NAME, to_float32
+from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.formats.state_file import FLA_STATE_KEY, STATE_FILE, has_state, read_state_file, state_path
+from fla.rwkv7_convert.mapping.engine import apply_layouts
+from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
+from fla.rwkv7_convert.mapping.schema import Side
 
 _SOURCE_STATE = re.compile(r'blocks\.(\d+)\.att\.time_state|init_state\.(\d+)\.wkv')
 SOURCE_STATE_NAMES = 'blocks.N.att.time_state'
@@ -37,9 +43,6 @@ SOURCE_STATE_NAMES = 'blocks.N.att.time_state'
 def find_states(tree: object, shown: str) -> dict[int, tuple[str, object]]:
     """The tuned states in a BlinkDL checkpoint's tree: layer -> (canonical name, TensorRef), after the same
     unwrapping, prefix stripping and renaming layouts the plan applies (mapping.plan.make_plan)."""
-    from fla.rwkv7_convert.mapping.engine import apply_layouts
-    from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
-    from fla.rwkv7_convert.mapping.schema import Side
 
     tensors, _ = unwrap_state_dict(tree, shown)
     tensors, _, _ = normalize_names(tensors)
@@ -71,7 +74,6 @@ class TunedStates:
 
 def _fit(states: dict[int, tuple[str, object]], dims, shown: str) -> list[tuple[str, object]]:
     """The per-layer (name, ref) of states that fit the model: layers 0..L-1, float [H, N, N]; one report."""
-    from fla.rwkv7_convert.formats.dtypes import FLOATING
     want = (dims.H, dims.N, dims.N)
     problems = []
     layers = sorted(states)
@@ -91,8 +93,6 @@ def _fit(states: dict[int, tuple[str, object]], dims, shown: str) -> list[tuple[
 
 def _read_state_source(path: str | os.PathLike):
     """A bare state file (--state): (its states by layer, close). Refuses one that holds weights."""
-    from fla.rwkv7_convert.formats.readers import open_checkpoint
-    from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
     shown = str(path)
     ckpt = open_checkpoint(path)
     try:
@@ -113,7 +113,6 @@ def load_states(src, out, *, state=None, model_state=None, drop_state: bool = Fa
     """Both sides' tuned states for the pair `src` (files.SourceFile) / `out` (files.ConvertedDir), read, fitted to
     the model and checked against each other; None when neither side has one (or with `drop_state`). Everything
     refused is a one-line ConversionError (see the module docstring)."""
-    from fla.rwkv7_convert.formats.state_file import STATE_FILE, has_state, read_state_file, state_path
     if drop_state:
         return None
     close = None
@@ -166,7 +165,6 @@ def _as_torch(data, dtype: str):
     """A carrier array as a float torch tensor: float64 kept, everything else float32 (as files.to_torch)."""
     import torch
 
-    from fla.rwkv7_convert.formats.dtypes import to_float32
     return torch.from_numpy(data if dtype == 'F64' else to_float32(data, dtype)).reshape(data.shape)
 
 
@@ -179,8 +177,6 @@ def check_states(pair: TunedStates, stored: list, file_name: str) -> list[str]:
     source cast to the stored dtype, as the converter casts it)."""
     import torch
 
-    from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
-    from fla.rwkv7_convert.formats.state_file import FLA_STATE_KEY
     problems = []
     for i, (src, (data, dtype)) in enumerate(zip(pair.blinkdl, stored)):
         got = _as_torch(data, dtype).double()

@@ -10,15 +10,22 @@ sent back to meta. The embedding is read for the rows the tokens use, the head a
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from fla.rwkv7_convert.errors import ConfigError
+from fla.rwkv7_convert.formats.display import progress_bar
 from fla.rwkv7_convert.formats.dtypes import TORCH_NAME
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, to_torch
 from fla.rwkv7_convert.proof.variant import Variant
+from fla.rwkv7_convert.proof.verdict import matmul_precision, storage_dtype
+from fla.rwkv7_convert.runtime.loading import ensure_real_fla, fla_init_skipped
+from fla.rwkv7_convert.runtime.state_cache import seeded_cache
 
 HEAD_ROWS = 8192  # vocabulary rows of the head held at once
 # the sizes fla builds from config.json, defaults included, and the symbols the file has them under
@@ -30,7 +37,6 @@ FLA_SIZES = (('hidden_size', 'C'), ('num_hidden_layers', 'L'), ('head_dim', 'N')
 def _check_fla_config(config, raw: dict, dims, shown: str) -> None:
     """What fla builds from config.json, with its defaults for missing keys, is the file's model: without
     num_hidden_layers fla builds 24 layers (from_pretrained leaves the extra ones random), without vocab_size 32000."""
-    from dataclasses import asdict
     want = asdict(dims)
     for key, symbol in FLA_SIZES:
         if symbol == 'Dv' and dims.L == 1:  # fla builds no value LoRA in layer 0 (it takes v_first there)
@@ -49,7 +55,6 @@ class Progress:
     """A bar on stderr (terminals only, not with quiet): loading, each layer, each piece."""
 
     def __init__(self, total: int, quiet: bool):
-        from fla.rwkv7_convert.formats.display import progress_bar
         self.bar = progress_bar(total, 'verify', 'step', quiet)
 
     def stage(self, what: str) -> None:
@@ -99,17 +104,17 @@ class StreamingPair:
     """The reference `lanes` and fla's `sides`, walked one layer at a time over the same tokens. `state` carries
     every lane's and side's recurrent state, so a later call continues the sequence. With `initial`
     (state_pair.TunedStates) all start from a tuned state: every reference lane from the source's [H, V, K] tensors,
-    fla from the converted [H, K, V] ones (proof.states.seeded_cache), token shifts zero."""
+    fla from the converted [H, K, V] ones (runtime.state_cache.seeded_cache), token shifts zero."""
 
     def __init__(self, src: SourceFile, out: ConvertedDir, *, device: str, lanes: list[Lane], sides: list[Side],
                  progress: Progress | None = None, initial=None, rounding: dict[str, str] | None = None):
+        # torch (and reference.py, which imports it) and fla's models only here: the command line imports this
+        # module on its light path, and fla's models must come after the backend chose the interpreter
         import torch
 
-        from fla.rwkv7_convert.proof.loading import ensure_real_fla, fla_init_skipped
         from fla.rwkv7_convert.proof.reference import RWKV7Reference
-        ensure_real_fla()
-        import warnings
 
+        ensure_real_fla()
         from fla.models import RWKV7Config
         from fla.models.rwkv7.modeling_rwkv7 import RWKV7Block
         from fla.modules import LayerNorm
@@ -147,7 +152,6 @@ class StreamingPair:
         fla's cache is consumed by the run it seeds."""
         if self.initial is None:
             return self.zero_state(batch)
-        from fla.rwkv7_convert.proof.states import seeded_cache
         # one Cache per side: block i reads and updates its layer i; the exact side keeps its state in float64
         caches = [seeded_cache(self.initial.fla, batch, self.device, _state_dtype(side.dtype)) for side in self.sides]
         return {'ref': [r.tuned_state(self.initial.blinkdl, batch, self.device) for r in self.refs],
@@ -221,7 +225,6 @@ class StreamingPair:
 
     def _lane(self, k: int):
         """The calibration lane of a 'tf32' run computes its matmuls in TF32, like fla's chunk kernel; the rest IEEE."""
-        from fla.rwkv7_convert.proof.verdict import matmul_precision
         return matmul_precision('tf32' if self.lanes[k].precision == 'tf32' else 'float32')
 
     def _reference_layer(self, i: int, xs: list, v_firsts: list, state: list, new: list) -> list:
@@ -320,7 +323,6 @@ def _dtype(precision: str):
     """The torch dtype a lane or side holds its tensors in ('float64', or verdict.storage_dtype's)."""
     import torch
 
-    from fla.rwkv7_convert.proof.verdict import storage_dtype
     return torch.float64 if precision == 'float64' else storage_dtype(precision)
 
 
@@ -329,8 +331,6 @@ def _release_freed() -> None:
     grows as large blocks are freed, come from the heap: a layer's float64 and float32 copies of different sizes leave
     free space there that the next layer's sizes may not reuse, and RSS would climb layer by layer (2.9B with a
     kernels' report: 4.5 GiB without this). Nothing where there is no glibc."""
-    import ctypes
-    import ctypes.util
     global _TRIM
     if _TRIM is None:
         try:

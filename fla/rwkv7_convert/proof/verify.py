@@ -7,7 +7,7 @@ activations for all tokens are kept, weights for one layer (plus the rows of the
 head a slice of the vocabulary at a time).
 
 The verdict is exact (verdict.EXACT_BOUND): fla's own modules run in float64, with torch stand-ins for the kernels
-they launch (torch_wkv.py), against the float64 reference of the function config.json configures (variant.py), so
+they launch (runtime/torch_wkv.py), against the float64 reference of the function config.json configures (variant.py), so
 a correct conversion agrees to float64 rounding and a wrong tensor does not, with no calibration. The residual
 stream after every sub-step is judged as well, and a failing run names where the models part first. How far the
 configured function is from BlinkDL's is measured on the same tokens and named by config key, never called a broken
@@ -23,11 +23,12 @@ text). Their names stay importable from here.
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.state_file import has_state
-from fla.rwkv7_convert.proof.backends import BACKENDS, CHOICES, CPU_PIECE, EXACT, Backend, backend_for
+from fla.rwkv7_convert.proof.backends import BACKENDS, CHOICES, EXACT, Backend, backend_for, cpu_threads
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile, check_pair, load_blinkdl_weights
 from fla.rwkv7_convert.proof.report import (
     SUBSTEP_NAMES,
@@ -43,8 +44,20 @@ from fla.rwkv7_convert.proof.report import (
 )
 from fla.rwkv7_convert.proof.state_pair import TunedStates, load_states
 from fla.rwkv7_convert.proof.streaming import HEAD_ROWS, Lane, Progress, Side, StreamingPair
+from fla.rwkv7_convert.proof.variant import (
+    BLINKDL,
+    config_problems,
+    differences,
+    fla_variant,
+    narrowed,
+    storage_difference,
+)
+from fla.rwkv7_convert.proof.verdict import judge, rel_rms
+from fla.rwkv7_convert.runtime.torch_wkv import installed
 
-__all__ = ['BACKENDS', 'CHOICES', 'CPU_PIECE', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend',
+# torch and transformers are imported inside the functions: the command line imports this module on its light path
+
+__all__ = ['BACKENDS', 'CHOICES', 'DEFAULT_TOKENS', 'DTYPES', 'HEAD_ROWS', 'SUBSTEP_NAMES', 'Backend',
            'Comparison', 'ConvertedDir', 'Exact', 'Kernels', 'Lane', 'Perplexity', 'Side',
            'Progress', 'Report', 'SourceCheck', 'SourceFile', 'Step',
            'StreamingPair', 'TunedStates', 'load_states',
@@ -145,8 +158,6 @@ def verify(source, model_dir, *, device: str | Backend = 'auto', dtype: str = 'f
 
 def exact_side(device: str, piece: int) -> Side:
     """fla's modules in float64 with the torch stand-ins (torch_wkv.installed): the exact proof."""
-    from fla.rwkv7_convert.proof.backends import cpu_threads
-    from fla.rwkv7_convert.proof.torch_wkv import installed
     threads = cpu_threads() if device == 'cpu' else None
     return Side('exact', 'float64', piece, lambda: installed(threads=threads))
 
@@ -156,14 +167,6 @@ class _Run:
     function in the kernels' precision when kernels run) and fla's sides (exact; kernels), compared step by step."""
 
     def __init__(self, src, out, backend: Backend, dtype: str, piece: int, ids, progress, tuned):
-        from fla.rwkv7_convert.proof.variant import (
-            BLINKDL,
-            config_problems,
-            differences,
-            fla_variant,
-            narrowed,
-            storage_difference,
-        )
         d = src.plan.dims
         self.src, self.out, self.backend, self.dtype, self.ids = src, out, backend, dtype, ids
         variant = fla_variant(out.config, d.N)
@@ -192,14 +195,12 @@ class _Run:
         self.refs, self.flas = refs, flas
 
     def _on_step(self, key, refs, flas):
-        from fla.rwkv7_convert.proof.verdict import judge, rel_rms
         self.exact_steps.append((key, rel_rms(flas[0], refs[0])))
         if self.precision is not None:
             f, r = compare(flas[1], refs[0]), compare(refs[-1], refs[0])
             self.kernel_steps.append(Step(key, f, r, judge(f.rel_rms, r.rel_rms, self.precision)))
 
     def report(self, per_layer: bool) -> Report:
-        from fla.rwkv7_convert.proof.verdict import judge
         exact = Exact(compare(self.got, self.want), self.exact_steps, EXACT.name, self.backend.device,
                       self.differences, compare(self.refs[1], self.want) if self.differences else None,
                       self.config_problems)
@@ -278,8 +279,6 @@ def _transformers_quiet():
     """transformers' log lines and warnings off for the call, as they were afterwards: loading a tokenizer from a
     directory whose config says model_type rwkv7 logs "You are using a model of type rwkv7 to instantiate a model
     of type ...", which says nothing about the tokenizer."""
-    import warnings
-
     from transformers.utils import logging
     level = logging.get_verbosity()
     logging.set_verbosity_error()

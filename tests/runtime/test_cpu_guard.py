@@ -9,7 +9,7 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.proof.cpu_guard import CpuRunError, cpu_problem
+from fla.rwkv7_convert.runtime.cpu_guard import CpuRunError, cpu_problem
 
 OK = dict(dtype=torch.float32, tokens=63, interpreted=True, training=False, grad=False)
 
@@ -42,7 +42,7 @@ def model_dir(tmp_path_factory):
 
 @cpu_only
 def test_default_bf16_load_refuses_to_run_instead_of_giving_nan(model_dir):
-    from fla.rwkv7_convert.proof.loading import load_fla_model
+    from fla.rwkv7_convert.runtime.loading import load_fla_model
 
     model = load_fla_model(model_dir)  # the stored dtype, as from_pretrained gives it
     assert model.dtype == torch.bfloat16
@@ -58,7 +58,7 @@ def test_default_bf16_load_refuses_to_run_instead_of_giving_nan(model_dir):
 
 @cpu_only
 def test_float32_generate_works_and_long_calls_are_refused(model_dir):
-    from fla.rwkv7_convert.proof.loading import load_fla_model
+    from fla.rwkv7_convert.runtime.loading import load_fla_model
 
     model = load_fla_model(model_dir, dtype=torch.float32)
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
@@ -71,7 +71,7 @@ def test_float32_generate_works_and_long_calls_are_refused(model_dir):
 
 @cpu_only
 def test_without_the_interpreter_the_error_says_how_to_turn_it_on(model_dir, monkeypatch):
-    from fla.rwkv7_convert.proof.loading import load_fla_model
+    from fla.rwkv7_convert.runtime.loading import load_fla_model
 
     model = load_fla_model(model_dir, dtype=torch.float32)
     monkeypatch.setenv('TRITON_INTERPRET', '0')

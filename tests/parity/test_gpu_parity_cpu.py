@@ -1,7 +1,7 @@
 """benchmarks/gpu_parity.py, the one GPU parity command, proven on its CPU path (Triton's interpreter).
 
 The script runs in a subprocess, so its interpreter settings and its patched autotuner never reach this process.
-The engine it drives (fla.rwkv7_convert.proof.parity and parity_workers) is tested directly in test_parity_api.py.
+The engine it drives (fla.rwkv7_convert.parity: matrix.py and workers.py) is tested directly in test_parity_api.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fla.rwkv7_convert.proof.parity import make_plan
+from fla.rwkv7_convert.parity.matrix import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / 'benchmarks' / 'gpu_parity.py'

@@ -16,6 +16,8 @@ from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats.dtypes import to_float32
 from fla.rwkv7_convert.formats.state_file import read_state_file
 
+# numpy, torch and fla's Cache are imported inside the functions: api.py (so the command line) imports this module
+
 StateLike = str | os.PathLike | Sequence[Any] | Any  # a state file or directory, [L, H, K, V], or a list of [H, K, V]
 
 

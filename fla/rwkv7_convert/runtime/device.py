@@ -12,8 +12,16 @@ from __future__ import annotations
 import os
 import sys
 
-# fla picks its recurrent kernel only below 64 tokens per call; the chunk kernels fail when interpreted
+from fla.rwkv7_convert.runtime import interpreter
+
+# torch is imported inside the functions: the command line imports this module on its light path (verify's backends),
+# and torch costs ~1.3 s to import there
+
+# fla picks its recurrent kernel only below 64 tokens per call; the chunk kernels fail when interpreted. The one name
+# for this fact: verify's CPU backends feed this many by default, the CPU guard and the parity matrix use it.
 RECURRENT_MAX_TOKENS = 63
+# tokens per call on the CPU where the caller does not choose (fla_logits, generate's prompt): under the limit above
+PROMPT_PIECE = 48
 
 
 def cuda_available() -> bool:
@@ -37,7 +45,6 @@ def use_interpreter() -> bool:
     os.environ.setdefault('TRITON_INTERPRET', '1')
     os.environ.setdefault('FLA_CACHE_RESULTS', '0')
 
-    from fla.rwkv7_convert.proof import interpreter
     interpreter.install()  # untimed autotuning (fewest programs), triton.language patched once: interpreter.py
     return True
 
@@ -46,13 +53,13 @@ def fla_logits(model, tokens, piece: int | None = None, hook=None, cache=None):
     """Logits [B, T, V] of `model` for tokens [B, T]; in pieces through the cache on the CPU (or when `piece` is set).
 
     `hook(start)` is called before each piece, so callers can tag what forward hooks capture. `cache`: where the
-    sequences start (a tuned state: proof.states.initial_cache); it is consumed. Default: zero states.
+    sequences start (a tuned state: runtime.state_cache.initial_cache); it is consumed. Default: zero states.
     """
     import torch
 
     device = next(model.parameters()).device
     if piece is None:
-        piece = 48 if device.type == 'cpu' else tokens.shape[1]
+        piece = PROMPT_PIECE if device.type == 'cpu' else tokens.shape[1]
     if device.type == 'cpu' and not 1 <= piece <= RECURRENT_MAX_TOKENS:
         raise ValueError(f'piece={piece}: on the CPU fla only runs pieces of 1..{RECURRENT_MAX_TOKENS} tokens')
     outs = []

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
+
+from fla.rwkv7_convert.runtime.cpu_guard import guard_cpu_runs
+
+# fla's models and transformers are imported inside the functions, after ensure_real_fla (the command line starts with
+# fla a light namespace) and after the caller chose Triton's interpreter, which must come before triton is imported
 
 
 def ensure_real_fla():
     """The real `fla` package, imported now if the command-line scripts had put a light stub in its place
     (utils/_bootstrap.py does, so that converting never pays for importing fla's models)."""
-    import warnings
-
     # on a CPU-only machine fla says on import that Triton falls back to the CPU: expected here, not news
     warnings.filterwarnings('ignore', message='Triton is not supported on current platform')
     mod = sys.modules.get('fla')
@@ -52,8 +56,6 @@ def fla_init_skipped():
 
 def load_fla_model(model_dir: str | os.PathLike, dtype=None, device=None):
     """An eval-mode RWKV7ForCausalLM from a converted directory; raises if any weight is missing or unexpected."""
-    import warnings
-
     ensure_real_fla()  # registers RWKV7 with transformers' Auto classes
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
@@ -68,5 +70,4 @@ def load_fla_model(model_dir: str | os.PathLike, dtype=None, device=None):
         raise RuntimeError(f'{model_dir}: loading into RWKV7ForCausalLM reported {problems or info["error_msgs"]}')
     if device is not None:
         model = model.to(device)
-    from fla.rwkv7_convert.proof.cpu_guard import guard_cpu_runs  # CPU runs that would fail or give NaN: one clear error
     return guard_cpu_runs(model.eval())

@@ -27,9 +27,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 
-from fla.rwkv7_convert.proof.parity import (
+import torch
+
+from fla.rwkv7_convert.parity.matrix import (
     KERNELS,
     Case,
     cell_ids,
@@ -40,16 +43,17 @@ from fla.rwkv7_convert.proof.parity import (
     measure,
     reference_logits,
     run_kernel,
-    runtime_env,
-    select_runtime,
     timed,
 )
+from fla.rwkv7_convert.parity.process import runtime_env, select_runtime
+from fla.rwkv7_convert.proof.verdict import matmul_precision, rel_rms, storage_dtype
+from fla.rwkv7_convert.runtime.loading import load_fla_model
 
 # the folder that holds fla/rwkv7_convert: on the workers' PYTHONPATH, so they run this very code
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 # fla's import says on a CPU-only machine that Triton falls back to the CPU: expected here, not news
 _WORKER = ("import sys, warnings; warnings.filterwarnings('ignore', message='Triton is not supported on current platform'); "
-           'from fla.rwkv7_convert.proof.parity_workers import worker_main; sys.exit(worker_main())')
+           'from fla.rwkv7_convert.parity.workers import worker_main; sys.exit(worker_main())')
 
 
 def case_paths(workdir: Path, case: Case) -> tuple[Path, Path]:
@@ -84,11 +88,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     p.add_argument('--cpu', action='store_true')
     args = p.parse_args(argv)
     device = select_runtime(args.cpu)  # before fla's models are imported
-    import torch
-
-    from fla.rwkv7_convert.proof.loading import load_fla_model
-    from fla.rwkv7_convert.proof.verdict import matmul_precision, rel_rms, storage_dtype
-
     roles, workdir, deadline = args.roles.split(','), args.workdir, args.deadline
     cases = [Case.from_dict(c) for c in json.loads((workdir / 'plan.json').read_text())['cases']]
     results = open(workdir / f'results-{args.name}.jsonl', 'a', buffering=1)
@@ -245,25 +244,19 @@ def judge_cells(cases: list[Case], precisions, workdir: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------------- the report
 
 def versions() -> dict:
-    from importlib import metadata
     out = {'python': platform.python_version()}
     for name in ('torch', 'triton', 'flash-linear-attention', 'fla-core', 'transformers', 'rwkv'):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    try:
-        import torch
-        out['cuda'] = torch.version.cuda
-    except ImportError:
-        pass
+    out['cuda'] = torch.version.cuda
     return out
 
 
 def device_name(cpu: bool) -> str:
     if cpu:
         return f'CPU ({platform.processor() or platform.machine()}), Triton interpreter'
-    import torch
     return torch.cuda.get_device_name()
 
 

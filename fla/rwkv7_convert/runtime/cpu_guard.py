@@ -1,7 +1,7 @@
 """One clear error instead of an obscure failure or silent NaN when fla's RWKV-7 runs on the CPU.
 
 fla's kernels are Triton kernels. On a machine without CUDA they run only through Triton's interpreter
-(`TRITON_INTERPRET=1` before Python imports triton; runtime.use_interpreter), and there only fla's recurrent
+(`TRITON_INTERPRET=1` before Python imports triton; device.use_interpreter), and there only fla's recurrent
 kernel works, which fla picks for eval-mode, no-grad calls of fewer than 64 tokens; the interpreter computes with
 numpy, which has no bfloat16, so bfloat16 weights give NaN logits, and `generate` goes on sampling from them without
 a word. Measured here (fla 0.6.0, transformers 5.24, triton's interpreter): without the interpreter the first
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
 
 HOW = 'see "Run a converted model" in the rwkv7-convert README'
 
@@ -29,7 +29,7 @@ def cpu_problem(*, dtype, tokens: int, interpreted: bool, training: bool, grad: 
         return ("fla's Triton kernels need CUDA, or Triton's CPU interpreter: load with fla.rwkv7_convert.api."
                 "load_model(model_dir, device='cpu-torch') (torch stand-ins for the kernels, no environment variables), "
                 'or set TRITON_INTERPRET=1 and FLA_CACHE_RESULTS=0 before starting Python and call '
-                f'fla.rwkv7_convert.proof.runtime.use_interpreter() first ({HOW})')
+                f'fla.rwkv7_convert.runtime.device.use_interpreter() first ({HOW})')
     if dtype == torch.bfloat16:
         return ("bfloat16 on the CPU: Triton's interpreter gives NaN logits in bfloat16; load with "
                 f'dtype=torch.float32 or call model.float() ({HOW})')
@@ -37,7 +37,7 @@ def cpu_problem(*, dtype, tokens: int, interpreted: bool, training: bool, grad: 
         return (f'on the CPU fla runs only its recurrent kernel: eval mode, under torch.no_grad(), at most '
                 f'{RECURRENT_MAX_TOKENS} tokens per call (this call: {tokens} tokens'
                 f'{", training mode" if training else ""}{", gradients on" if grad else ""}); feed longer inputs '
-                f'in pieces through the cache, as fla.rwkv7_convert.proof.runtime.fla_logits does ({HOW})')
+                f'in pieces through the cache, as fla.rwkv7_convert.runtime.device.fla_logits does ({HOW})')
     return None
 
 

@@ -1,12 +1,16 @@
 """The GPU parity matrix's runtime: the variables triton and fla read per process, the device set up by verify's
-own backend, and Triton's autotuner kept to the first config that fits (parity, not speed). parity.py re-exports
-these names. Nothing here imports triton or fla's models at module level: the runtime is chosen first.
+own backend, and Triton's autotuner kept to the first config that fits (parity, not speed). Nothing here imports
+triton or fla's models at module level: the runtime is chosen first.
 """
 
 from __future__ import annotations
 
 import math
 import os
+
+import torch
+
+from fla.rwkv7_convert.proof.backends import backend_for
 
 
 def runtime_env(cpu: bool, precision: str | None = None) -> dict[str, str]:
@@ -26,13 +30,11 @@ def select_runtime(cpu: bool):
     On CUDA, fla's autotune cache is off and Triton's autotuner keeps the first config that fits
     (keep_first_fitting_config): parity, not speed.
     """
-    from fla.rwkv7_convert.proof.backends import backend_for
     os.environ.update(runtime_env(cpu))
     backend = backend_for('cpu' if cpu else 'cuda')
     backend.prepare()
     if not cpu:
         keep_first_fitting_config()
-    import torch
     return torch.device(backend.device)
 
 
@@ -42,7 +44,7 @@ def keep_first_fitting_config() -> None:
     Benchmarking every config costs minutes on a cold machine; which config runs changes speed, not what is
     computed. A config that does not fit (out of shared memory, ...) is skipped as the autotuner itself would.
     """
-    from triton.runtime import autotuner
+    from triton.runtime import autotuner  # after select_runtime set the variables triton reads at import
 
     original = autotuner.Autotuner._bench
 

@@ -5,7 +5,7 @@ fla's own modules run (RWKV7Block, its attention and FFN, the LoRAs, LayerNorm a
 functions they call into Triton are replaced, each by a torch function with the kernel's contract (same arguments,
 same outputs, same state layout), written from the kernels' semantics, computing in float32 (float64 for float64
 inputs: the exact proof, verify's default) and returning the kernel's output dtype. The kernels a block launches
-(counted under the interpreter: tests/proof/test_torch_wkv.py): layer_norm_fwd (LayerNorm and GroupNorm),
+(counted under the interpreter: tests/runtime/test_torch_wkv.py): layer_norm_fwd (LayerNorm and GroupNorm),
 token_shift_fwd, fused_addcmul_fwd, l2norm_fwd, k_update_fwd, fused_recurrent_rwkv7_fwd and
 gate_output_correction_fwd; chunk_rwkv7 (>= 64 tokens a call) gets the same recurrence. fla's squared ReLU (the
 FFN's `sqrelu`, fla/modules/activations/ops.py `sqrelu_fwd`) squares in float32 whatever its input: the last float32
@@ -20,6 +20,11 @@ with a = -kk and b = kk * a_gate for fused_mul_recurrent_rwkv7 (a and b given fo
 from __future__ import annotations
 
 import contextlib
+
+from fla.rwkv7_convert.runtime.loading import ensure_real_fla
+
+# torch and fla's modules are imported inside the functions: the command line imports this module on its light path
+# (seconds), and fla's modules come after ensure_real_fla and the interpreter's variables
 
 NAME = 'fla modules, torch wkv'
 
@@ -163,7 +168,6 @@ def sqrelu_fwd(x):
 
 
 def _patches() -> list[tuple[object, str, object]]:
-    from fla.rwkv7_convert.proof.loading import ensure_real_fla
     ensure_real_fla()  # the command line starts with fla a light namespace (rwkv7_convert_entry)
     from fla.layers import rwkv7 as layer
     from fla.models.rwkv7 import modeling_rwkv7 as model

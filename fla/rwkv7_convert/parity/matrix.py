@@ -13,19 +13,20 @@ One cell is one (model, token layout, kernel, precision), the layout from zero s
 
 fla 0.6.0 picks its kernel per call: chunk for >= 64 tokens or with grad enabled, fused_recurrent below 64 tokens
 without grad. So 'chunk' cells make one call over the sequence (grad enabled when it is shorter than 64);
-'fused_recurrent' cells feed it through the cache in pieces of <= RECURRENT_PIECE tokens (no grad).
+'fused_recurrent' cells feed it through the cache in pieces of <= RECURRENT_MAX_TOKENS tokens (no grad).
 
 State cells (`Layout.state`): both sides start every sequence from a tuned initial state, the reference from the
-BlinkDL time_state file ([H, V, K] per layer), fla from its conversion ([H, K, V], proof.states.initial_cache);
+BlinkDL time_state file ([H, V, K] per layer), fla from its conversion ([H, K, V], runtime.state_cache.initial_cache);
 token layouts and prefill-then-decode only (a left-padded row would run its padding through the state; a packed
 batch would need one state per sequence). The T257-state cells run the chunk kernel in one call of 257 tokens and
 the recurrent one in pieces of 63.
 
-`run_cell` runs one cell in this process (after `select_runtime`); `parity_workers` runs a whole plan in worker
+`run_cell` runs one cell in this process (after `select_runtime`); `workers.py` runs a whole plan in worker
 processes under a time budget. TRITON_F32_DEFAULT is read when a kernel is compiled and is not part of Triton's
 in-process kernel cache key, so float32-IEEE cells need a process of their own on a GPU (`runtime_env`, in
-parity_runtime.py with the device set-up and the autotuner patch).
-Nothing here imports triton or fla's models at module level: the runtime is chosen first.
+process.py with the device set-up and the autotuner patch).
+Nothing here imports triton or fla's models at module level (torch does not import triton): the runtime is chosen
+first.
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-# the runtime (per-process variables, the device, the autotuner) lives in parity_runtime.py; its names are ours too
-from fla.rwkv7_convert.proof.parity_runtime import (  # noqa: F401
-    check_process_precision,
-    keep_first_fitting_config,
-    runtime_env,
-    select_runtime,
-)
+import torch
+
+from fla.rwkv7_convert.parity.process import check_process_precision
+from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile, load_blinkdl_weights
+from fla.rwkv7_convert.proof.reference import RWKV7Reference
+from fla.rwkv7_convert.proof.state_pair import load_states
+from fla.rwkv7_convert.proof.verdict import judge, matmul_precision, rel_rms, storage_dtype
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
+from fla.rwkv7_convert.runtime.loading import load_fla_model
+from fla.rwkv7_convert.runtime.state_cache import initial_cache
 
 KERNELS = ('chunk', 'fused_recurrent')
 GPU_PRECISIONS = ('float32', 'tf32', 'bfloat16', 'float16')
 IEEE_BAR = 1e-4  # the conversion-exactness bar for float32 with IEEE dots
-RECURRENT_PIECE = 63  # fla takes its recurrent kernel below 64 tokens per call
 RELEASED = {'0.1B': (768, 12), '1.5B': (2048, 24)}  # (hidden, layers) of the released shapes in the GPU plan
 
 
@@ -151,7 +154,6 @@ def cell_ids(cases: list[Case], precisions) -> list[tuple[str, str, str, str]]:
 
 def layout_inputs(case: Case | str, layout: Layout, vocab: int) -> dict:
     """Token ids (and mask / cu_seqlens) of a layout; the same in every process (seeded by the names)."""
-    import torch
     name = case if isinstance(case, str) else case.name
     gen = torch.Generator().manual_seed(zlib.crc32(f'{name}/{layout.name}'.encode()))
     if layout.kind == 'tokens':
@@ -177,8 +179,6 @@ def layout_inputs(case: Case | str, layout: Layout, vocab: int) -> dict:
 
 def load_reference(source: str | os.PathLike, model_dir: str | os.PathLike, dtype, device):
     """The reference on the BlinkDL file, with the eps the converted model carries (for N = 64 exactly BlinkDL's)."""
-    from fla.rwkv7_convert.proof.reference import RWKV7Reference
-    from fla.rwkv7_convert.proof.verify import load_blinkdl_weights
 
     cfg = json.loads((Path(model_dir) / 'config.json').read_text())
     # the float32 weights live only while the reference takes its copy (1.5B: 6 GB per worker on the GPU)
@@ -190,10 +190,7 @@ def load_tuned(source, model_dir, state, model_state) -> tuple[list, object]:
     """A case's tuned initial state, both sides, read and checked as verify reads them (state_pair.load_states):
     (the source's per layer [H, V, K], the converted [L, H, K, V] float32). The direct check's findings are not
     raised here: the cell is judged by its logits, as any other (a transposed state fails them by orders)."""
-    import torch
 
-    from fla.rwkv7_convert.proof.files import ConvertedDir, SourceFile
-    from fla.rwkv7_convert.proof.state_pair import load_states
     with SourceFile(source) as src, ConvertedDir(model_dir) as out:
         tuned = load_states(src, out, state=state, model_state=model_state)
     if tuned is None:
@@ -204,7 +201,6 @@ def load_tuned(source, model_dir, state, model_state) -> tuple[list, object]:
 def reference_logits(ref, layout: Layout, inputs: dict, device, state=None):
     """The reference's logits at every compared position, [positions, vocab] (sequences run one by one); with
     `state` (per layer [H, V, K], BlinkDL's orientation) every sequence starts from it."""
-    import torch
     ids = inputs['ids'].to(device)
     if state is not None and layout.kind not in ('tokens', 'decode'):
         raise ValueError(f'layout {layout.name}: a tuned initial state runs with tokens or decode layouts')
@@ -229,13 +225,11 @@ def reference_logits(ref, layout: Layout, inputs: dict, device, state=None):
 def fla_layout_logits(model, layout: Layout, inputs: dict, kernel: str, device, state=None):
     """fla's logits at the same positions, through the kernel named (see the module docstring); with `state`
     ([L, H, K, V], fla's orientation) every sequence starts from it."""
-    import torch
     ids = inputs['ids'].to(device)
     start = None
     if state is not None:
         if layout.kind not in ('tokens', 'decode'):
             raise ValueError(f'layout {layout.name}: a tuned initial state runs with tokens or decode layouts')
-        from fla.rwkv7_convert.proof.states import initial_cache
         start = initial_cache(model, state, batch_size=ids.shape[0], device=device)
     mask = inputs.get('mask')
     mask = mask.to(device) if mask is not None else None
@@ -253,8 +247,8 @@ def fla_layout_logits(model, layout: Layout, inputs: dict, kernel: str, device, 
             kw = {'attention_mask': mask[:, :upto]} if mask is not None else {}
             return call(part, cache, grad=T < 64, **kw)
         outs = []
-        for s in range(0, T, RECURRENT_PIECE):
-            e = min(T, s + RECURRENT_PIECE)
+        for s in range(0, T, RECURRENT_MAX_TOKENS):
+            e = min(T, s + RECURRENT_MAX_TOKENS)
             # fla reads the last `len(piece)` columns of the mask: pass the mask up to the piece's end
             kw = {'attention_mask': mask[:, :e]} if mask is not None else {}
             logits, cache = call(part[:, s:e], cache, **kw)
@@ -285,7 +279,6 @@ def fla_layout_logits(model, layout: Layout, inputs: dict, kernel: str, device, 
 
 def timed(device, fn, *args):
     """(fn(*args), seconds), with the device synchronised so the seconds are the work's."""
-    import torch
     t = time.time()
     out = fn(*args)
     if device.type == 'cuda':
@@ -305,7 +298,6 @@ def run_kernel(model, layout: Layout, inputs: dict, kernel: str, device, state=N
 
 def measure(logits, truth) -> dict:
     """fla's logits against the float64 truth: rel. RMS (judged), max |diff| and top-1 agreement (reported)."""
-    from fla.rwkv7_convert.proof.verdict import rel_rms
     return {'fla_error': rel_rms(logits, truth), 'max_abs': (logits.double() - truth).abs().max().item(),
             'top1': (logits.argmax(-1) == truth.argmax(-1)).double().mean().item()}
 
@@ -343,7 +335,6 @@ class Cell:
 def judge_row(row: dict) -> Cell:
     """A measured row (case, layout, kernel, precision, ref_error and fla_error or error, ...) judged by
     verdict.judge; float32 (IEEE dots) must also reach IEEE_BAR."""
-    from fla.rwkv7_convert.proof.verdict import judge
 
     key = {k: row[k] for k in ('case', 'layout', 'kernel', 'precision')}
     if 'error' in row:
@@ -370,10 +361,6 @@ def run_cell(model_dir: str | os.PathLike, source: str | os.PathLike, layout: La
     state: the source's own (a merge) or `state` (a bare time_state file), fla from `model_dir`'s state file or
     `model_state`.
     """
-    import torch
-
-    from fla.rwkv7_convert.proof.loading import load_fla_model
-    from fla.rwkv7_convert.proof.verdict import matmul_precision, rel_rms, storage_dtype
 
     if kernel not in layout.kernels:
         raise ValueError(f'layout {layout.name}: kernel {kernel!r} is not one of its kernels {layout.kernels}')

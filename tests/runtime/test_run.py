@@ -1,4 +1,4 @@
-"""Running a converted directory: load_model / generate (proof/run.py) on both CPU paths, examples/generate.py, and
+"""Running a converted directory: load_model / generate (runtime/run.py) on both CPU paths, examples/generate.py, and
 the World-vocabulary sample end to end (tokenizer, chat template, stop tokens). The README's blocks: test_readme.py."""
 
 import json
@@ -96,7 +96,7 @@ def test_not_a_directory_and_unknown_devices_are_refused(goose, tmp_path):
 
 def test_a_long_prompt_goes_through_the_cache_in_pieces_and_greedy_picks_the_argmax(goose):
     """70 prompt tokens: one call would be refused on the CPU (cpu_guard, 64 or more); generate cuts it in pieces."""
-    from fla.rwkv7_convert.proof.runtime import fla_logits
+    from fla.rwkv7_convert.runtime.device import fla_logits
     model, tokenizer = load_model(goose / 'out' / 'goose-mini')
     assert tokenizer is None and (model.dtype == torch.float32 or torch.cuda.is_available())
     ids = torch.randint(0, 512, (1, 70), generator=torch.Generator().manual_seed(0))

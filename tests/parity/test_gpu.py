@@ -5,8 +5,8 @@ padding, prefill then decode, packed batches, a tuned initial state, the release
 verify run) is one command for a cold GPU session: `bash benchmarks/gpu_parity.sh` (docs/benchmarks.md, "The GPU
 parity matrix"). Here pytest runs its quick form (T <= 257, no released shapes) in a subprocess, so that the
 script's patched autotuner and TRITON_F32_DEFAULT stay out of this process. Its CPU path runs in CI:
-tests/proof/test_gpu_parity_cpu.py; single cells through the library (proof.parity.run_cell), per precision on
-CUDA: tests/proof/test_parity_api.py.
+tests/parity/test_gpu_parity_cpu.py; single cells through the library (parity.matrix.run_cell), per precision on
+CUDA: tests/parity/test_parity_api.py.
 """
 
 from __future__ import annotations

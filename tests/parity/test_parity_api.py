@@ -1,4 +1,4 @@
-"""The GPU parity engine as a library (fla.rwkv7_convert.proof.parity): the plan, one cell through `run_cell`, the
+"""The GPU parity engine as a library (fla.rwkv7_convert.parity.matrix): the plan, one cell through `run_cell`, the
 verdict on a row, the autotuner patch, and the layouts' calls into fla. On the CPU fla runs under the interpreter
 conftest.py sets up; the CUDA test runs each precision in its own process (TRITON_F32_DEFAULT is per process)."""
 
@@ -18,8 +18,10 @@ import torch
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.proof import parity
-from fla.rwkv7_convert.proof.parity import Case, Layout, judge_row, make_plan, run_cell
+from fla.rwkv7_convert.parity import matrix as parity
+from fla.rwkv7_convert.parity import process
+from fla.rwkv7_convert.parity.matrix import Case, Layout, judge_row, make_plan, run_cell
+from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,9 +158,9 @@ def test_run_cell_refuses_what_it_cannot_run(tmp_path, monkeypatch):
 
 
 def test_runtime_env_per_process():
-    assert parity.runtime_env(cpu=True) == {'FLA_CACHE_RESULTS': '0', 'TRITON_INTERPRET': '1'}
-    assert parity.runtime_env(cpu=False, precision='float32') == {'FLA_CACHE_RESULTS': '0', 'TRITON_F32_DEFAULT': 'ieee'}
-    assert parity.runtime_env(cpu=False, precision='tf32') == {'FLA_CACHE_RESULTS': '0'}
+    assert process.runtime_env(cpu=True) == {'FLA_CACHE_RESULTS': '0', 'TRITON_INTERPRET': '1'}
+    assert process.runtime_env(cpu=False, precision='float32') == {'FLA_CACHE_RESULTS': '0', 'TRITON_F32_DEFAULT': 'ieee'}
+    assert process.runtime_env(cpu=False, precision='tf32') == {'FLA_CACHE_RESULTS': '0'}
 
 
 # ------------------------------------------------------------------------------------------- the autotuner patch
@@ -193,7 +195,7 @@ def test_autotuner_keeps_the_first_config_that_fits_untimed(monkeypatch):
             return [math.inf] * 3
 
     monkeypatch.setattr(autotuner.Autotuner, '_bench', triton_like_bench)
-    parity.keep_first_fitting_config()  # patches the class; monkeypatch restores it afterwards
+    process.keep_first_fitting_config()  # patches the class; monkeypatch restores it afterwards
     tuner = _FakeAutotuner(['too big', 'fits', 'never compiled'])
     for _ in range(2):  # a second tuning round (another key) starts over
         timings = {c: autotuner.Autotuner._bench(tuner, config=c) for c in tuner.configs}
@@ -205,7 +207,7 @@ def test_autotuner_keeps_the_first_config_that_fits_untimed(monkeypatch):
 _REAL_AUTOTUNER = r'''
 import os
 os.environ['TRITON_INTERPRET'] = '1'
-from fla.rwkv7_convert.proof.parity import keep_first_fitting_config
+from fla.rwkv7_convert.parity.process import keep_first_fitting_config
 keep_first_fitting_config()
 import torch
 import triton
@@ -288,7 +290,7 @@ def test_layouts_reach_the_kernel_they_name(kind, lengths, batch, kernel):
         ends = [c['mask'] for c in model.calls]
         assert ends[-1] == max(lengths) and all(e is not None for e in ends)
     if kernel == 'fused_recurrent' and kind != 'varlen':
-        assert all(c['T'] <= 63 for c in model.calls)
+        assert all(c['T'] <= RECURRENT_MAX_TOKENS for c in model.calls)
 
 
 def test_same_inputs_for_a_case_name_or_its_case():
@@ -303,7 +305,8 @@ def test_same_inputs_for_a_case_name_or_its_case():
 
 _GPU_CELLS = r'''
 import json, sys
-from fla.rwkv7_convert.proof.parity import Layout, run_cell, select_runtime
+from fla.rwkv7_convert.parity.matrix import Layout, run_cell
+from fla.rwkv7_convert.parity.process import select_runtime
 select_runtime(cpu=False)
 source, model_dir, precision = sys.argv[1:]
 layouts = [Layout('T64', 'tokens', (64,), 2), Layout('leftpad', 'leftpad', (70, 9)),
@@ -318,7 +321,7 @@ print(json.dumps([run_cell(model_dir, source, lay, k, precision, case='gpu').as_
 @pytest.mark.parametrize('precision', parity.GPU_PRECISIONS)
 def test_run_cell_on_the_gpu(tmp_path, precision):
     source, model_dir = converted(tmp_path, Goose(vocab=512, hidden=256, layers=3, head_size=64))
-    env = {**os.environ, **parity.runtime_env(cpu=False, precision=precision),
+    env = {**os.environ, **process.runtime_env(cpu=False, precision=precision),
            'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
     if precision != 'float32':
         env.pop('TRITON_F32_DEFAULT', None)

@@ -1,7 +1,7 @@
 """Running a converted directory: load it with its tokenizer, and generate, on a GPU or on the CPU.
 
 On the CPU fla's kernels run either as torch stand-ins (torch_wkv.py, device 'cpu-torch', the default there: no
-environment variables) or under Triton's interpreter (runtime.py, device 'cpu'), which must be chosen before triton is
+environment variables) or under Triton's interpreter (device.py, device 'cpu'), which must be chosen before triton is
 imported, computes with numpy (no bfloat16: NaN logits) and runs only fla's recurrent kernel, which fla picks below
 64 tokens per call. `load_model` loads in float32 there; `generate` feeds the prompt in pieces through the cache. On
 a GPU `generate` is `model.generate`.
@@ -9,15 +9,21 @@ a GPU `generate` is `model.generate`.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.proof.runtime import RECURRENT_MAX_TOKENS
+from fla.rwkv7_convert.runtime.device import PROMPT_PIECE, cuda_available, interpreter_ready, use_interpreter
+from fla.rwkv7_convert.runtime.loading import load_fla_model
+from fla.rwkv7_convert.runtime.state_cache import initial_cache
+from fla.rwkv7_convert.runtime.torch_wkv import installed
+
+# torch and transformers are imported inside the functions: api.py (imported by the command line) imports this module,
+# and they cost seconds to import there
 
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json')
-_PIECE = 48  # prompt tokens per call on the CPU: below fla's 64-token switch to its chunk kernels
 
 
 def _torch_dtype(dtype):
@@ -37,7 +43,6 @@ CPU_DEVICES = ('cpu', 'cpu-torch')  # load_model's CPU choices, as verify's --de
 def resolve_device(device: str) -> str:
     """device='auto': 'cuda' where torch sees a GPU (and Triton's interpreter was not asked for); on the CPU 'cpu'
     (Triton's interpreter) when TRITON_INTERPRET=1 was set before Python started, else 'cpu-torch' (no variables)."""
-    from fla.rwkv7_convert.proof.runtime import cuda_available
     if device != 'auto':
         return device
     if os.environ.get('TRITON_INTERPRET') == '1':
@@ -47,7 +52,6 @@ def resolve_device(device: str) -> str:
 
 def _check_device(device: str, model_dir: Path) -> None:
     """One line, in this API's terms, for a device that cannot run here."""
-    from fla.rwkv7_convert.proof.runtime import cuda_available, interpreter_ready
     if device == 'cpu' and not interpreter_ready():
         raise ConversionError("device='cpu' runs fla's Triton kernels through Triton's CPU interpreter, which must be "
                               'chosen before triton is imported, and this process has imported it (import fla does); '
@@ -64,9 +68,6 @@ def _check_device(device: str, model_dir: Path) -> None:
 def with_torch_wkv(model):
     """`model` (on the CPU) runs every forward call with fla's Triton kernels replaced by the torch stand-ins of
     torch_wkv.py (verify's cpu-torch backend): no interpreter, no environment variables, any number of tokens a call."""
-    import functools
-
-    from fla.rwkv7_convert.proof.torch_wkv import installed
     forward = model.forward
 
     @functools.wraps(forward)
@@ -85,7 +86,7 @@ def load_model(model_dir: str | os.PathLike, device: str = 'auto', dtype: Any = 
 
     device: 'auto' (default): 'cuda' on a GPU; on the CPU 'cpu-torch', or 'cpu' when Python was started with
         TRITON_INTERPRET=1 FLA_CACHE_RESULTS=0. 'cpu-torch': fla's modules with torch stand-ins for its Triton
-        kernels (proof/torch_wkv.py), no environment variables needed. 'cpu': fla's Triton kernels through Triton's
+        kernels (runtime/torch_wkv.py), no environment variables needed. 'cpu': fla's Triton kernels through Triton's
         interpreter (those two variables set before Python starts; under 64 tokens a call). On the CPU the weights are
         loaded in float32 (bfloat16 and float16 are refused); on 'cuda' dtype None keeps the stored dtype.
     Raises ConversionError (one line) for what cannot run.
@@ -105,9 +106,7 @@ def load_model(model_dir: str | os.PathLike, device: str = 'auto', dtype: Any = 
                                   str(model_dir))
         dtype = torch.float32
         if device == 'cpu':
-            from fla.rwkv7_convert.proof.runtime import use_interpreter
             use_interpreter()
-    from fla.rwkv7_convert.proof.loading import load_fla_model
     model = load_fla_model(model_dir, dtype=dtype, device='cpu' if device in CPU_DEVICES else device)
     if device == 'cpu-torch':
         model = with_torch_wkv(model)
@@ -136,16 +135,16 @@ def _next_tokens(logits, do_sample: bool, temperature: float, generator):
 
 def _generate_cpu(model, ids, max_new_tokens: int, stop: set[int], pad: int, do_sample: bool, temperature: float,
                   seed: int | None, cache=None):
-    """Prompt in pieces of at most _PIECE tokens, then one token per call, all through fla's recurrent cache (which
-    starts from a tuned state when `cache` is one: proof.states.initial_cache)."""
+    """Prompt in pieces of at most PROMPT_PIECE tokens, then one token per call, all through fla's recurrent cache (which
+    starts from a tuned state when `cache` is one: runtime.state_cache.initial_cache)."""
     import torch
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     logits = None
     done = torch.zeros(ids.shape[0], dtype=torch.bool)
     out = ids
     with torch.no_grad():
-        for start in range(0, ids.shape[1], _PIECE):
-            logits, cache = model(input_ids=ids[:, start:start + _PIECE], past_key_values=cache, use_cache=True,
+        for start in range(0, ids.shape[1], PROMPT_PIECE):
+            logits, cache = model(input_ids=ids[:, start:start + PROMPT_PIECE], past_key_values=cache, use_cache=True,
                                   return_dict=False)[:2]
         for _ in range(max_new_tokens):
             token = _next_tokens(logits[:, -1], do_sample, temperature, generator)
@@ -168,7 +167,7 @@ def generate(model: Any, tokenizer_or_ids: Any, max_new_tokens: int = 16, *, pro
         the prompt is one user turn through the tokenizer's chat template.
     eos_token_id: an id or ids that end a row; None takes generation_config.json's.
     state: start every row from a tuned initial state (a converted directory or state directory holding
-        rwkv7_state.safetensors, the file, or a [L, H, K, V] tensor: proof.states.initial_cache); None: zero states.
+        rwkv7_state.safetensors, the file, or a [L, H, K, V] tensor: runtime.state_cache.initial_cache); None: zero states.
     On the CPU the prompt goes in pieces of under 64 tokens through the cache (fla's recurrent kernel is the one the
     interpreter runs); on a GPU this is `model.generate`.
     """
@@ -199,10 +198,8 @@ def generate(model: Any, tokenizer_or_ids: Any, max_new_tokens: int = 16, *, pro
     stop = _stop_ids(model, eos_token_id)
     cache = None
     if state is not None:
-        from fla.rwkv7_convert.proof.states import initial_cache
         cache = initial_cache(model, state, batch_size=ids.shape[0], device=device)
     if device.type == 'cpu':
-        assert _PIECE <= RECURRENT_MAX_TOKENS
         pad = getattr(model.generation_config, 'pad_token_id', None) or 0
         out = _generate_cpu(model, ids, max_new_tokens, stop, pad, do_sample, temperature, seed, cache)
     else:

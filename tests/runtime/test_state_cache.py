@@ -1,4 +1,4 @@
-"""proof/states.initial_cache: fla started from a tuned state computes what the reference computes from it.
+"""runtime/state_cache.initial_cache: fla started from a tuned state computes what the reference computes from it.
 
 BlinkDL's wkv state is [H, value, key] per layer; fla's cache holds [B, H, key, value]. The reference runs from
 the state as RWKV-PEFT's time_state holds it; fla from its per-head transpose, through initial_cache. Running fla
@@ -14,7 +14,7 @@ from rwkv7_factory import Goose, make_state_dict
 
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof.reference import RWKV7Reference, RWKV7State
-from fla.rwkv7_convert.proof.states import initial_cache
+from fla.rwkv7_convert.runtime.state_cache import initial_cache
 
 
 def _tuned(shape: Goose, seed: int = 5) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""proof/interpreter.py: what we change in Triton's interpreter computes what the stock interpreter computes, bit for
+"""runtime/interpreter.py: what we change in Triton's interpreter computes what the stock interpreter computes, bit for
 bit, and restore() puts triton back as it was.
 
 "Stock" here is what use_interpreter did before interpreter.py: the autotuner's first config, triton.language
@@ -16,8 +16,8 @@ import torch
 from fla_cpu import fla_model
 from rwkv7_factory import Goose, make_state_dict
 
-from fla.rwkv7_convert.proof import interpreter
-from fla.rwkv7_convert.proof.runtime import cuda_available, fla_logits
+from fla.rwkv7_convert.runtime import interpreter
+from fla.rwkv7_convert.runtime.device import cuda_available, fla_logits
 
 pytestmark = pytest.mark.skipif(cuda_available(), reason="Triton's CPU interpreter only")
 

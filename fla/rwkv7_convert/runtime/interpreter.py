@@ -1,13 +1,13 @@
 """What we change in Triton's CPU interpreter to run fla's kernels there, each change scoped and restorable.
 
-Two changes, installed together by `install()` (runtime.use_interpreter calls it) and undone by `restore()`:
+Two changes, installed together by `install()` (device.use_interpreter calls it) and undone by `restore()`:
 
 - The autotuner's `_bench`: the interpreter has no benchmarker, so every config gets a constant "time", and the
   one that needs the fewest programs wins (the largest product of its int kwargs: fla's kernels tile tokens with BT
   and the value dimension with BV; configs without kwargs tie, and the first is kept, as the autotuner itself does).
   An interpreted program costs the same Python overhead whatever its block holds, so fewer, larger programs are
   faster; every config computes the same function, and for the kernels a verification runs the logits are bit for
-  bit those of the first config (tests/proof/test_interpreter.py).
+  bit those of the first config (tests/runtime/test_interpreter.py).
 - triton.language patched once for the process instead of at every launch: Triton's interpreter (triton
   runtime/interpreter.py, `GridExecutor.__call__` and `InterpretedFunction.__call__`, both through `_patch_lang`)
   re-patches the language module (`inspect.getmembers` over tl, tl.core, tl.math and tl.tensor, ~30 attributes
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import inspect
 import math
+
+# triton is imported inside the functions: use_interpreter sets the variables it reads at import first
 
 _INSTALLED: dict | None = None  # what install() replaced, while installed
 

@@ -1,10 +1,10 @@
-"""The torch stand-ins (proof/torch_wkv.py) against fla's Triton kernels run by the interpreter, cell by cell at tiny
+"""The torch stand-ins (runtime/torch_wkv.py) against fla's Triton kernels run by the interpreter, cell by cell at tiny
 shapes, and fla's RWKV7Block with them installed: the same output, and no Triton kernel launched."""
 
 import pytest
 import torch
 
-from fla.rwkv7_convert.proof import torch_wkv
+from fla.rwkv7_convert.runtime import torch_wkv
 
 
 def _inputs(B, T, H, K, seed):
