@@ -19,16 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import as_nobody, assert_one_line_error, call_main, leftovers, run_script
 from reliability_common import (
-    assert_one_line_error,
+    SCRIPT,
     assert_same_model,
     base_state_dict,
-    campaign_summary,  # noqa: F401  (autouse: prints and checks the counts)
     canonical,
     digest,
-    leftovers,
     read_model,
-    run_cli,
     tally,
 )
 from rwkv7_factory import save
@@ -36,6 +34,8 @@ from rwkv7_factory import save
 from fla.rwkv7_convert.cli import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
+
+pytestmark = pytest.mark.usefixtures('campaign_summary')  # the forward campaign's counts: printed, checked
 
 # ----------------------------------------------------------------------------------------------- 2. broken files
 
@@ -267,37 +267,11 @@ def _special_inputs(tmp_path: Path) -> dict[str, Path]:
 def test_special_files_are_one_line_errors(tmp_path):
     for what, path in _special_inputs(tmp_path).items():
         # a subprocess with a hang guard (generous: loaded CI machines): a FIFO opened for reading would block forever
-        r = run_cli('--rwkv7', path, '--output', tmp_path / 'out', timeout=600)
-        line = assert_one_line_error(r)
+        r = run_script(SCRIPT, '--rwkv7', path, '--output', tmp_path / 'out', timeout=600)
+        line = assert_one_line_error(r.returncode, r.stderr)
         assert str(path) in line, (what, line)
         tally('special files (command line)', 'refused (exit 1, one line)', what)
     assert not (tmp_path / 'out').exists()
-
-
-def _as_nobody(argv: list[str]) -> tuple[int, str]:
-    """Run main_to_fla in a forked child that dropped root, so that file permissions apply to it."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 99
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = main_to_fla(argv)
-            os.write(write_end, err.getvalue().encode())
-        except BaseException as e:
-            os.write(write_end, f'child failed: {e!r}'.encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, 'rb') as f:
-        text = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), text
 
 
 def test_unreadable_file_is_a_one_line_error(tmp_path):
@@ -308,7 +282,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
         src.chmod(0)
         argv = ['--rwkv7', str(src), '--output', str(folder / 'out'), '--tokenizer', 'none']
         if os.geteuid() == 0:  # root reads files whatever their mode: drop to 'nobody' in a forked child
-            code, err = _as_nobody(argv)
+            code, err = as_nobody(lambda: call_main(main_to_fla, *argv)[::2])  # (exit code, stderr)
         else:
             err_buffer = io.StringIO()
             with contextlib.redirect_stderr(err_buffer):
@@ -335,7 +309,7 @@ def test_output_folders_that_must_not_be_replaced(tmp_path):
         'an existing file': ['--output', tmp_path / 'a-file', '--force'],
     }
     for what, args in cases.items():
-        r = run_cli('--rwkv7', src, *args, '--tokenizer', 'none', cwd=src_dir if 'current' in what else tmp_path)
-        assert_one_line_error(r)
+        r = run_script(SCRIPT, '--rwkv7', src, *args, '--tokenizer', 'none', cwd=src_dir if 'current' in what else tmp_path)
+        assert_one_line_error(r.returncode, r.stderr)
         assert digest(tmp_path) == keep, what
         tally('outputs that must not be replaced (command line)', 'refused (exit 1, one line)', what)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error, leftovers, run_script
 from reliability_common import (
     BASES,
     CLI,
@@ -24,16 +25,13 @@ from reliability_common import (
     LIBRARY,
     LIBRARY_CASES,
     OPTIONAL,
-    assert_one_line_error,
+    SCRIPT,
     assert_same_model,
     base_state_dict,
-    campaign_summary,  # noqa: F401  (autouse: prints and checks the counts)
     canonical,
     digest,
-    leftovers,
     make_old_model,
     read_model,
-    run_cli,
     tally,
 )
 from rwkv7_factory import Goose
@@ -42,6 +40,8 @@ from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.mapping import table
 from fla.rwkv7_convert.mapping.engine import expected_blinkdl, lookup_blinkdl, strip_prefixes
+
+pytestmark = pytest.mark.usefixtures('campaign_summary')  # the forward campaign's counts: printed, checked
 
 PREFIXES, WRAPPER_KEYS = tuple(table.PREFIXES), tuple(table.WRAPPER_KEYS)  # the table's, in its order
 
@@ -464,12 +464,12 @@ def cli_outcome(c: Case):
     def outcome_of(src: Path, out: Path) -> tuple[str, str]:
         precision = {'F32': 'fp32', 'BF16': 'bf16'}[c.dtype]
         extra = [f'--head-size={c.head_size}'] if c.head_size is not None else []
-        r = run_cli('--rwkv7', src, '--output', out, '--force', '--tokenizer', 'none', '--precision', precision, '-q',
-                    *extra)
+        r = run_script(SCRIPT, '--rwkv7', src, '--output', out, '--force', '--tokenizer', 'none', '--precision', precision,
+                       '-q', *extra)
         if r.returncode == 0:
             assert r.stderr == ''
             return 'converted', ''
-        line = assert_one_line_error(r)
+        line = assert_one_line_error(r.returncode, r.stderr)
         return 'refused (exit 1, one line)', line
     return outcome_of
 

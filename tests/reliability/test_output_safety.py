@@ -20,17 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error, leftovers, run_script, start_script
 from reliability_common import (
     REPO,
     SCRIPT,
-    assert_one_line_error,
     base_state_dict,
-    campaign_summary,  # noqa: F401  (autouse: prints and checks the counts)
     digest,
-    leftovers,
     make_old_model,
-    run_cli,
-    start_script,
     tally,
     tmpfs,
 )
@@ -39,6 +35,9 @@ from rwkv7_factory import Goose, make_state_dict, save
 from fla.rwkv7_convert.cli import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.formats import atomic, safetensors_writer
+
+pytestmark = pytest.mark.usefixtures('campaign_summary')  # the forward campaign's counts: printed, checked
+
 
 # ------------------------------------------------------------------------------------------------ 3. output safety
 
@@ -49,9 +48,9 @@ def big(tmp_path_factory) -> dict:
     src = save(make_state_dict(Goose(vocab=1024, hidden=512, layers=8), seed=5), root / 'big.pth')
     small = save(base_state_dict(0), root / 'small.pth')
     old, new = root / 'old-model', root / 'new-model'
-    assert run_cli('--rwkv7', small, '--output', old, '--tokenizer', 'none', '-q').returncode == 0
+    assert run_script(SCRIPT, '--rwkv7', small, '--output', old, '--tokenizer', 'none', '-q').returncode == 0
     start = time.perf_counter()
-    assert run_cli('--rwkv7', src, '--output', new, '--tokenizer', 'none', '-q').returncode == 0
+    assert run_script(SCRIPT, '--rwkv7', src, '--output', new, '--tokenizer', 'none', '-q').returncode == 0
     seconds = time.perf_counter() - start
     return {'root': root, 'src': src, 'small': small, 'old': old, 'new': new, 'old_digest': digest(old),
             'new_digest': digest(new), 'seconds': seconds}
@@ -105,7 +104,7 @@ def test_interrupted_conversion_leaves_the_old_or_the_complete_new_model(tmp_pat
         tally('interruptions of a 110 MB conversion', f'{signal.Signals(sig).name}: {state}',
               f'{signal.Signals(sig).name} exit {proc.returncode}')
         # the next run (a small conversion into the same OUTDIR) tidies whatever a killed one left
-        r = run_cli('--rwkv7', big['small'], '--output', out, '--force', '--tokenizer', 'none', '-q')
+        r = run_script(SCRIPT, '--rwkv7', big['small'], '--output', out, '--force', '--tokenizer', 'none', '-q')
         assert r.returncode == 0, r.stderr
         assert digest(out) == big['old_digest'] and leftovers(tmp_path, 'out') == []
         shutil.rmtree(out)
@@ -158,8 +157,8 @@ def test_sigkill_inside_the_final_swap_loses_nothing(tmp_path, big, mode):
     else:
         assert not out.exists()  # the old model is beside it, under .out.old-<dead pid>-...
     # the next run, without --force: restores the old model if needed, then refuses to replace it
-    r = run_cli('--rwkv7', small, '--output', out, '--tokenizer', 'none')
-    assert_one_line_error(r)
+    r = run_script(SCRIPT, '--rwkv7', small, '--output', out, '--tokenizer', 'none')
+    assert_one_line_error(r.returncode, r.stderr)
     expected = big['new_digest'] if mode == 'after-exchange' else big['old_digest']
     assert digest(out) == expected and leftovers(tmp_path, 'out', 'small.pth') == []
     tally('SIGKILL inside the final swap', 'complete model kept', mode)
@@ -277,11 +276,11 @@ def test_full_disk_on_a_real_1mb_tmpfs_fails_cleanly(tmp_path, small_tmpfs, exis
     src = save(make_state_dict(Goose(vocab=256, hidden=256, layers=2)), tmp_path / 'big.pth')  # ~7 MB
     out = small_tmpfs / 'out'
     if existing:
-        assert run_cli('--rwkv7', save(base_state_dict(0), tmp_path / 'small.pth'), '--output', out, '--tokenizer',
+        assert run_script(SCRIPT, '--rwkv7', save(base_state_dict(0), tmp_path / 'small.pth'), '--output', out, '--tokenizer',
                        'none', '-q').returncode == 0
     before = digest(small_tmpfs)
-    r = run_cli('--rwkv7', src, '--output', out, '--force', '--tokenizer', 'none')
-    line = assert_one_line_error(r)
+    r = run_script(SCRIPT, '--rwkv7', src, '--output', out, '--force', '--tokenizer', 'none')
+    line = assert_one_line_error(r.returncode, r.stderr)
     assert 'No space left on device' in line
     assert digest(small_tmpfs) == before
     assert leftovers(small_tmpfs, 'out') == [] if existing else list(small_tmpfs.iterdir()) == []
@@ -294,7 +293,8 @@ def rivals(tmp_path_factory) -> dict:
     out = {}
     for name, seed in (('a', 1), ('b', 2)):
         src = save(make_state_dict(Goose(vocab=512, hidden=256, layers=4), seed=seed), root / f'{name}.pth')  # ~14 MB
-        assert run_cli('--rwkv7', src, '--output', root / f'ref-{name}', '--tokenizer', 'none', '-q').returncode == 0
+        r = run_script(SCRIPT, '--rwkv7', src, '--output', root / f'ref-{name}', '--tokenizer', 'none', '-q')
+        assert r.returncode == 0, r.stderr
         out[name] = (src, digest(root / f'ref-{name}'))
     return out
 
@@ -347,7 +347,7 @@ def test_symlinked_output_is_replaced_as_a_link_and_its_target_kept(tmp_path):
     linked = tmp_path / 'linked-model'
     before = make_old_model(linked)
     (tmp_path / 'out').symlink_to(linked)
-    r = run_cli('--rwkv7', src, '--output', tmp_path / 'out', '--force', '--tokenizer', 'none', '-q')
+    r = run_script(SCRIPT, '--rwkv7', src, '--output', tmp_path / 'out', '--force', '--tokenizer', 'none', '-q')
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / 'out').is_symlink() and (tmp_path / 'out' / 'model.safetensors').is_file()
     assert digest(linked) == before and leftovers(tmp_path, 'm.pth', 'out', 'linked-model') == []
