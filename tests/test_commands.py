@@ -19,7 +19,6 @@ import pytest
 
 from fla.rwkv7_convert import cli
 from fla.rwkv7_convert.convert.inspection import SCHEMA
-from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS
 
@@ -36,10 +35,8 @@ def python(*args, cwd=REPO) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope='module')
-def fla_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp('fla') / 'goose'
-    convert_to_fla(BUNDLED, out, tokenizer='none')
-    return out
+def fla_dir(converted_model) -> Path:
+    return converted_model(BUNDLED).dir
 
 
 # ------------------------------------------------------------------------------------------ console scripts

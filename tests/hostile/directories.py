@@ -12,24 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 from reliability_common import read_pth
-from rwkv7_factory import Goose, make_state_dict, save
+from rwkv7_factory import Goose
 from safetensors.torch import load_file, save_file
 
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
-from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 
 # no two sizes equal (V 61, C 64, F 96, H 2, N 32, ranks 8/16/24/12), so a transposed tensor can never look right
 BASE = Goose(vocab=61, hidden=64, layers=2, head_size=32, ffn=96, w_rank=8, a_rank=16, v_rank=24, g_rank=12)
 
 
-def make_hf(root: Path) -> dict:
-    """The base fla directory (bf16, made by the forward converter from `source`), its tensors and config, and the
-    canonical export (what the unmodified directory exports to)."""
-    sd = make_state_dict(BASE, torch.bfloat16, seed=15)
-    convert_to_fla(save(sd, root / 'src.pth'), root / 'model', tokenizer='none')
-    model = root / 'model'
+def make_hf(source: Path, model: Path, root: Path) -> dict:
+    """The base fla directory `model` (BASE in bf16, seed 15, converted from `source` by the forward converter), its
+    tensors and config, and the canonical export into `root` (what the unmodified directory exports to)."""
     convert_from_fla(model, root / 'canonical.pth')
-    return {'dir': model, 'source': root / 'src.pth', 'config': json.loads((model / 'config.json').read_text()),
+    return {'dir': model, 'source': source, 'config': json.loads((model / 'config.json').read_text()),
             'tensors': load_file(model / 'model.safetensors'), 'canonical': read_pth(root / 'canonical.pth'),
             'canonical_bytes': (root / 'canonical.pth').read_bytes()}
 

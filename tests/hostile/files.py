@@ -3,9 +3,13 @@ directory's rwkv7_state.safetensors and a bare --state file)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,19 @@ from safetensors.torch import load_file, save_file
 from hostile.directories import C, write_dir
 
 
+def zip_boundaries(data: bytes) -> list[int]:
+    """Start of every local record, its data and its end; every central directory entry; the end records."""
+    points = {0, len(data)}
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for info in z.infolist():
+            name_len, extra_len = struct.unpack('<HH', data[info.header_offset + 26:info.header_offset + 30])
+            start = info.header_offset + 30 + name_len + extra_len
+            points |= {info.header_offset, start, start + info.compress_size}
+    for signature in (b'PK\x01\x02', b'PK\x05\x06', b'PK\x06\x06', b'PK\x06\x07'):
+        points |= {m.start() for m in re.finditer(re.escape(signature), data)}
+    return sorted(points)
+
+
 def safetensors_boundaries(data: bytes) -> list[int]:
     n = int.from_bytes(data[:8], 'little')
     points = {0, 8, 8 + n, len(data)}
@@ -22,6 +39,11 @@ def safetensors_boundaries(data: bytes) -> list[int]:
         if name != '__metadata__':
             points |= {8 + n + o for o in info['data_offsets']}
     return sorted(points)
+
+
+def cut_points(data: bytes, boundaries) -> list[int]:
+    """Where to truncate a file: one byte either side of each of its `boundaries(data)`, and each of the first 17."""
+    return sorted({c + d for c in boundaries(data) for d in (-1, 0, 1) if 0 <= c + d < len(data)} | set(range(17)))
 
 
 def edit_header(path: Path, edit) -> None:
@@ -48,6 +70,15 @@ LIES = {
     'a tensor listed twice': lambda h, f, b: (('{"' + f + '": ' + json.dumps(h[f]) + ', ' + json.dumps(h)[1:]).encode(), b),
     'header length beyond the file': None,
 }
+
+
+def tell_lie(path: Path, lie: str) -> None:
+    """Rewrites the safetensors file at `path` so that its header tells `lie` (a key of LIES)."""
+    if LIES[lie] is None:
+        raw = path.read_bytes()
+        path.write_bytes((len(raw) * 2).to_bytes(8, 'little') + raw[8:])
+    else:
+        edit_header(path, LIES[lie])
 
 
 def sharded_dir(tmp_path: Path, hf: dict) -> tuple[Path, dict]:

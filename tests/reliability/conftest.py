@@ -19,7 +19,6 @@ from hostile.directories import BASE, ODD_CONFIGS, make_hf
 from rwkv7_factory import make_tuned_state, save, time_states, write_state_conversion
 
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.proof import verify as verify_module
 
 
 @pytest.fixture(scope='module')
@@ -55,10 +54,11 @@ def verify_summary(request):
 
 
 @pytest.fixture(scope='session')
-def hf(tmp_path_factory) -> dict:
+def hf(tmp_path_factory, converted_model) -> dict:
     """The base fla directory the export and verify campaigns attack, its source file and canonical export; shared
     by the whole session, so read-only: a test that changes it copies it first."""
-    return make_hf(tmp_path_factory.mktemp('hf'))
+    made = converted_model(BASE, torch.bfloat16, seed=15)
+    return make_hf(made.source, made.dir, tmp_path_factory.mktemp('hf'))
 
 
 @pytest.fixture(scope='session')
@@ -66,14 +66,6 @@ def audit():
     """Every file this process tries to open while `reliability_common.opened()` records (an audit hook stays for
     good, so it is added once, and records nothing outside `opened()`)."""
     sys.addaudithook(common.record_opens)
-
-
-@pytest.fixture
-def no_compute(monkeypatch):
-    """verify must refuse before building the streaming pair: building it fails the test."""
-    def computed(*args, **kwargs):
-        raise AssertionError('verify went on to compute')
-    monkeypatch.setattr(verify_module, 'StreamingPair', computed)
 
 
 @pytest.fixture(scope='session')

@@ -10,9 +10,7 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
-import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import as_nobody, assert_one_line_error, call_main, leftovers, run_script
+from hostile.files import cut_points, safetensors_boundaries, zip_boundaries
 from reliability_common import (
     SCRIPT,
     assert_same_model,
@@ -48,34 +47,11 @@ def convert_outcome(src: Path, out: Path, **kw) -> str:
     return 'converted'
 
 
-def zip_boundaries(data: bytes) -> list[int]:
-    """Start of every local record, its data and its end; every central directory entry; the end records."""
-    points = {0, len(data)}
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for info in z.infolist():
-            name_len, extra_len = struct.unpack('<HH', data[info.header_offset + 26:info.header_offset + 30])
-            start = info.header_offset + 30 + name_len + extra_len
-            points |= {info.header_offset, start, start + info.compress_size}
-    for signature in (b'PK\x01\x02', b'PK\x05\x06', b'PK\x06\x06', b'PK\x06\x07'):
-        points |= {m.start() for m in re.finditer(re.escape(signature), data)}
-    return sorted(points)
-
-
-def safetensors_boundaries(data: bytes) -> list[int]:
-    n = int.from_bytes(data[:8], 'little')
-    points = {0, 8, 8 + n, len(data)}
-    for name, info in json.loads(data[8:8 + n]).items():
-        if name != '__metadata__':
-            points |= {8 + n + o for o in info['data_offsets']}
-    return sorted(points)
-
-
 @pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
 def test_truncated_at_every_boundary_is_refused(tmp_path, fmt):
     src = save(base_state_dict(0), tmp_path / f'whole.{fmt}')
     data = src.read_bytes()
-    cuts = sorted({c + d for c in (zip_boundaries if fmt == 'pth' else safetensors_boundaries)(data) for d in (-1, 0, 1)
-                   if 0 <= c + d < len(data)} | set(range(17)))
+    cuts = cut_points(data, zip_boundaries if fmt == 'pth' else safetensors_boundaries)
     path = tmp_path / f'cut.{fmt}'
     for cut in cuts:
         path.write_bytes(data[:cut])

@@ -1,13 +1,10 @@
-"""Reliability campaign, export direction (fla / Hugging Face directory -> BlinkDL RWKV-LM file): config.json values,
-and the seeded campaign of mutated directories.
+"""Reliability campaign, export direction (fla directory -> RWKV-LM file): hostile, odd and unreadable config.json
+values, and the seeded campaign of mutated directories (tests/hostile/mutations.py).
 
-The property (docs/reliability.md, section 4): every input directory either exports to exactly the canonical RWKV-LM
-file (the tensors the unmodified directory exports to: names, dtypes, shapes and bytes, read back with torch.load) or
-is refused with a one-line ConversionError subclass (through the command line: exit 1, exactly one `error: ` line, no
-traceback), with the existing output file untouched (sha256) and nothing left beside it. Never another exception,
-never a different model. The hostile inputs are tests/hostile/'s; the campaign's counts are printed at the end of
-each module.
-Reproduce: python -m pytest tests/reliability/test_export_*.py -q
+The property (docs/reliability.md, section 4, with the counts): every input directory either exports to exactly the
+canonical RWKV-LM file, or is refused with one line (a ConversionError; through the command line exit 1 and one
+`error: ` line) with the old output untouched and nothing left beside it.
+Reproduce: python -m pytest tests/reliability/test_export_configs.py -q
 """
 
 from __future__ import annotations

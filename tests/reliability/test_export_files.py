@@ -1,13 +1,10 @@
-"""Reliability campaign, export direction (fla / Hugging Face directory -> BlinkDL RWKV-LM file): broken weight files
-and indexes, two weight sources, benign variants, hostile pytorch_model.bin files.
+"""Reliability campaign, export direction (fla directory -> RWKV-LM file): broken weight files and shard indexes, two
+weight sources at once, benign variants, hostile pytorch_model.bin files.
 
-The property (docs/reliability.md, section 4): every input directory either exports to exactly the canonical RWKV-LM
-file (the tensors the unmodified directory exports to: names, dtypes, shapes and bytes, read back with torch.load) or
-is refused with a one-line ConversionError subclass (through the command line: exit 1, exactly one `error: ` line, no
-traceback), with the existing output file untouched (sha256) and nothing left beside it. Never another exception,
-never a different model. The hostile inputs are tests/hostile/'s; the campaign's counts are printed at the end of
-each module.
-Reproduce: python -m pytest tests/reliability/test_export_*.py -q
+The property (docs/reliability.md, section 4, with the counts): every input directory either exports to exactly the
+canonical RWKV-LM file, or is refused with one line (a ConversionError; through the command line exit 1 and one
+`error: ` line) with the old output untouched and nothing left beside it.
+Reproduce: python -m pytest tests/reliability/test_export_files.py -q
 """
 
 from __future__ import annotations
@@ -16,7 +13,16 @@ import shutil
 
 import pytest
 from hostile.directories import BIN_ATTACKS, TWO_SOURCES, different_model, write_dir
-from hostile.files import ALL_INDEX_ATTACKS, EITHER, INDEX_PARAMS, LIES, edit_header, safetensors_boundaries, sharded_dir
+from hostile.files import (
+    ALL_INDEX_ATTACKS,
+    EITHER,
+    INDEX_PARAMS,
+    LIES,
+    cut_points,
+    safetensors_boundaries,
+    sharded_dir,
+    tell_lie,
+)
 from reliability_common import check_property, export_tally, read_pth
 
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
@@ -26,8 +32,7 @@ pytestmark = pytest.mark.usefixtures('export_summary')  # the export campaign's 
 
 def test_truncated_model_safetensors_at_every_boundary_is_refused(tmp_path, hf):
     data = (hf['dir'] / 'model.safetensors').read_bytes()
-    cuts = sorted({c + d for c in safetensors_boundaries(data) for d in (-1, 0, 1) if 0 <= c + d < len(data)}
-                  | set(range(17)))
+    cuts = cut_points(data, safetensors_boundaries)
     model = write_dir(tmp_path / 'm', hf['config'], None)
     for cut in cuts:
         (model / 'model.safetensors').write_bytes(data[:cut])
@@ -41,11 +46,7 @@ def test_truncated_model_safetensors_at_every_boundary_is_refused(tmp_path, hf):
 def test_lying_safetensors_header_is_refused(tmp_path, hf, lie):
     model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'])
     path = model / 'model.safetensors'
-    if LIES[lie] is None:
-        raw = path.read_bytes()
-        path.write_bytes((len(raw) * 2).to_bytes(8, 'little') + raw[8:])
-    else:
-        edit_header(path, LIES[lie])
+    tell_lie(path, lie)
     outcome = check_property(model, tmp_path, hf['canonical'])
     assert outcome in ('NotACheckpointError', 'KeyMismatchError'), outcome  # I16: readable, but not floating point
 

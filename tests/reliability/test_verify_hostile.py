@@ -1,16 +1,10 @@
-"""Reliability campaign, verify: the export campaign's hostile directories given to `verify` as the conversion of
-their source file.
+"""Reliability campaign, verify: the export campaign's hostile directories (tests/hostile/) given to `verify` as the
+conversion of their source file.
 
-The property (docs/reliability.md, section 6): verify either refuses a directory before any compute with one line (a
-ConversionError naming the directory and the file or key; through the command line exit 1, one `error: ` line,
-nothing on stdout, no traceback), or computes a verdict: PASS only for the model transformers would load from the
-source's conversion, FAIL otherwise. Never another exception, and no file outside the directory is opened (every
-`open` is recorded with an audit hook; shard names that lead out find real files there to read). An interrupted
-verify exits 130 with one line and writes nothing.
-
-Refusals run no fla; the cases that compute all use TOKENS tokens, so fla's interpreted kernels compile once.
-The hostile inputs are tests/hostile/'s; the campaign's counts are printed at the end of each module.
-Reproduce: python -m pytest tests/reliability/test_verify_hostile*.py -q
+The property (docs/reliability.md, section 6, with the counts): verify either refuses a directory before any compute
+with one line, or computes a verdict: PASS only for the model transformers would load from the source's conversion;
+never another exception, and no file outside the directory opened.
+Reproduce: python -m pytest tests/reliability/test_verify_hostile.py -q
 """
 
 from __future__ import annotations
@@ -32,10 +26,11 @@ from hostile.files import (
     EITHER,
     INDEX_PARAMS,
     LIES,
-    edit_header,
+    cut_points,
     parent_as_model,
     safetensors_boundaries,
     sharded_dir,
+    tell_lie,
 )
 from hostile.mutations import CAMPAIGN_CASES, mutated_case
 from reliability_common import ODD_VERIFY, assert_refused_by_cli, library, refused, verify_tally
@@ -84,8 +79,7 @@ def test_mutated_directory_is_judged_or_refused(tmp_path, hf, audit, seed):
 
 def test_truncated_model_safetensors_is_refused(tmp_path, hf, audit, no_compute):
     data = (hf['dir'] / 'model.safetensors').read_bytes()
-    cuts = sorted({c + d for c in safetensors_boundaries(data) for d in (-1, 0, 1) if 0 <= c + d < len(data)}
-                  | set(range(17)))
+    cuts = cut_points(data, safetensors_boundaries)
     model = write_dir(tmp_path / 'm', hf['config'], None)
     for cut in cuts:
         (model / 'model.safetensors').write_bytes(data[:cut])
@@ -100,11 +94,7 @@ def test_truncated_model_safetensors_is_refused(tmp_path, hf, audit, no_compute)
 def test_lying_safetensors_header_is_refused(tmp_path, hf, audit, no_compute, lie):
     model = write_dir(tmp_path / 'm', hf['config'], hf['tensors'])
     path = model / 'model.safetensors'
-    if LIES[lie] is None:
-        raw = path.read_bytes()
-        path.write_bytes((len(raw) * 2).to_bytes(8, 'little') + raw[8:])
-    else:
-        edit_header(path, LIES[lie])
+    tell_lie(path, lie)
     refused(hf['source'], model, tmp_path, 'lying safetensors headers', lie)
 
 

@@ -1,16 +1,10 @@
-"""Reliability campaign, verify: verify's own hostile cases: a tensor in another shard, NaN weights, a pair that
-is not a pair, hostile source records and tuned states, the script, an interrupt.
+"""Reliability campaign, verify: verify's own hostile cases: a tensor in another shard, NaN weights, a pair that is not
+a pair, hostile source records and tuned states, the script, an interrupt.
 
-The property (docs/reliability.md, section 6): verify either refuses a directory before any compute with one line (a
-ConversionError naming the directory and the file or key; through the command line exit 1, one `error: ` line,
-nothing on stdout, no traceback), or computes a verdict: PASS only for the model transformers would load from the
-source's conversion, FAIL otherwise. Never another exception, and no file outside the directory is opened (every
-`open` is recorded with an audit hook; shard names that lead out find real files there to read). An interrupted
-verify exits 130 with one line and writes nothing.
-
-Refusals run no fla; the cases that compute all use TOKENS tokens, so fla's interpreted kernels compile once.
-The hostile inputs are tests/hostile/'s; the campaign's counts are printed at the end of each module.
-Reproduce: python -m pytest tests/reliability/test_verify_hostile*.py -q
+The property (docs/reliability.md, section 6, with the counts): verify either refuses a directory before any compute
+with one line, or computes a verdict: PASS only for the model transformers would load from the source's conversion;
+never another exception, and no file outside the directory opened.
+Reproduce: python -m pytest tests/reliability/test_verify_hostile_own.py -q
 """
 
 from __future__ import annotations
@@ -176,7 +170,7 @@ def test_hostile_state_given_with_state_is_refused(tmp_path, hf, tuned, no_compu
     line = e.value.one_line()
     assert '\n' not in line and str(bad) in line, line
     code, out, err = call_main(main_verify, '--rwkv7', hf['source'], '--state', bad, '--model', hf['dir'], '--model-state',
-                         tuned['state_dir'], '--tokens', TOKENS)
+                               tuned['state_dir'], '--tokens', TOKENS)
     lines = err.strip().splitlines()
     assert code == 1 and out == '' and len(lines) == 1 and lines[0].startswith('error: ') and str(bad) in lines[0], err
     verify_tally('hostile --state files', type(e.value).__name__, what)
