@@ -210,6 +210,25 @@ def canonical(i: int) -> dict:
         return read_model(Path(d) / 'out')
 
 
+def check_interrupted(proc: subprocess.Popen, sig: int, now, old, new, scratch, what: str) -> str:
+    """The verdict on a run of a script that got `sig`: its output (`now()`, a digest) is exactly the `old` or the `new`
+    one, never damaged; exit 0 with the new one, or 128 + sig with one `interrupted (` line and no scratch left
+    (`scratch()`), or killed outright. Returns 'old WHAT' or 'new WHAT'."""
+    _, stderr = proc.communicate(timeout=600)
+    got = now()
+    state = f'old {what}' if got == old else f'new {what}' if got == new else 'DAMAGED'
+    assert state != 'DAMAGED', (sig, proc.returncode, stderr)
+    if proc.returncode == 0:
+        assert state == f'new {what}'
+    elif proc.returncode in (130, 143):  # our handler ran: one line, and the scratch is gone already
+        assert proc.returncode == 128 + sig
+        assert stderr.startswith('interrupted (') and len(stderr.strip().splitlines()) == 1, stderr
+        assert scratch() == []
+    else:  # killed outright (SIGKILL, or a signal before the handler was installed)
+        assert proc.returncode == -sig, (proc.returncode, stderr)
+    return state
+
+
 # ------------------------------------------------------------------------- the export direction's property
 
 OLD = b'the old exported model, which must survive every refusal' * 50

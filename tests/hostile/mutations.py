@@ -3,28 +3,10 @@ every machine (Python's random.Random), given to the exporter and to verify."""
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from hostile.directories import BASE, C
-
-
-class Draw:
-    """Seeded chooser (as in test_reliability.py): Python's random.Random gives the same sequence everywhere."""
-
-    def __init__(self, seed: int):
-        self.rng = random.Random(f'rwkv7-export-reliability-{seed}')
-
-    def integer(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
-
-    def choice(self, options):
-        return options[self.rng.randrange(len(options))]
-
-    def subset(self, options, lo: int, hi: int) -> list:
-        options = list(options)
-        return self.rng.sample(options, self.integer(min(lo, len(options)), min(hi, len(options))))
+from hostile.draw import Draw
 
 
 class Case:
@@ -182,7 +164,7 @@ CAMPAIGN_CASES = 160
 
 def mutated_case(hf: dict, seed: int) -> tuple[Case, list[str]]:
     """Case `seed` of the seeded campaign (also given to verify by test_verify_hostile.py) and its mutations."""
-    d = Draw(seed)
+    d = Draw(seed, 'rwkv7-export-reliability')
     c = Case(hf)
     names = [m.__name__ for m in d.subset(MUTATIONS, 1, 3)]
     # structural mutations last, so that the tensor mutations see the names they expect

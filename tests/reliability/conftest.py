@@ -37,20 +37,22 @@ def campaign_summary(request):
     common.check_published_counts()
 
 
+def _odd_campaign_summary(request, campaign: str, stats: dict, section: str, **how):
+    """Prints a campaign's counts so far; pins the outcome of each odd config.json value once all of them ran."""
+    common.print_summary(request, f'{campaign}, {Path(request.module.__file__).name} (counts so far)', stats, **how)
+    common.check_published_outcomes(stats, section, len(ODD_CONFIGS), f'odd config.json, {campaign}')
+
+
 @pytest.fixture(scope='module')
 def export_summary(request):
     yield
-    common.print_summary(request, f'export direction, {Path(request.module.__file__).name} (counts so far)',
-                         common.EXPORT_STATS, per_mutation=True)
-    common.check_published_outcomes(common.EXPORT_STATS, common.ODD_EXPORT, len(ODD_CONFIGS), 'odd config.json, export')
+    _odd_campaign_summary(request, 'export', common.EXPORT_STATS, common.ODD_EXPORT, per_mutation=True)
 
 
 @pytest.fixture(scope='module')
 def verify_summary(request):
     yield
-    common.print_summary(request, f'verify, {Path(request.module.__file__).name} (counts so far)',
-                         common.VERIFY_STATS, total=True)
-    common.check_published_outcomes(common.VERIFY_STATS, common.ODD_VERIFY, len(ODD_CONFIGS), 'odd config.json, verify')
+    _odd_campaign_summary(request, 'verify', common.VERIFY_STATS, common.ODD_VERIFY, total=True)
 
 
 @pytest.fixture(scope='session')

@@ -20,7 +20,7 @@ import pytest
 import torch
 from helpers import REPO, assert_one_line_error, leftovers, run_script, start_script
 from hostile.directories import BASE
-from reliability_common import OLD, export_tally, sha, tmpfs
+from reliability_common import OLD, check_interrupted, export_tally, sha, tmpfs
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
@@ -85,18 +85,8 @@ def test_interrupted_export_leaves_the_old_or_the_complete_new_file(tmp_path, bi
             time.sleep(rng.uniform(0, 1.2 * big['seconds']))
         writing = bool(_scratch(tmp_path))
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=600)
-        now = sha(out)
-        state = 'old file' if now == big['old_sha'] else 'new file' if now == big['new_sha'] else 'DAMAGED'
-        assert state != 'DAMAGED', (sig, proc.returncode, stderr)
-        if proc.returncode == 0:
-            assert state == 'new file'
-        elif proc.returncode in (130, 143):  # our handler ran: one line, and the scratch file is gone already
-            assert proc.returncode == 128 + sig
-            assert stderr.startswith('interrupted (') and len(stderr.strip().splitlines()) == 1, stderr
-            assert _scratch(tmp_path) == []
-        else:  # killed outright (SIGKILL, or a signal before the handler was installed)
-            assert proc.returncode == -sig, (proc.returncode, stderr)
+        state = check_interrupted(proc, sig, lambda: sha(out), big['old_sha'], big['new_sha'], lambda: _scratch(tmp_path),
+                                  'file')
         export_tally('interruptions of a 90 MB export', f'{signal.Signals(sig).name}: {state}',
               [f'{signal.Signals(sig).name} exit {proc.returncode}',
                'signalled while the scratch file existed' if writing else 'signalled before or after the scratch file'])

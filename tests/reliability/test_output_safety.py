@@ -25,6 +25,7 @@ from reliability_common import (
     REPO,
     SCRIPT,
     base_state_dict,
+    check_interrupted,
     digest,
     make_old_model,
     tally,
@@ -90,17 +91,8 @@ def test_interrupted_conversion_leaves_the_old_or_the_complete_new_model(tmp_pat
         else:  # any moment of the whole run, startup included
             time.sleep(rng.uniform(0, 1.2 * big['seconds']))
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=600)
-        now = digest(out)
-        state = 'old model' if now == big['old_digest'] else 'new model' if now == big['new_digest'] else 'DAMAGED'
-        assert state != 'DAMAGED', (sig, proc.returncode, stderr)
-        if proc.returncode == 0:
-            assert state == 'new model'
-        elif proc.returncode in (130, 143):  # our handler ran: one line, and the scratch folder is gone already
-            assert stderr.startswith('interrupted (') and len(stderr.strip().splitlines()) == 1, stderr
-            assert _scratch(tmp_path) == []
-        else:  # killed outright (SIGKILL, or a signal before the handler was installed at startup)
-            assert proc.returncode == -sig, (proc.returncode, stderr)
+        state = check_interrupted(proc, sig, lambda: digest(out), big['old_digest'], big['new_digest'],
+                                  lambda: _scratch(tmp_path), 'model')
         tally('interruptions of a 110 MB conversion', f'{signal.Signals(sig).name}: {state}',
               f'{signal.Signals(sig).name} exit {proc.returncode}')
         # the next run (a small conversion into the same OUTDIR) tidies whatever a killed one left
