@@ -184,10 +184,11 @@ class Boom:
 
 
 def rewrite_pickle(path: Path, obj) -> None:
+    """Replaces the pickle inside the torch zip file at `path` with `obj` pickled (or with `obj` itself, if bytes)."""
     with zipfile.ZipFile(path) as z:
         records = {i.filename: z.read(i) for i in z.infolist()}
-    name = next(n for n in records if n.endswith('/data.pkl'))
-    records[name] = pickle.dumps(obj, protocol=2)
+    name = next(n for n in records if n.endswith('data.pkl'))
+    records[name] = obj if isinstance(obj, bytes) else pickle.dumps(obj, protocol=2)
     with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
         for n, data in records.items():
             z.writestr(n, data)

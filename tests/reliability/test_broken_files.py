@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import as_nobody, assert_one_line_error, call_main, leftovers, run_script
+from hostile.directories import rewrite_pickle
 from hostile.files import cut_points, safetensors_boundaries, zip_boundaries
 from reliability_common import (
     SCRIPT,
@@ -169,15 +170,6 @@ def test_safetensors_header_that_lies_is_refused(tmp_path, lie):
     tally('lying safetensors headers', outcome, lie)
 
 
-def _rewrite_pickle(path: Path, obj_bytes: bytes) -> None:
-    with zipfile.ZipFile(path) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    members[next(n for n in members if n.endswith('data.pkl'))] = obj_bytes
-    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
-        for n, data in members.items():
-            z.writestr(n, data)
-
-
 def _deep_pickle(depth: int) -> bytes:
     # {'a': [[[...]]]} written opcode by opcode (pickle.dumps would recurse): EMPTY_DICT, 'a', depth EMPTY_LISTs,
     # depth - 1 APPENDs, SETITEM. The C unpickler builds any depth; the reader's walk must refuse it, not crash.
@@ -207,7 +199,7 @@ def _shared_list_bomb(levels: int) -> bytes:
 ])
 def test_pickles_that_would_exhaust_the_reader_are_refused(tmp_path, make, message):
     path = save({'emb.weight': torch.zeros(2)}, tmp_path / 'm.pth')
-    _rewrite_pickle(path, make())
+    rewrite_pickle(path, make())
     # no clock here (the suite runs on loaded machines): a walk over all 2**28 paths of the bomb takes hours in
     # Python, so a reader that visits a shared list once per path never returns; one that refuses returns at once
     with pytest.raises(NotACheckpointError, match=message):
