@@ -229,6 +229,23 @@ def check_interrupted(proc: subprocess.Popen, sig: int, now, old, new, scratch, 
     return state
 
 
+def race(procs: list[subprocess.Popen], force: bool) -> list[tuple[int, str]]:
+    """Waits for runs racing for one output: with --force all succeed (each replaces it in turn, the last wins);
+    without, exactly one does and the loser refuses with one `error: ` line. Each run's (exit code, stderr)."""
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    ok = [code == 0 for code, _ in results]
+    if force:
+        assert all(ok), results
+    else:
+        assert sum(ok) == 1, results
+        loser = next(err for code, err in results if code != 0)
+        assert loser.startswith('error: ') and '\n' not in loser.strip(), loser
+    return results
+
+
 # ------------------------------------------------------------------------- the export direction's property
 
 OLD = b'the old exported model, which must survive every refusal' * 50

@@ -20,7 +20,7 @@ import pytest
 import torch
 from helpers import REPO, assert_one_line_error, leftovers, run_script, start_script
 from hostile.directories import BASE
-from reliability_common import OLD, check_interrupted, export_tally, sha, tmpfs
+from reliability_common import OLD, check_interrupted, export_tally, race, sha, tmpfs
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
@@ -139,19 +139,9 @@ def test_racing_exports_leave_one_complete_file(tmp_path, rivals, force):
             out.write_bytes(OLD)
         procs = [start_script(SCRIPT, '--model', model, '--output', out, *(['--force'] if force else []), '-q')
                  for model, _ in rivals.values()]
-        results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
-        for p in procs:
-            p.stdout.close()
-            p.stderr.close()
+        race(procs, force)
         final = sha(out)
         assert [name for name, (_, h) in rivals.items() if h == final], 'the output is neither complete file'
-        ok = [code == 0 for code, _ in results]
-        if force:
-            assert all(ok), results  # both replaced the file in turn; the last rename wins
-        else:
-            assert sum(ok) == 1, results  # the loser finds the winner's file and refuses to replace it
-            loser = next(err for code, err in results if code != 0)
-            assert loser.startswith('error: ') and '\n' not in loser.strip(), loser
         assert leftovers(tmp_path, 'out.pth') == []
         export_tally('racing exports into one file', f'{"--force" if force else "no --force"}: one complete file')
         out.unlink()

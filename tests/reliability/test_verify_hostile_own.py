@@ -1,9 +1,8 @@
 """Reliability campaign, verify: verify's own hostile cases: a tensor in another shard, NaN weights, a pair that is not
 a pair, hostile source records and tuned states, the script, an interrupt.
 
-The property (docs/reliability.md, section 6, with the counts): verify either refuses a directory before any compute
-with one line, or computes a verdict: PASS only for the model transformers would load from the source's conversion;
-never another exception, and no file outside the directory opened.
+The property is test_verify_hostile.py's (docs/reliability.md, section 6, with the counts); the campaign's counts
+add up over both modules.
 Reproduce: python -m pytest tests/reliability/test_verify_hostile_own.py -q
 """
 
