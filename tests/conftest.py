@@ -102,7 +102,7 @@ def converted_model(tmp_path_factory) -> Callable[..., Converted]:
         if key not in made:
             root = tmp_path_factory.mktemp('converted')
             source = Path(what) if isinstance(what, (str, Path)) else save(make_state_dict(what, dtype, seed=seed),
-                                                                             root / 'src.pth')
+                                                                             root / 'm.pth')
             convert_to_fla(source, root / 'model', **{'tokenizer': 'none', **options})
             made[key] = Converted(source, root / 'model')
         return made[key]
