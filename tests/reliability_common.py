@@ -1,9 +1,10 @@
-"""What the reliability campaign's three files share (tests/reliability/): the tally of inputs and outcomes, the
-published counts of docs/reliability.md, and the helpers that read and compare converted models.
+"""What the reliability campaigns' files share (tests/reliability/): the tally of inputs and outcomes, the
+published counts of docs/reliability.md, and the helpers that read, compare, export and verify converted models.
 
-STATS lives here, so one pytest process adds up every file it runs; each file's `campaign_summary` prints the counts
-so far and writes out/reliability-stats.json (RELIABILITY_STATS moves it). docs/reliability.md's block is checked
-only when the whole mutated-checkpoints campaign ran (LIBRARY_CASES and CLI_CASES inputs)."""
+The tallies live here (STATS for the forward campaign, EXPORT_STATS and VERIFY_STATS for the others), so one pytest
+process adds up every file it runs; the summary fixtures of tests/reliability/conftest.py print the counts so far
+(the forward one also writes out/reliability-stats.json; RELIABILITY_STATS moves it). docs/reliability.md's blocks are
+checked only when all of their inputs ran. The hostile inputs themselves are in tests/hostile/."""
 
 from __future__ import annotations
 
@@ -12,23 +13,29 @@ import functools
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error, call_main
 from rwkv7_factory import Goose, make_state_dict, save
 
+from fla.rwkv7_convert.cli.verify import main_verify
+from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.errors import refusal_exit_codes
+from fla.rwkv7_convert.errors import ConversionError
+from fla.rwkv7_convert.proof.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
 STATS: dict[str, dict] = {}
+EXPORT_STATS: dict[str, dict] = {}
+ODD_EXPORT = 'odd config.json values (either is right)'  # sections whose outcomes docs/reliability.md pins
+ODD_VERIFY = 'odd config.json values (a verdict or a refusal)'
+VERIFY_STATS: dict[str, dict] = {}
 
 
 def tally(section: str, outcome: str, by: str | list[str] | None = None, stats: dict | None = None) -> None:
@@ -39,15 +46,6 @@ def tally(section: str, outcome: str, by: str | list[str] | None = None, stats: 
     s['outcomes'][outcome] += 1
     for name in [by] if isinstance(by, str) else by or []:
         s['by'].setdefault(name, Counter())[outcome] += 1
-
-
-def start_script(script: Path, *args) -> subprocess.Popen:
-    """`script` in a child process, to be interrupted: without Triton's interpreter, with SIGINT at its default so
-    that it reaches the child as Ctrl-C would, even where the tests run with SIGINT ignored (background jobs)."""
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @contextlib.contextmanager
@@ -86,24 +84,42 @@ def render_campaign_counts(stats: dict) -> str:
         lines.append(f'| `{name}` | {sum(c.values())} | ' + ' | '.join(str(c[k]) for k in OUTCOMES) + ' |')
     co = cli['outcomes']
     lines += ['', f'Through `utils/convert_to_rwkv7.py` in a fresh process: {cli["inputs"]} inputs, '
-              f'{co["converted"]} converted exactly (exit 0, silent with `-q`), {co["refused (exit 1, one line)"]} '
-              'refused with exit 1 and exactly one `error: ` line, no traceback.', DOC_END]
+              f'{co["converted"]} converted exactly (exit 0, silent with `-q`), {co["refused (one line)"]} '
+              "refused with their error's exit status (docs/export.md) and exactly one `error: ` line, no traceback.",
+              DOC_END]
     return '\n'.join(lines)
 
 
+def publish(begin: str, end: str, want: str) -> None:
+    """The block between `begin` and `end` in docs/reliability.md must read `want` (this run's counts): every case
+    is a fixed recipe, so any difference is a change of behaviour. RELIABILITY_UPDATE_DOCS=1 rewrites it instead."""
+    text = DOC.read_text()
+    start, stop = text.index(begin), text.index(end, text.index(begin)) + len(end)
+    if os.environ.get('RELIABILITY_UPDATE_DOCS') == '1':
+        DOC.write_text(text[:start] + want + text[stop:])
+    else:
+        assert text[start:stop] == want, (f'docs/reliability.md publishes other counts than this run ({begin}): '
+                                          'rerun with RELIABILITY_UPDATE_DOCS=1 and review the diff')
+
+
 def check_published_counts() -> None:
-    """After a whole campaign, the counts in docs/reliability.md must be this run's: every case is a fixed recipe
-    (see Draw), so any difference is a change of behaviour. RELIABILITY_UPDATE_DOCS=1 rewrites them instead."""
+    """After a whole mutated-checkpoints campaign, docs/reliability.md must publish this run's counts."""
     if STATS.get(LIBRARY, {}).get('inputs') != LIBRARY_CASES or STATS.get(CLI, {}).get('inputs') != CLI_CASES:
         return  # a partial run (-k, -x): nothing to compare
-    text = DOC.read_text()
-    start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
-    want = render_campaign_counts(STATS)
-    if os.environ.get('RELIABILITY_UPDATE_DOCS') == '1':
-        DOC.write_text(text[:start] + want + text[end:])
-    else:
-        assert text[start:end] == want, ('docs/reliability.md publishes other campaign counts than this run: '
-                                         'rerun with RELIABILITY_UPDATE_DOCS=1 and review the diff')
+    publish(DOC_BEGIN, DOC_END, render_campaign_counts(STATS))
+
+
+def check_published_outcomes(stats: dict, section: str, cases: int, title: str) -> None:
+    """After all `cases` inputs of `section` ran, docs/reliability.md must publish the outcome of each (a block
+    named `title`): a campaign where either outcome is right still pins which one each input gets."""
+    s = stats.get(section, {})
+    if s.get('inputs') != cases:
+        return  # a partial run (-k, -x): nothing to compare
+    begin, end = f'<!-- outcomes: {title} (generated by tests/reliability) -->', '<!-- end of outcomes -->'
+    counts = ', '.join(f'{k} {v}' for k, v in sorted(s['outcomes'].items(), key=lambda kv: (-kv[1], kv[0])))
+    rows = [f'| `{name}` | {", ".join(sorted(c))} |' for name, c in sorted(s['by'].items())]
+    publish(begin, end, '\n'.join([begin, f'{title}: {cases} inputs: {counts}.', '', '| value | outcome |', '|---|---|',
+                                   *rows, end]))
 
 
 def print_summary(request, title: str, stats: dict, *, per_mutation: bool = False, total: bool = False) -> None:
@@ -121,19 +137,6 @@ def print_summary(request, title: str, stats: dict, *, per_mutation: bool = Fals
     capture = request.config.pluginmanager.getplugin('capturemanager')
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print('\n'.join(lines))
-
-
-@pytest.fixture(scope='module', autouse=True)
-def campaign_summary(request):
-    yield
-    print_summary(request, f'{Path(request.module.__file__).relative_to(REPO)} (counts so far)', STATS)
-    target = Path(os.environ.get('RELIABILITY_STATS', REPO / 'out' / 'reliability-stats.json'))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(STATS, indent=1, sort_keys=True, default=dict) + '\n')
-    except OSError:
-        pass
-    check_published_counts()
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -180,24 +183,6 @@ def make_old_model(out: Path) -> dict[str, str]:
     return digest(out)
 
 
-def leftovers(parent: Path, *expected: str) -> list[str]:
-    """Names in `parent` other than `expected`: scratch or moved-aside folders would show up here."""
-    return sorted(p.name for p in parent.iterdir() if p.name not in expected)
-
-
-def run_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, **kw)
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode in refusal_exit_codes(), (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in r.stderr, r.stderr
-    return lines[0]
-
-
 # ------------------------------------------------------------------------------- the valid checkpoints attacked
 
 # small models with no two sizes equal (V, C, F, ranks, H, N), so a transposed tensor can never look right
@@ -224,3 +209,149 @@ def canonical(i: int) -> dict:
         src = save(base_state_dict(i), Path(d) / 'm.pth')
         convert_to_fla(src, Path(d) / 'out', precision=DTYPE[BASES[i][1]], tokenizer='none')
         return read_model(Path(d) / 'out')
+
+
+def check_interrupted(proc: subprocess.Popen, sig: int, now, old, new, scratch, what: str) -> str:
+    """The verdict on a run of a script that got `sig`: its output (`now()`, a digest) is exactly the `old` or the `new`
+    one, never damaged; exit 0 with the new one, or 128 + sig with one `interrupted (` line and no scratch left
+    (`scratch()`), or killed outright. Returns 'old WHAT' or 'new WHAT'."""
+    _, stderr = proc.communicate(timeout=600)
+    got = now()
+    state = f'old {what}' if got == old else f'new {what}' if got == new else 'DAMAGED'
+    assert state != 'DAMAGED', (sig, proc.returncode, stderr)
+    if proc.returncode == 0:
+        assert state == f'new {what}'
+    elif proc.returncode in (130, 143):  # our handler ran: one line, and the scratch is gone already
+        assert proc.returncode == 128 + sig
+        assert stderr.startswith('interrupted (') and len(stderr.strip().splitlines()) == 1, stderr
+        assert scratch() == []
+    else:  # killed outright (SIGKILL, or a signal before the handler was installed)
+        assert proc.returncode == -sig, (proc.returncode, stderr)
+    return state
+
+
+def race(procs: list[subprocess.Popen], force: bool) -> list[tuple[int, str]]:
+    """Waits for runs racing for one output: with --force all succeed (each replaces it in turn, the last wins);
+    without, exactly one does and the loser refuses with one `error: ` line. Each run's (exit code, stderr)."""
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    ok = [code == 0 for code, _ in results]
+    if force:
+        assert all(ok), results
+    else:
+        assert sum(ok) == 1, results
+        loser = next(err for code, err in results if code != 0)
+        assert loser.startswith('error: ') and '\n' not in loser.strip(), loser
+    return results
+
+
+# ------------------------------------------------------------------------- the export direction's property
+
+OLD = b'the old exported model, which must survive every refusal' * 50
+export_tally = functools.partial(tally, stats=EXPORT_STATS)  # the export campaign's own summary
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_pth(path: Path) -> dict:
+    """name -> (dtype, shape, raw bytes), read by torch (not by our writer's code)."""
+    sd = torch.load(path, weights_only=True, map_location='cpu')
+    return {k: (str(v.dtype), tuple(v.shape), v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            for k, v in sd.items()}
+
+
+def export_outcome(model: Path, out: Path, **kw) -> str:
+    """Export into `out` (an existing file, replaced with force): 'exported' or the ConversionError's class name.
+    Any other exception propagates and fails the test."""
+    try:
+        convert_from_fla(model, out, force=True, **kw)
+    except ConversionError as e:
+        assert '\n' not in e.one_line()
+        return type(e).__name__
+    return 'exported'
+
+
+def check_property(model: Path, work: Path, want: dict, *, precision: str | None = None) -> str:
+    """The property, through the library: exact canonical export, or a refusal leaving the old output as it was
+    and nothing beside it."""
+    out = work / 'out.pth'
+    out.write_bytes(OLD)
+    before = set(os.listdir(work))
+    outcome = export_outcome(model, out, precision=precision)
+    if outcome == 'exported':
+        got = read_pth(out)
+        assert sorted(got) == sorted(want)
+        differ = [n for n in want if got[n] != want[n]]
+        assert not differ, f'exported, but a different model: {differ[:5]}'
+    else:
+        assert out.read_bytes() == OLD
+    assert set(os.listdir(work)) == before, 'scratch left beside the output'
+    out.unlink()
+    return outcome
+
+
+# ---------------------------------------------------------------------------- verify given hostile directories
+
+VERIFY_SCRIPT = REPO / 'utils' / 'verify_rwkv7.py'
+TOKENS = 4  # every verify case that computes uses it, so fla's interpreted kernels compile once
+verify_tally = functools.partial(tally, stats=VERIFY_STATS)  # the verify campaign's own summary
+_RECORDING: list[list[str]] = []
+
+
+def record_opens(event: str, args: tuple) -> None:
+    """An audit hook (tests/reliability/conftest.py's `audit` adds it once): every `open` while `opened()` records."""
+    if _RECORDING and event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):
+        _RECORDING[-1].append(os.path.normpath(os.path.abspath(os.fsdecode(args[0]))))
+
+
+@contextlib.contextmanager
+def opened():
+    paths: list[str] = []
+    _RECORDING.append(paths)
+    try:
+        yield paths
+    finally:
+        _RECORDING.pop()
+
+
+def outside(paths: list[str], root: Path, model: Path) -> list[str]:
+    """The paths under the case's `root` that are not inside the model directory."""
+    inside = os.path.normpath(os.path.abspath(model)) + os.sep
+    root_s = os.path.normpath(os.path.abspath(root)) + os.sep
+    return sorted({p for p in paths if p.startswith(root_s) and not (p + os.sep).startswith(inside)})
+
+
+def library(source: Path, model: Path, root: Path) -> tuple[str, str]:
+    """verify in this process: ('PASS' or 'FAIL', the report) or (the ConversionError's class, its line); any other
+    exception fails the test. Asserts that nothing under `root` outside `model` was opened."""
+    with opened() as paths:
+        try:
+            report = verify(source, model, tokens=TOKENS)
+        except ConversionError as e:
+            line = e.one_line()
+            assert '\n' not in line and str(model) in line, line
+            result = type(e).__name__, line
+        else:
+            result = ('PASS' if report.passed else 'FAIL'), report.render()
+    assert outside(paths, root, model) == [], f'opened outside {model}'
+    return result
+
+
+def assert_refused_by_cli(source: Path, model: Path) -> str:
+    code, out, err = call_main(main_verify, '--rwkv7', source, '--model', model, '--tokens', TOKENS)
+    line = assert_one_line_error(code, err)
+    assert out == '' and str(model) in line, (out, line)
+    return line
+
+
+def refused(source: Path, model: Path, root: Path, section: str, by: str) -> str:
+    """The case must be refused before compute (with the no_compute fixture), by the library and the command line."""
+    outcome, line = library(source, model, root)
+    assert outcome not in ('PASS', 'FAIL'), f'{by}: verify computed ({outcome}) instead of refusing'
+    assert_refused_by_cli(source, model)
+    verify_tally(section, outcome, by)
+    return line

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import call_main
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.cli import flags as cli_flags
 from fla.rwkv7_convert.cli.convert import build_to_fla_parser
 from fla.rwkv7_convert.cli.export import build_from_fla_parser, main_from_fla
 from fla.rwkv7_convert.cli.verify import build_verify_parser
-from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import EXIT_USAGE, NonFiniteError, NotACheckpointError, OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,22 +239,13 @@ EXPORT_SHAPE = Goose(vocab=64, hidden=64, layers=2, head_size=32, w_rank=16, a_r
 
 
 @pytest.fixture(scope='module')
-def hf_dir(tmp_path_factory) -> Path:
+def hf_dir(converted_model) -> Path:
     """A small fla directory made by the forward converter, for the export command to read."""
-    root = tmp_path_factory.mktemp('hf')
-    src = save(make_state_dict(EXPORT_SHAPE, torch.bfloat16, seed=3), root / 'src.pth')
-    convert_to_fla(src, root / 'model', tokenizer='none')
-    return root / 'model'
+    return converted_model(EXPORT_SHAPE, torch.bfloat16, seed=3).dir
 
 
-def _cli(*args: str, capsys) -> tuple[int, str, str]:
-    code = main_from_fla(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_dry_run_writes_nothing(hf_dir, tmp_path, capsys):
-    code, out, _ = _cli('--model', str(hf_dir), '--output', str(tmp_path / 'o.pth'), '--dry-run', capsys=capsys)
+def test_dry_run_writes_nothing(hf_dir, tmp_path):
+    code, out, _ = call_main(main_from_fla, '--model', str(hf_dir), '--output', str(tmp_path / 'o.pth'), '--dry-run')
     assert code == 0 and 'model.layers.1.attn.w_lora.lora.0.weight [16, 64] BF16 -> blocks.1.att.w1 [64, 16] BF16' in out
     assert '(placeholder) -> blocks.0.att.v1 [64, 24] BF16' in out and not any(tmp_path.iterdir())
 

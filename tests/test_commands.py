@@ -22,7 +22,6 @@ from fla.rwkv7_convert.cli.dispatch import COMMANDS, CONSOLE_SCRIPTS, main, run_
 from fla.rwkv7_convert.cli.export import main_from_fla
 from fla.rwkv7_convert.cli.inspect import main_inspect
 from fla.rwkv7_convert.convert.inspection import SCHEMA
-from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import EXIT_USAGE, NotACheckpointError, UnsupportedVariantError
 from fla.rwkv7_convert.mapping.schema import Side
 from fla.rwkv7_convert.mapping.table import LAYOUTS
@@ -40,10 +39,8 @@ def python(*args, cwd=REPO) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope='module')
-def fla_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp('fla') / 'goose'
-    convert_to_fla(BUNDLED, out, tokenizer='none')
-    return out
+def fla_dir(converted_model) -> Path:
+    return converted_model(BUNDLED).dir
 
 
 # ------------------------------------------------------------------------------------------ console scripts

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fla.rwkv7_convert import api
 from fla.rwkv7_convert.convert.inspection import inspect
 from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
@@ -23,10 +22,8 @@ VALUES = [pytest.param(True, id='fused'), pytest.param(False, id='unfused')]
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory) -> dict[bool, Path]:
-    root = tmp_path_factory.mktemp('fuse_norm')
-    return {value: api.convert_to_fla(BUNDLED, root / f'fuse-{value}', tokenizer='none', fuse_norm=value).output
-            for value in (True, False)}
+def converted(converted_model) -> dict[bool, Path]:
+    return {value: converted_model(BUNDLED, fuse_norm=value).dir for value in (True, False)}
 
 
 def test_the_default_is_the_one_constant_and_fla_s_own():

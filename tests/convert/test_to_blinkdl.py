@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from rwkv7_factory import Goose, make_state_dict, save
+from helpers import call_main
+from rwkv7_factory import Goose, make_state_dict
 from safetensors.torch import load_file, save_file
 
 from fla.rwkv7_convert.cli.export import main_from_fla
@@ -39,12 +40,9 @@ def _bits(t: torch.Tensor) -> bytes:
 
 
 @pytest.fixture(scope='module')
-def hf_dir(tmp_path_factory) -> Path:
+def hf_dir(converted_model) -> Path:
     """A small fla directory made by the forward converter from an RWKV-LM-format state dict."""
-    root = tmp_path_factory.mktemp('hf')
-    src = save(make_state_dict(SMALL, torch.bfloat16, seed=3), root / 'src.pth')
-    convert_to_fla(src, root / 'model', tokenizer='none')
-    return root / 'model'
+    return converted_model(SMALL, torch.bfloat16, seed=3).dir
 
 
 def _copy_dir(src: Path, dst: Path, config: dict | None = None, tensors=None) -> Path:
@@ -58,12 +56,6 @@ def _copy_dir(src: Path, dst: Path, config: dict | None = None, tensors=None) ->
         sd = tensors(sd)
     save_file(sd, dst / 'model.safetensors', metadata={'format': 'pt'})
     return dst
-
-
-def _cli(*args: str, capsys) -> tuple[int, str, str]:
-    code = main_from_fla(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------------------------------------------- exporting
@@ -162,11 +154,11 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize('change, error, words', REFUSALS)
-def test_refusals(hf_dir, tmp_path, capsys, change, error, words):
+def test_refusals(hf_dir, tmp_path, change, error, words):
     bad = _copy_dir(hf_dir, tmp_path / 'bad', change)
     with pytest.raises(error, match=words):
         convert_from_fla(bad, tmp_path / 'out.pth')
-    code, _, err = _cli('--model', str(bad), '--output', str(tmp_path / 'out.pth'), capsys=capsys)
+    code, _, err = call_main(main_from_fla, '--model', str(bad), '--output', str(tmp_path / 'out.pth'))
     assert code == error.exit_code and err.count('\n') == 1 and err.startswith('error: ') and words in err
     assert not any(tmp_path.glob('*.pth')) and not any(tmp_path.glob('.out.pth*'))
 
@@ -216,12 +208,12 @@ def test_not_a_model_dir(hf_dir, tmp_path):
         convert_from_fla(blink, tmp_path / 'out.pth')
 
 
-def test_eps_warning(hf_dir, tmp_path, capsys):
+def test_eps_warning(hf_dir, tmp_path):
     """BlinkDL's ln_x eps is 64e-5 for every head size, fla's head_dim * norm_eps: a mismatch is one warning line."""
     ln_x = _copy_dir(hf_dir, tmp_path / 'ln_x', {'norm_eps': 1e-5})  # head size 32: fla's ln_x eps is 32e-5
-    code, _, err = _cli('--model', str(ln_x), '--output', str(tmp_path / 'a.pth'), capsys=capsys)
+    code, _, err = call_main(main_from_fla, '--model', str(ln_x), '--output', str(tmp_path / 'a.pth'))
     assert code == 0 and err.count('\n') == 1 and err.startswith('warning: ') and 'head_dim*norm_eps = 0.00032' in err
-    code, _, err = _cli('--model', str(ln_x), '--output', str(tmp_path / 'b.pth'), '--quiet', capsys=capsys)
+    code, _, err = call_main(main_from_fla, '--model', str(ln_x), '--output', str(tmp_path / 'b.pth'), '--quiet')
     assert code == 0 and err == ''
     ln = _copy_dir(hf_dir, tmp_path / 'ln', {'norm_eps': 2e-5})  # 32 * 2e-5 = 64e-5, but LayerNorms now 2e-5
     assert plan_export(ln).warnings == [
@@ -229,16 +221,16 @@ def test_eps_warning(hf_dir, tmp_path, capsys):
         'logits will differ slightly (weights are exported exactly)']
 
 
-def test_force_and_existing_output(hf_dir, tmp_path, capsys):
+def test_force_and_existing_output(hf_dir, tmp_path):
     out = tmp_path / 'out.pth'
     out.write_bytes(b'precious')
-    code, _, err = _cli('--model', str(hf_dir), '--output', str(out), capsys=capsys)
+    code, _, err = call_main(main_from_fla, '--model', str(hf_dir), '--output', str(out))
     assert code == OutputExistsError.exit_code and 'exists; pass --force' in err and out.read_bytes() == b'precious'
-    code, stdout, _ = _cli('--model', str(hf_dir), '--output', str(out), '--force', capsys=capsys)
+    code, stdout, _ = call_main(main_from_fla, '--model', str(hf_dir), '--output', str(out), '--force')
     assert code == 0 and stdout.startswith(f'exported {hf_dir} -> {out}: RWKV-7, 2 layers')
     assert 'emb.weight' in torch.load(out, weights_only=True)
     (tmp_path / 'dir.pth').mkdir()
-    code, _, err = _cli('--model', str(hf_dir), '--output', str(tmp_path / 'dir.pth'), '--force', capsys=capsys)
+    code, _, err = call_main(main_from_fla, '--model', str(hf_dir), '--output', str(tmp_path / 'dir.pth'), '--force')
     assert code == OutputExistsError.exit_code and 'not a regular file' in err
 
 

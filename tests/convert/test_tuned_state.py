@@ -7,12 +7,11 @@ reference and BlinkDL's package compute from the original: tests/proof/test_veri
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_script
 from rwkv7_factory import Goose, _hf_dir, make_state_dict, make_tuned_state, save, state_file_tensors, time_states
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -242,15 +241,11 @@ def test_inspect_shows_the_state_on_both_sides(files, tmp_path):
     assert inspect(files['base_dir']).state is None
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO)
-
-
 def test_the_commands_convert_and_export_a_bare_state(files, tmp_path):
-    run = _cli('utils/convert_to_rwkv7.py', '--rwkv7', files['bare'], '--base', files['base_dir'], '--output',
+    run = run_script(REPO / 'utils/convert_to_rwkv7.py', '--rwkv7', files['bare'], '--base', files['base_dir'], '--output',
                tmp_path / 's')
     assert run.returncode == 0 and f'{STATE_FILE}: 2 layers' in run.stdout, run.stderr
-    run = _cli('utils/convert_from_fla_rwkv7.py', '--model', tmp_path / 's', '--output', tmp_path / 'back.pth',
+    run = run_script(REPO / 'utils/convert_from_fla_rwkv7.py', '--model', tmp_path / 's', '--output', tmp_path / 'back.pth',
                '--state-only')
     assert run.returncode == 0, run.stderr
     back, original = torch.load(tmp_path / 'back.pth', weights_only=True), torch.load(files['bare'], weights_only=True)
@@ -266,6 +261,6 @@ def test_the_commands_convert_and_export_a_bare_state(files, tmp_path):
         ('utils/convert_from_fla_rwkv7.py', '--model', files['base_dir'], '--output', tmp_path / 'x', '--state-only'),
     ]
     for args in refused:
-        run = _cli(*args)
+        run = run_script(REPO / args[0], *args[1:])
         assert run.returncode in refusal_exit_codes() and len(run.stderr.strip().splitlines()) == 1, (args, run.stderr)
         assert not (tmp_path / 'x').exists()

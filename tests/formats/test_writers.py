@@ -71,15 +71,14 @@ def test_no_suffix_gives_the_default_and_an_unknown_format_is_refused():
         writers.writer_for('model.gguf', 'gguf')
 
 
-def test_a_registered_format_is_what_the_export_and_the_cli_use(tmp_path, monkeypatch):
+def test_a_registered_format_is_what_the_export_and_the_cli_use(tmp_path, monkeypatch, converted_model):
     """Adding a format is one Writer and one registry entry: export and --format pick it up unchanged."""
     # torch and the converter cost seconds of import; the other tests of formats/ need neither
     import torch
-    from rwkv7_factory import Goose, make_state_dict, save
+    from rwkv7_factory import Goose
 
     from fla.rwkv7_convert.cli.export import main_from_fla
     from fla.rwkv7_convert.convert.to_blinkdl import convert_from_fla
-    from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 
     written = {}
 
@@ -89,10 +88,7 @@ def test_a_registered_format_is_what_the_export_and_the_cli_use(tmp_path, monkey
 
     fake = Writer('toy', ('.toy',), 'a toy format for this test', write)
     monkeypatch.setitem(writers.WRITERS, 'toy', fake)
-    model = tmp_path / 'model'
-    src = save(make_state_dict(Goose(vocab=61, hidden=64, layers=1, head_size=32), torch.float32, seed=3),
-               tmp_path / 'm.pth')
-    convert_to_fla(src, model, tokenizer='none')
+    model = converted_model(Goose(vocab=61, hidden=64, layers=1, head_size=32), torch.float32, seed=3).dir
     result = convert_from_fla(model, tmp_path / 'out.toy')
     assert result.fmt == 'toy' and (tmp_path / 'out.toy').read_bytes() == b'npz-ish'
     assert 'emb.weight' in written and 'head.weight' in written

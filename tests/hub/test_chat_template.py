@@ -37,20 +37,6 @@ def blinkdl_format(messages: list[dict], add_generation_prompt: bool) -> str:
     return text + ('Assistant:' if add_generation_prompt else '')
 
 
-@pytest.fixture(scope='module')
-def hf(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp('chat')
-    world.write_world_tokenizer(out)
-    return AutoTokenizer.from_pretrained(str(out))
-
-
-@pytest.fixture(scope='module')
-def reference():
-    return rwkv_tokenizer.TRIE_TOKENIZER(str(world.VOCAB_PATH))
-
-
 def user(text):
     return {'role': 'user', 'content': text}
 

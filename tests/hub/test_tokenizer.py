@@ -29,27 +29,8 @@ def vocab() -> dict[int, bytes]:
 
 
 @pytest.fixture(scope='module')
-def reference():
-    return rwkv_tokenizer.TRIE_TOKENIZER(str(world.VOCAB_PATH))
-
-
-@pytest.fixture(scope='module')
-def outdir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp('world')
-    world.write_world_tokenizer(out)
-    return out
-
-
-@pytest.fixture(scope='module')
 def fast(outdir):
     return tokenizers.Tokenizer.from_file(str(outdir / 'tokenizer.json'))
-
-
-@pytest.fixture(scope='module')
-def hf(outdir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(outdir))
 
 
 @pytest.fixture(scope='module')

@@ -27,21 +27,20 @@ SHAPES_N: dict = {}  # converted directory -> its head size
 STEP_KEYS = ['ln0'] + [f'blocks.{i}.{m}' for i in range(3) for m in ('att', 'ffn')] + ['ln_out']
 
 
-def _convert(tmp, shape):
-    source = save(make_state_dict(shape, seed=2), tmp / 'm.pth')
-    convert_to_fla(source, tmp / 'out', tokenizer='none')
-    SHAPES_N[tmp / 'out'] = shape.head_size
-    return source, tmp / 'out'
+def _convert(converted_model, shape):
+    made = converted_model(shape, torch.float32, seed=2)
+    SHAPES_N[made.dir] = shape.head_size
+    return made.source, made.dir
 
 
 @pytest.fixture(scope='module', params=[pytest.param(k, id=k) for k in SHAPES])
-def converted_any(request, tmp_path_factory):
-    return _convert(tmp_path_factory.mktemp('verify'), SHAPES[request.param])
+def converted_any(request, converted_model):
+    return _convert(converted_model, SHAPES[request.param])
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
-    return _convert(tmp_path_factory.mktemp('verify'), SHAPE)
+def converted(converted_model):
+    return _convert(converted_model, SHAPE)
 
 
 def corrupt(converted, tmp_path, edit_weights=None, edit_config=None) -> Path:

@@ -10,10 +10,9 @@ import os
 
 import pytest
 import torch
-from rwkv7_factory import Goose, make_state_dict, save
+from rwkv7_factory import Goose
 from safetensors.torch import load_file, save_file
 
-from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof.backends import BACKENDS, CpuInterpreted, backend_for
 from fla.rwkv7_convert.proof.report import Report
@@ -26,20 +25,19 @@ interpreted = pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') != '1',
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, converted_model):
     tmp = tmp_path_factory.mktemp('verify-api')
-    source = save(make_state_dict(SHAPE, seed=3), tmp / 'model.pth')
-    convert_to_fla(source, tmp / 'out', tokenizer='none')
+    source, out = converted_model(SHAPE, torch.float32, seed=3).source, converted_model(SHAPE, torch.float32, seed=3).dir
     # the same directory with two same-shaped tensors swapped in layer 1: loads, and is the wrong model
     bad = tmp / 'swapped'
     bad.mkdir()
-    for f in (tmp / 'out').iterdir():
+    for f in out.iterdir():
         (bad / f.name).write_bytes(f.read_bytes())
     w = load_file(bad / 'model.safetensors')
     a, b = 'model.layers.1.attn.k_k', 'model.layers.1.attn.k_a'
     w[a], w[b] = w[b].clone(), w[a].clone()
     save_file(w, bad / 'model.safetensors', metadata={'format': 'pt'})
-    return source, tmp / 'out', bad
+    return source, out, bad
 
 
 def check_report(report: Report, backend: str, precision: str, tokens: int) -> None:

@@ -5,11 +5,9 @@ pass."""
 
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr, redirect_stdout
-
 import pytest
 import torch
+from helpers import call_main
 from rwkv7_factory import Goose, make_state_dict, save
 from rwkv_peft_factory import make_adapter
 
@@ -66,20 +64,14 @@ def test_another_base_fails(converted):
     assert not report.passed and report.verdict_line().startswith('FAIL: '), report.render()
 
 
-def _cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main_verify([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_the_command_line(converted):
     tmp, made = converted
     adapter, _, alpha = made['lora']
-    code, out, err = _cli('--rwkv7', tmp / 'base.pth', '--model', tmp / 'lora', '--peft', tmp / 'lora' / 'peft',
-                          '--adapter', adapter, '--lora-alpha', alpha, '--tokens', 8, '-q')
+    code, out, err = call_main(main_verify, '--rwkv7', tmp / 'base.pth', '--model', tmp / 'lora', '--peft',
+                               tmp / 'lora' / 'peft', '--adapter', adapter, '--lora-alpha', alpha, '--tokens', 8, '-q')
     assert code == 0 and out.startswith("PASS: fla's float64 error is ") and err == '', (out, err)
-    code, out, err = _cli('--rwkv7', tmp / 'base.pth', '--model', tmp / 'lora', '--peft', tmp / 'lora' / 'peft')
+    code, out, err = call_main(main_verify, '--rwkv7', tmp / 'base.pth', '--model', tmp / 'lora', '--peft',
+                               tmp / 'lora' / 'peft')
     assert code == 1 and out == '' and err.strip().splitlines() == [
         'error: --peft needs --adapter ADAPTER.pth: the RWKV-PEFT adapter it was converted from'], err
 

@@ -4,12 +4,11 @@ with -q. Only the last two tests run fla (tiny, 4 tokens)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 
 import pytest
 import torch
+from helpers import call_main
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.cli.verify import main_verify
@@ -17,7 +16,6 @@ from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.formats import provenance
 from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE
-from fla.rwkv7_convert.proof import verify as verify_module
 from fla.rwkv7_convert.proof.files import ConvertedDir, SourceCheck, SourceFile
 from fla.rwkv7_convert.proof.verify import verify
 
@@ -39,24 +37,10 @@ def files(tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def no_compute(monkeypatch):
-    def computed(*args, **kwargs):
-        raise AssertionError('verify went on to compute')
-    monkeypatch.setattr(verify_module, 'StreamingPair', computed)
-
-
-@pytest.fixture
 def no_hashing(monkeypatch):
     def hashed(self):
         raise AssertionError('the source was hashed')
     monkeypatch.setattr(provenance.FileDigest, 'start', hashed)
-
-
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main_verify([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_a_file_of_another_size_is_refused_without_hashing(files, no_compute, no_hashing):
@@ -66,7 +50,7 @@ def test_a_file_of_another_size_is_refused_without_hashing(files, no_compute, no
     assert e.value.one_line() == (f"{files['out']} was not converted from {files['b']}: its {PROVENANCE_FILE} records "
                                   f"'a.pth', {size_a:,} bytes, and {files['b']} has {size_b:,} bytes (--any-source, "
                                   'or check_source=False, verifies anyway)')
-    code, out, err = cli('--rwkv7', files['b'], '--model', files['out'], '--tokens', 4)
+    code, out, err = call_main(main_verify, '--rwkv7', files['b'], '--model', files['out'], '--tokens', 4)
     assert code == 1 and out == '' and err == f'error: {e.value.one_line()}\n', (code, out, err)
 
 
@@ -75,7 +59,7 @@ def test_a_file_of_the_same_size_is_refused_by_its_sha256(files, no_compute):
     with pytest.raises(ConversionError, match=rf"records 'a.pth', [\d,]+ bytes with sha256 {want}, and .*c\.pth has "
                                               rf'sha256 {got} \(--any-source'):
         verify(files['c'], files['out'])
-    code, out, err = cli('--rwkv7', files['c'], '--model', files['out'], '--tokens', 4)
+    code, out, err = call_main(main_verify, '--rwkv7', files['c'], '--model', files['out'], '--tokens', 4)
     assert code == 1 and out == '' and len(err.splitlines()) == 1 and 'was not converted from' in err, err
 
 
@@ -105,13 +89,13 @@ def test_the_recorded_source_is_hashed_and_passes(files, monkeypatch):
 
 def test_any_source_verifies_anyway_and_says_so(files):
     """b.pth is a.pth's model in another dtype: refused by default, PASS when asked to go on, with a note."""
-    code, out, err = cli('--rwkv7', files['b'], '--model', files['out'], '--tokens', 4, '--any-source')
+    code, out, err = call_main(main_verify, '--rwkv7', files['b'], '--model', files['out'], '--tokens', 4, '--any-source')
     assert code == 0 and err == '', (code, err)
     assert out.splitlines()[-2].startswith('PASS: ') and out.splitlines()[-1].startswith(
         "  note: not the recorded source (verified anyway): its rwkv7_convert.json records 'a.pth'"), out
 
 
 def test_quiet_prints_the_verdict_line_only(files):
-    code, out, err = cli('--rwkv7', files['a'], '--model', files['out'], '--tokens', 4, '-q')
+    code, out, err = call_main(main_verify, '--rwkv7', files['a'], '--model', files['out'], '--tokens', 4, '-q')
     assert code == 0 and err == '' and len(out.splitlines()) == 1, (out, err)
     assert out.startswith("PASS: fla's float64 error is ") and '(bound 1e-09) against the float64 reference on cpu' in out, out

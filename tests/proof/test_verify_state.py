@@ -18,13 +18,12 @@ Tiny models (C128, N64, L2), a few tokens: fla runs in Triton's interpreter.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 
 import blinkdl_rwkv
 import pytest
 import torch
+from helpers import call_main
 from rwkv7_factory import Goose, make_state_dict, make_tuned_state, save, time_states, write_state_conversion
 
 from fla.rwkv7_convert.cli.verify import main_verify
@@ -56,13 +55,6 @@ def tuned(tmp_path_factory) -> dict:
             'base_dir': root / 'base', 'bare': bare, 'state_dir': root / 'state'}
 
 
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main_verify([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_a_state_tuned_merge_verifies_from_its_state(tuned):
     report = verify(tuned['merge'], tuned['merged'], tokens=TOKENS, per_layer=True)
     text = report.render()
@@ -73,8 +65,8 @@ def test_a_state_tuned_merge_verifies_from_its_state(tuned):
 
 
 def test_a_bare_state_verifies_beside_its_base_model(tuned):
-    code, out, err = cli('--rwkv7', tuned['base'], '--state', tuned['bare'], '--model', tuned['base_dir'],
-                         '--model-state', tuned['state_dir'], '--tokens', TOKENS, '-q')
+    code, out, err = call_main(main_verify, '--rwkv7', tuned['base'], '--state', tuned['bare'], '--model', tuned['base_dir'],
+                               '--model-state', tuned['state_dir'], '--tokens', TOKENS, '-q')
     assert code == 0 and out.startswith('PASS: ') and 'from the tuned initial state' in out and err == '', (out, err)
 
 
@@ -116,7 +108,7 @@ def test_a_state_stored_untransposed_fails_and_is_named(tuned, tmp_path):
     model = tmp_path / 'm'
     shutil.copytree(tuned['merged'], model)
     write_state_conversion(tuned['merge'], model, transposed=False)
-    code, out, err = cli('--rwkv7', tuned['merge'], '--model', model, '--tokens', TOKENS)
+    code, out, err = call_main(main_verify, '--rwkv7', tuned['merge'], '--model', model, '--tokens', TOKENS)
     assert code == 1 and err == '', (code, err)
     verdict = next(line for line in out.splitlines() if line.startswith(('PASS', 'FAIL')))
     assert verdict.startswith("FAIL: fla's float64 error is "), out

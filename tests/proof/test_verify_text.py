@@ -4,8 +4,6 @@ A tiny World-vocabulary model (65536 rows, hidden 64, one layer), ~16 tokens; tw
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import subprocess
 import sys
@@ -13,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import call_main
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.hub.tokenizer import VOCAB_PATH, WORLD_VOCAB_SIZE
-from fla.rwkv7_convert.proof import verify as verify_module
 from fla.rwkv7_convert.proof.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,14 +66,9 @@ def test_the_script_on_text_prints_no_transformers_warnings(world):
     assert 'perplexity on' in r.stdout and "PASS: fla's float64 error is" in r.stdout, r.stdout
 
 
-def test_text_without_a_tokenizer_is_one_line_before_any_compute(world, monkeypatch):
-    def computed(*args, **kwargs):
-        raise AssertionError('verify went on to compute')
-    monkeypatch.setattr(verify_module, 'StreamingPair', computed)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main_verify(['--rwkv7', str(world['source']), '--model', str(world['none']), '--text', str(world['text'])])
-    assert code == 1 and out.getvalue() == '', out.getvalue()
-    assert err.getvalue() == (f"error: {world['none']}: --text: the directory has no tokenizer (convert with --tokenizer "
+def test_text_without_a_tokenizer_is_one_line_before_any_compute(world, no_compute):
+    code, out, err = call_main(main_verify, '--rwkv7', world['source'], '--model', world['none'], '--text', world['text'])
+    assert code == 1 and out == '', out
+    assert err == (f"error: {world['none']}: --text: the directory has no tokenizer (convert with --tokenizer "
                               'world for the RWKV World vocabulary, or --tokenizer PATH; or verify on random ids with '
                               '--tokens N)\n')

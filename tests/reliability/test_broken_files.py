@@ -10,25 +10,23 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
-import struct
 import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import as_nobody, assert_one_line_error, call_main, leftovers, run_script
+from hostile.directories import rewrite_pickle
+from hostile.files import cut_points, safetensors_boundaries, zip_boundaries
 from reliability_common import (
-    assert_one_line_error,
+    SCRIPT,
     assert_same_model,
     base_state_dict,
-    campaign_summary,  # noqa: F401  (autouse: prints and checks the counts)
     canonical,
     digest,
-    leftovers,
     read_model,
-    run_cli,
     tally,
 )
 from rwkv7_factory import save
@@ -36,6 +34,8 @@ from rwkv7_factory import save
 from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import ConversionError, NotACheckpointError
+
+pytestmark = pytest.mark.usefixtures('campaign_summary')  # the forward campaign's counts: printed, checked
 
 # ----------------------------------------------------------------------------------------------- 2. broken files
 
@@ -48,34 +48,11 @@ def convert_outcome(src: Path, out: Path, **kw) -> str:
     return 'converted'
 
 
-def zip_boundaries(data: bytes) -> list[int]:
-    """Start of every local record, its data and its end; every central directory entry; the end records."""
-    points = {0, len(data)}
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for info in z.infolist():
-            name_len, extra_len = struct.unpack('<HH', data[info.header_offset + 26:info.header_offset + 30])
-            start = info.header_offset + 30 + name_len + extra_len
-            points |= {info.header_offset, start, start + info.compress_size}
-    for signature in (b'PK\x01\x02', b'PK\x05\x06', b'PK\x06\x06', b'PK\x06\x07'):
-        points |= {m.start() for m in re.finditer(re.escape(signature), data)}
-    return sorted(points)
-
-
-def safetensors_boundaries(data: bytes) -> list[int]:
-    n = int.from_bytes(data[:8], 'little')
-    points = {0, 8, 8 + n, len(data)}
-    for name, info in json.loads(data[8:8 + n]).items():
-        if name != '__metadata__':
-            points |= {8 + n + o for o in info['data_offsets']}
-    return sorted(points)
-
-
 @pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
 def test_truncated_at_every_boundary_is_refused(tmp_path, fmt):
     src = save(base_state_dict(0), tmp_path / f'whole.{fmt}')
     data = src.read_bytes()
-    cuts = sorted({c + d for c in (zip_boundaries if fmt == 'pth' else safetensors_boundaries)(data) for d in (-1, 0, 1)
-                   if 0 <= c + d < len(data)} | set(range(17)))
+    cuts = cut_points(data, zip_boundaries if fmt == 'pth' else safetensors_boundaries)
     path = tmp_path / f'cut.{fmt}'
     for cut in cuts:
         path.write_bytes(data[:cut])
@@ -193,15 +170,6 @@ def test_safetensors_header_that_lies_is_refused(tmp_path, lie):
     tally('lying safetensors headers', outcome, lie)
 
 
-def _rewrite_pickle(path: Path, obj_bytes: bytes) -> None:
-    with zipfile.ZipFile(path) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    members[next(n for n in members if n.endswith('data.pkl'))] = obj_bytes
-    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as z:
-        for n, data in members.items():
-            z.writestr(n, data)
-
-
 def _deep_pickle(depth: int) -> bytes:
     # {'a': [[[...]]]} written opcode by opcode (pickle.dumps would recurse): EMPTY_DICT, 'a', depth EMPTY_LISTs,
     # depth - 1 APPENDs, SETITEM. The C unpickler builds any depth; the reader's walk must refuse it, not crash.
@@ -231,7 +199,7 @@ def _shared_list_bomb(levels: int) -> bytes:
 ])
 def test_pickles_that_would_exhaust_the_reader_are_refused(tmp_path, make, message):
     path = save({'emb.weight': torch.zeros(2)}, tmp_path / 'm.pth')
-    _rewrite_pickle(path, make())
+    rewrite_pickle(path, make())
     # no clock here (the suite runs on loaded machines): a walk over all 2**28 paths of the bomb takes hours in
     # Python, so a reader that visits a shared list once per path never returns; one that refuses returns at once
     with pytest.raises(NotACheckpointError, match=message):
@@ -267,37 +235,11 @@ def _special_inputs(tmp_path: Path) -> dict[str, Path]:
 def test_special_files_are_one_line_errors(tmp_path):
     for what, path in _special_inputs(tmp_path).items():
         # a subprocess with a hang guard (generous: loaded CI machines): a FIFO opened for reading would block forever
-        r = run_cli('--rwkv7', path, '--output', tmp_path / 'out', timeout=600)
-        line = assert_one_line_error(r)
+        r = run_script(SCRIPT, '--rwkv7', path, '--output', tmp_path / 'out', timeout=600)
+        line = assert_one_line_error(r.returncode, r.stderr)
         assert str(path) in line, (what, line)
-        tally('special files (command line)', 'refused (exit 1, one line)', what)
+        tally('special files (command line)', 'refused (one line)', what)
     assert not (tmp_path / 'out').exists()
-
-
-def _as_nobody(argv: list[str]) -> tuple[int, str]:
-    """Run main_to_fla in a forked child that dropped root, so that file permissions apply to it."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 99
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = main_to_fla(argv)
-            os.write(write_end, err.getvalue().encode())
-        except BaseException as e:
-            os.write(write_end, f'child failed: {e!r}'.encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, 'rb') as f:
-        text = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), text
 
 
 def test_unreadable_file_is_a_one_line_error(tmp_path):
@@ -308,7 +250,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
         src.chmod(0)
         argv = ['--rwkv7', str(src), '--output', str(folder / 'out'), '--tokenizer', 'none']
         if os.geteuid() == 0:  # root reads files whatever their mode: drop to 'nobody' in a forked child
-            code, err = _as_nobody(argv)
+            code, err = as_nobody(lambda: call_main(main_to_fla, *argv)[::2])  # (exit code, stderr)
         else:
             err_buffer = io.StringIO()
             with contextlib.redirect_stderr(err_buffer):
@@ -317,7 +259,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
         assert code == NotACheckpointError.exit_code, err
         assert err.strip() == f'error: {src}: cannot open: Permission denied', err
         assert leftovers(folder, 'm.pth') == []
-        tally('special files (command line)', 'refused (exit 1, one line)', 'no read permission')
+        tally('special files (command line)', 'refused (one line)', 'no read permission')
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -335,7 +277,7 @@ def test_output_folders_that_must_not_be_replaced(tmp_path):
         'an existing file': ['--output', tmp_path / 'a-file', '--force'],
     }
     for what, args in cases.items():
-        r = run_cli('--rwkv7', src, *args, '--tokenizer', 'none', cwd=src_dir if 'current' in what else tmp_path)
-        assert_one_line_error(r)
+        r = run_script(SCRIPT, '--rwkv7', src, *args, '--tokenizer', 'none', cwd=src_dir if 'current' in what else tmp_path)
+        assert_one_line_error(r.returncode, r.stderr)
         assert digest(tmp_path) == keep, what
-        tally('outputs that must not be replaced (command line)', 'refused (exit 1, one line)', what)
+        tally('outputs that must not be replaced (command line)', 'refused (one line)', what)

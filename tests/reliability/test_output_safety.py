@@ -20,17 +20,15 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error, leftovers, run_script, start_script
 from reliability_common import (
     REPO,
     SCRIPT,
-    assert_one_line_error,
     base_state_dict,
-    campaign_summary,  # noqa: F401  (autouse: prints and checks the counts)
+    check_interrupted,
     digest,
-    leftovers,
     make_old_model,
-    run_cli,
-    start_script,
+    race,
     tally,
     tmpfs,
 )
@@ -41,6 +39,9 @@ from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.errors import EXIT_OS_ERROR
 from fla.rwkv7_convert.formats import atomic, safetensors_writer
 
+pytestmark = pytest.mark.usefixtures('campaign_summary')  # the forward campaign's counts: printed, checked
+
+
 # ------------------------------------------------------------------------------------------------ 3. output safety
 
 @pytest.fixture(scope='module')
@@ -50,9 +51,9 @@ def big(tmp_path_factory) -> dict:
     src = save(make_state_dict(Goose(vocab=1024, hidden=512, layers=8), seed=5), root / 'big.pth')
     small = save(base_state_dict(0), root / 'small.pth')
     old, new = root / 'old-model', root / 'new-model'
-    assert run_cli('--rwkv7', small, '--output', old, '--tokenizer', 'none', '-q').returncode == 0
+    assert run_script(SCRIPT, '--rwkv7', small, '--output', old, '--tokenizer', 'none', '-q').returncode == 0
     start = time.perf_counter()
-    assert run_cli('--rwkv7', src, '--output', new, '--tokenizer', 'none', '-q').returncode == 0
+    assert run_script(SCRIPT, '--rwkv7', src, '--output', new, '--tokenizer', 'none', '-q').returncode == 0
     seconds = time.perf_counter() - start
     return {'root': root, 'src': src, 'small': small, 'old': old, 'new': new, 'old_digest': digest(old),
             'new_digest': digest(new), 'seconds': seconds}
@@ -92,21 +93,12 @@ def test_interrupted_conversion_leaves_the_old_or_the_complete_new_model(tmp_pat
         else:  # any moment of the whole run, startup included
             time.sleep(rng.uniform(0, 1.2 * big['seconds']))
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=600)
-        now = digest(out)
-        state = 'old model' if now == big['old_digest'] else 'new model' if now == big['new_digest'] else 'DAMAGED'
-        assert state != 'DAMAGED', (sig, proc.returncode, stderr)
-        if proc.returncode == 0:
-            assert state == 'new model'
-        elif proc.returncode in (130, 143):  # our handler ran: one line, and the scratch folder is gone already
-            assert stderr.startswith('interrupted (') and len(stderr.strip().splitlines()) == 1, stderr
-            assert _scratch(tmp_path) == []
-        else:  # killed outright (SIGKILL, or a signal before the handler was installed at startup)
-            assert proc.returncode == -sig, (proc.returncode, stderr)
+        state = check_interrupted(proc, sig, lambda: digest(out), big['old_digest'], big['new_digest'],
+                                  lambda: _scratch(tmp_path), 'model')
         tally('interruptions of a 110 MB conversion', f'{signal.Signals(sig).name}: {state}',
               f'{signal.Signals(sig).name} exit {proc.returncode}')
         # the next run (a small conversion into the same OUTDIR) tidies whatever a killed one left
-        r = run_cli('--rwkv7', big['small'], '--output', out, '--force', '--tokenizer', 'none', '-q')
+        r = run_script(SCRIPT, '--rwkv7', big['small'], '--output', out, '--force', '--tokenizer', 'none', '-q')
         assert r.returncode == 0, r.stderr
         assert digest(out) == big['old_digest'] and leftovers(tmp_path, 'out') == []
         shutil.rmtree(out)
@@ -159,8 +151,8 @@ def test_sigkill_inside_the_final_swap_loses_nothing(tmp_path, big, mode):
     else:
         assert not out.exists()  # the old model is beside it, under .out.old-<dead pid>-...
     # the next run, without --force: restores the old model if needed, then refuses to replace it
-    r = run_cli('--rwkv7', small, '--output', out, '--tokenizer', 'none')
-    assert_one_line_error(r)
+    r = run_script(SCRIPT, '--rwkv7', small, '--output', out, '--tokenizer', 'none')
+    assert_one_line_error(r.returncode, r.stderr)
     expected = big['new_digest'] if mode == 'after-exchange' else big['old_digest']
     assert digest(out) == expected and leftovers(tmp_path, 'out', 'small.pth') == []
     tally('SIGKILL inside the final swap', 'complete model kept', mode)
@@ -264,7 +256,7 @@ def test_full_disk_injected_fails_cleanly(tmp_path, monkeypatch, capsys, where):
     assert err.strip().splitlines() == ['error: No space left on device (nothing was written; any existing output is '
                                         'untouched)']
     assert digest(out) == before and leftovers(tmp_path, 'm.pth', 'out') == []
-    tally('full disk', 'refused (exit 1, one line)', f'injected ENOSPC {where}')
+    tally('full disk', 'refused (one line)', f'injected ENOSPC {where}')
 
 
 @pytest.fixture
@@ -278,15 +270,15 @@ def test_full_disk_on_a_real_1mb_tmpfs_fails_cleanly(tmp_path, small_tmpfs, exis
     src = save(make_state_dict(Goose(vocab=256, hidden=256, layers=2)), tmp_path / 'big.pth')  # ~7 MB
     out = small_tmpfs / 'out'
     if existing:
-        assert run_cli('--rwkv7', save(base_state_dict(0), tmp_path / 'small.pth'), '--output', out, '--tokenizer',
+        assert run_script(SCRIPT, '--rwkv7', save(base_state_dict(0), tmp_path / 'small.pth'), '--output', out, '--tokenizer',
                        'none', '-q').returncode == 0
     before = digest(small_tmpfs)
-    r = run_cli('--rwkv7', src, '--output', out, '--force', '--tokenizer', 'none')
-    line = assert_one_line_error(r)
+    r = run_script(SCRIPT, '--rwkv7', src, '--output', out, '--force', '--tokenizer', 'none')
+    line = assert_one_line_error(r.returncode, r.stderr)
     assert 'No space left on device' in line
     assert digest(small_tmpfs) == before
     assert leftovers(small_tmpfs, 'out') == [] if existing else list(small_tmpfs.iterdir()) == []
-    tally('full disk', 'refused (exit 1, one line)', f'1 MB tmpfs, {"replacing a model" if existing else "fresh"}')
+    tally('full disk', 'refused (one line)', f'1 MB tmpfs, {"replacing a model" if existing else "fresh"}')
 
 
 @pytest.fixture(scope='module')
@@ -295,7 +287,8 @@ def rivals(tmp_path_factory) -> dict:
     out = {}
     for name, seed in (('a', 1), ('b', 2)):
         src = save(make_state_dict(Goose(vocab=512, hidden=256, layers=4), seed=seed), root / f'{name}.pth')  # ~14 MB
-        assert run_cli('--rwkv7', src, '--output', root / f'ref-{name}', '--tokenizer', 'none', '-q').returncode == 0
+        r = run_script(SCRIPT, '--rwkv7', src, '--output', root / f'ref-{name}', '--tokenizer', 'none', '-q')
+        assert r.returncode == 0, r.stderr
         out[name] = (src, digest(root / f'ref-{name}'))
     return out
 
@@ -307,17 +300,12 @@ def test_racing_conversions_leave_one_complete_model(tmp_path, rivals, force):
         before = make_old_model(out) if force else {}
         procs = [_start('--rwkv7', src, '--output', out, *(['--force'] if force else []), '--tokenizer', 'none', '-q')
                  for src, _ in rivals.values()]
-        results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+        results = race(procs, force)
         final = digest(out)
         winners = [name for name, (_, d) in rivals.items() if d == final]
         assert len(winners) == 1, f'OUTDIR is neither complete model: {sorted(final)}'
-        ok = [code == 0 for code, _ in results]
-        if force:
-            assert all(ok), results  # both replaced the model in turn; the last swap wins
-        else:
-            assert sum(ok) == 1, results  # the loser finds the winner's model and refuses to replace it
-            loser = next(err for code, err in results if code != 0)
-            assert loser.startswith('error: ') and 'exists and is not empty' in loser and '\n' not in loser.strip()
+        # without --force the loser finds the winner's model and refuses to replace it
+        assert force or all('exists and is not empty' in err for code, err in results if code != 0), results
         assert final != before and leftovers(tmp_path, 'out') == []
         tally('racing conversions into one OUTDIR', f'{"--force" if force else "no --force"}: one complete model')
         shutil.rmtree(out)
@@ -348,7 +336,7 @@ def test_symlinked_output_is_replaced_as_a_link_and_its_target_kept(tmp_path):
     linked = tmp_path / 'linked-model'
     before = make_old_model(linked)
     (tmp_path / 'out').symlink_to(linked)
-    r = run_cli('--rwkv7', src, '--output', tmp_path / 'out', '--force', '--tokenizer', 'none', '-q')
+    r = run_script(SCRIPT, '--rwkv7', src, '--output', tmp_path / 'out', '--force', '--tokenizer', 'none', '-q')
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / 'out').is_symlink() and (tmp_path / 'out' / 'model.safetensors').is_file()
     assert digest(linked) == before and leftovers(tmp_path, 'm.pth', 'out', 'linked-model') == []

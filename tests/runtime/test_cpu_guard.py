@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from rwkv7_factory import Goose, make_state_dict, save
+from rwkv7_factory import Goose
 
-from fla.rwkv7_convert.convert.to_fla import convert_to_fla
 from fla.rwkv7_convert.runtime.cpu_guard import CpuRunError, cpu_problem
 
 OK = dict(dtype=torch.float32, tokens=63, interpreted=True, training=False, grad=False)
@@ -34,10 +33,8 @@ cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason='checks runs on 
 
 
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp('guard')
-    src = save(make_state_dict(Goose(hidden=64, head_size=32, layers=2), dtype=torch.bfloat16, seed=7), root / 'm.pth')
-    return convert_to_fla(src, root / 'out', tokenizer='none').output
+def model_dir(converted_model):
+    return converted_model(Goose(hidden=64, head_size=32, layers=2), torch.bfloat16, seed=7).dir
 
 
 @cpu_only

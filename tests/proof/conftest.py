@@ -1,0 +1,7 @@
+"""tests/proof: verification (the reference, the exact proof, fla's kernels beside it, reports) and running fla's
+model on the CPU.
+
+From the root conftest: `converted_model` (the session's cache of small converted models: read-only, copy before
+changing) and `no_compute` (verify must refuse before building its streaming pair); plain helpers, such as
+`call_main` for a command in this process, from tests/helpers.py. Fixtures that more than one module here needs
+belong in this file."""
