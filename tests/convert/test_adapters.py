@@ -216,7 +216,7 @@ def test_inspect_json_of_an_adapter_and_of_an_init_file(tmp_path, capsys):
     assert found['direction'] == 'adapter' and found['adapter']['method'] == 'LoRA'
     assert found['adapter']['or'] == ['PiSSA'] and found['adapter']['rank'] == [8]
     assert len(found['adapter']['targets']) == 6 * SHAPE.layers
-    assert main_inspect(['--json', str(tmp_path / 'init_pissa.pth')]) == 1
+    assert main_inspect(['--json', str(tmp_path / 'init_pissa.pth')]) == UnsupportedVariantError.exit_code
     refused = json.loads(capsys.readouterr().out)
     assert refused['ok'] is False and refused['refusal'] == 'PiSSA init file given as the adapter'
 

@@ -1,5 +1,4 @@
-"""tests/proof: verification (the reference, the exact proof, fla's kernels beside it, reports) and running fla's
-model on the CPU.
+"""tests/proof: verification (the reference, the exact proof, fla's kernels beside it, the reports).
 
 From the root conftest: `converted_model` (the session's cache of small converted models: read-only, copy before
 changing) and `no_compute` (verify must refuse before building its streaming pair); plain helpers, such as

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fla.rwkv7_convert.errors import ConversionError
-from fla.rwkv7_convert.formats.provenance import FileDigest
+from fla.rwkv7_convert.formats.outputs import OutTensor
+from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE, FileDigest
 from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.formats.writers import WRITERS
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, merged_tensors, read_adapter
 from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
 
@@ -90,8 +92,6 @@ def adapter_provenance(adapter: AdapterFile, spec: AdapterSpec) -> dict:
 def write_merged_checkpoint(source: str | os.PathLike, spec: AdapterSpec, output: str | os.PathLike) -> Path:
     """The base checkpoint `source` with the adapter merged, as the BlinkDL .pth RWKV-PEFT's merge script saves
     (canonical names, in the base's order, the new names after): what verify's reference runs on."""
-    from fla.rwkv7_convert.formats.outputs import OutTensor
-    from fla.rwkv7_convert.formats.writers import WRITERS
     shown = os.fspath(source)
     with open_checkpoint(source) as ckpt, ExitStack() as stack:
         merged = merged_tree(ckpt.tree, open_adapter(stack, spec), shown)
@@ -105,7 +105,6 @@ def check_adapter_record(model_dir: str, spec: AdapterSpec) -> None:
     with another adapter or another alpha is refused before any compute (--any-source skips this)."""
     import json
 
-    from fla.rwkv7_convert.formats.provenance import PROVENANCE_FILE
     try:
         record = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding='utf-8')).get('adapter')
     except (OSError, ValueError, AttributeError):

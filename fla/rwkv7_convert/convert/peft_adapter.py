@@ -17,10 +17,11 @@ from pathlib import Path
 from fla.rwkv7_convert.errors import UnsupportedVariantError
 from fla.rwkv7_convert.formats.atomic import write_json
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
+from fla.rwkv7_convert.formats.dtypes import TORCH_DTYPE, TORCH_NAME
 from fla.rwkv7_convert.formats.outputs import OutTensor
 from fla.rwkv7_convert.formats.safetensors_writer import write_safetensors
 from fla.rwkv7_convert.mapping.adapter_methods import PEFT_MODULES
-from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, from_torch, to_torch
+from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, check_base, from_torch, to_torch
 from fla.rwkv7_convert.mapping.engine import lookup_blinkdl
 from fla.rwkv7_convert.mapping.plan import Plan
 from fla.rwkv7_convert.mapping.schema import PeftTensor, Target
@@ -75,7 +76,6 @@ def _joined(name: str, t: PeftTensor, factors: dict[str, TensorRef]) -> OutTenso
         return OutTensor(name, tuple(ref.shape), ref.dtype, ref.load)
     import torch
 
-    from fla.rwkv7_convert.formats.dtypes import TORCH_DTYPE, TORCH_NAME
     meta = torch.cat([torch.empty(r.shape, dtype=getattr(torch, TORCH_NAME[r.dtype]), device='meta') for r, _ in refs],
                      t.axis)
     dtype = TORCH_DTYPE[str(meta.dtype).removeprefix('torch.')]
@@ -116,7 +116,6 @@ def _trained_tensors(adapter: AdapterFile, shown: str) -> tuple[list[OutTensor],
 def peft_tensors(adapter: AdapterFile, plan: Plan, shown: str) -> PeftAdapter:
     """The PEFT adapter of `adapter` for the base model of `plan` (checked against it first): one line when PEFT has
     no form for the method or for a trained tensor."""
-    from fla.rwkv7_convert.mapping.adapter_plan import check_base
     check_base(adapter, {e.blinkdl: e.source for e in plan.entries}, shown)
     if any(lookup_blinkdl(n)[0].target is not Target.WEIGHTS for n in adapter.trained):
         raise UnsupportedVariantError(f'the adapter trains the initial state (time_state), which PEFT has no place '

@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fla.rwkv7_convert import __version__
+from fla.rwkv7_convert.convert.to_blinkdl import _producer, plan_export
 from fla.rwkv7_convert.errors import ConversionError, KeyMismatchError, UnsupportedVariantError
 from fla.rwkv7_convert.formats.atomic import atomic_file, check_target_file
 from fla.rwkv7_convert.formats.checkpoint import TensorRef
-from fla.rwkv7_convert.formats.hf_directory import read_json_object
+from fla.rwkv7_convert.formats.hf_directory import read_config, read_json_object
 from fla.rwkv7_convert.formats.outputs import OutTensor
-from fla.rwkv7_convert.formats.readers import open_checkpoint
+from fla.rwkv7_convert.formats.readers import open_checkpoint, open_hf_directory
 from fla.rwkv7_convert.formats.writers import writer_for
 from fla.rwkv7_convert.mapping.adapter_methods import ADAPTER_METHODS, ADAPTER_TARGETS, LORA_ALPHA_HOME
 from fla.rwkv7_convert.mapping.adapter_plan import AdapterFile, check_base, merged_tensors
 from fla.rwkv7_convert.mapping.engine import lookup_fla
+from fla.rwkv7_convert.mapping.export_plan import make_export_plan
 from fla.rwkv7_convert.mapping.schema import AdapterMethod
 
 PEFT_PREFIX = 'base_model.model.'
@@ -118,10 +120,6 @@ def read_peft_adapter(stack: ExitStack, adapter_dir: str | os.PathLike) -> Adapt
 
 def _base_refs(stack: ExitStack, base_dir: str | os.PathLike) -> dict[str, TensorRef]:
     """The base directory's export plan as tensors under RWKV-LM names (each read and turned back when loaded)."""
-    from fla.rwkv7_convert.convert.to_blinkdl import _producer, plan_export
-    from fla.rwkv7_convert.formats.hf_directory import read_config
-    from fla.rwkv7_convert.formats.readers import open_hf_directory
-    from fla.rwkv7_convert.mapping.export_plan import make_export_plan
     base_dir = Path(base_dir)
     plan_export(base_dir)  # the export's own refusals and key report first
     ckpt = stack.enter_context(open_hf_directory(base_dir))

@@ -13,6 +13,7 @@ import numpy as np
 
 from fla.rwkv7_convert import __version__
 from fla.rwkv7_convert.convert.adapters import AdapterSpec, adapter_notes, adapter_provenance, merged_tree, open_adapter
+from fla.rwkv7_convert.convert.peft_adapter import peft_tensors
 from fla.rwkv7_convert.convert.tuned_state import state_provenance, state_tensor
 from fla.rwkv7_convert.errors import ConversionError, NonFiniteError
 from fla.rwkv7_convert.formats.atomic import atomic_directory, check_target, clean_stale, write_json
@@ -26,6 +27,7 @@ from fla.rwkv7_convert.formats.state_file import METADATA as STATE_METADATA
 from fla.rwkv7_convert.formats.state_file import STATE_FILE
 from fla.rwkv7_convert.hub.chat import generation_config
 from fla.rwkv7_convert.hub.model_card import write_model_card
+from fla.rwkv7_convert.hub.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab, token_id_span, write_world_tokenizer
 from fla.rwkv7_convert.mapping.config import DEFAULT_FUSE_NORM, fla_config
 from fla.rwkv7_convert.mapping.engine import directory_layouts
 from fla.rwkv7_convert.mapping.plan import Entry, Plan, make_plan
@@ -129,7 +131,6 @@ def convert_to_fla(
         if fine_tune is not None:
             plan.notes[2:2] = adapter_notes(fine_tune, adapter.form)
             if adapter.form == 'peft':
-                from fla.rwkv7_convert.convert.peft_adapter import peft_tensors
                 peft = peft_tensors(fine_tune, plan, shown)  # refused here, before anything is written
         check_tokenizer_choice(tokenizer, plan.dims.V, shown)  # before anything is written
         if ckpt.kind == 'hf-directory':  # told apart by its weight names (the plan), not by model_type
@@ -198,7 +199,6 @@ def _files(adapter: AdapterSpec | None) -> tuple[str, ...]:
 def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
     """A tokenizer whose ids do not fit the embedding (--tokenizer world on another vocabulary, or a PATH holding more
     tokens than the model has rows) would pair ids with the wrong text, or with no row at all."""
-    from fla.rwkv7_convert.hub.tokenizer import WORLD_VOCAB_SIZE, is_world_vocab, token_id_span
     if choice == 'world' and not is_world_vocab(vocab_size):
         raise ConversionError(f'--tokenizer world: the model has {vocab_size} embedding rows, the RWKV World tokenizer '
                               f'needs {WORLD_VOCAB_SIZE}; use --tokenizer none or a tokenizer PATH', shown)
@@ -212,7 +212,6 @@ def check_tokenizer_choice(choice: str, vocab_size: int, shown: str) -> None:
 
 def tokenizer_kind(choice: str, vocab_size: int) -> str:
     """What write_tokenizer writes for this choice: 'world', 'none' or 'copied'."""
-    from fla.rwkv7_convert.hub.tokenizer import is_world_vocab
     if choice == 'auto':
         return 'world' if is_world_vocab(vocab_size) else 'none'
     return choice if choice in ('world', 'none') else 'copied'
@@ -222,11 +221,10 @@ def write_tokenizer(outdir: Path, choice: str, vocab_size: int) -> list[str]:
     """'auto' writes the RWKV World tokenizer when the vocabulary is World-sized; 'world', 'none' or a path."""
     if choice == 'none':
         return []
-    from fla.rwkv7_convert.hub import tokenizer as world
     if choice == 'auto':
-        return world.write_world_tokenizer(outdir) if world.is_world_vocab(vocab_size) else []
+        return write_world_tokenizer(outdir) if is_world_vocab(vocab_size) else []
     if choice == 'world':
-        return world.write_world_tokenizer(outdir)
+        return write_world_tokenizer(outdir)
     return _copy_tokenizer(Path(choice), outdir)
 
 
