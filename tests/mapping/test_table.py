@@ -81,6 +81,12 @@ def test_lookups_are_inverse(num_layers):
     pytest.param('_forward_module.head.weight', 'head.weight', id='lightning'),
     pytest.param('module._orig_mod.module.ln_out.bias', 'ln_out.bias', id='nested'),
     pytest.param('blocks.0.module.x', 'blocks.0.module.x', id='inner-not-stripped'),
+    # the guarded layout prefixes: stripped only where an RWKV-LM name follows
+    pytest.param('model.blocks.0.att.r_k', 'blocks.0.att.r_k', id='lightning-model'),
+    pytest.param('module.model.emb.weight', 'emb.weight', id='ddp-then-lightning'),
+    pytest.param('rwkv7.head.weight', 'head.weight', id='hf-rwkv7'),
+    pytest.param('model.layers.0.attn.r_k', 'model.layers.0.attn.r_k', id='fla-name-kept'),
+    pytest.param('model.embeddings.weight', 'model.embeddings.weight', id='guarded'),
 ])
 def test_strip_prefixes(name, expected):
     assert strip_prefixes(name) == expected
@@ -155,17 +161,6 @@ def test_layouts_and_refusals_say_who_and_where():
         assert all(len(e.commit) == 40 and e.repo.count('/') == 1 and e.path for e in x.evidence), x.name
     assert all(f.variant and f.reason for f in REFUSALS)
     assert len({f.variant for f in REFUSALS}) == len(REFUSALS)
-
-
-@pytest.mark.parametrize('name, expected', [
-    pytest.param('model.blocks.0.att.r_k', 'blocks.0.att.r_k', id='lightning-model'),
-    pytest.param('module.model.emb.weight', 'emb.weight', id='ddp-then-lightning'),
-    pytest.param('rwkv7.head.weight', 'head.weight', id='hf-rwkv7'),
-    pytest.param('model.layers.0.attn.r_k', 'model.layers.0.attn.r_k', id='fla-name-kept'),
-    pytest.param('model.embeddings.weight', 'model.embeddings.weight', id='guarded'),
-])
-def test_guarded_layout_prefixes(name, expected):
-    assert strip_prefixes(name) == expected
 
 
 def test_layouts_are_told_by_their_predicates_not_by_a_file_name():

@@ -61,15 +61,6 @@ def library_outcome(c: Case):
     return outcome_of
 
 
-@pytest.mark.parametrize('seed', range(LIBRARY_CASES))
-def test_mutated_checkpoints_convert_exactly_or_are_refused(seed):
-    c, fmt, names = make_case(seed)
-    with tempfile.TemporaryDirectory() as d:
-        src = save_case(c, fmt, Path(d))
-        outcome = check_case(c, src, library_outcome(c))
-    tally(LIBRARY, outcome, names)
-
-
 def cli_outcome(c: Case):
     def outcome_of(src: Path, out: Path) -> tuple[str, str]:
         precision = {'F32': 'fp32', 'BF16': 'bf16'}[c.dtype]
@@ -84,10 +75,16 @@ def cli_outcome(c: Case):
     return outcome_of
 
 
-@pytest.mark.parametrize('seed', range(LIBRARY_CASES, LIBRARY_CASES + CLI_CASES))
-def test_mutated_checkpoints_through_the_command_line(seed):
+# each seed is one mutated checkpoint, given to the library or, for the later seeds, to the command line
+WAYS = ([pytest.param(LIBRARY, library_outcome, seed, id=f'library-{seed}') for seed in range(LIBRARY_CASES)]
+        + [pytest.param(CLI, cli_outcome, seed, id=f'command-line-{seed}')
+           for seed in range(LIBRARY_CASES, LIBRARY_CASES + CLI_CASES)])
+
+
+@pytest.mark.parametrize('way, outcome_for, seed', WAYS)
+def test_mutated_checkpoints_convert_exactly_or_are_refused(way, outcome_for, seed):
     c, fmt, names = make_case(seed)
     with tempfile.TemporaryDirectory() as d:
         src = save_case(c, fmt, Path(d))
-        outcome = check_case(c, src, cli_outcome(c))
-    tally(CLI, outcome, names)
+        outcome = check_case(c, src, outcome_for(c))
+    tally(way, outcome, names)

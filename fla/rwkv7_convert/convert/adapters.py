@@ -8,6 +8,7 @@ and that target's factors.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -103,8 +104,6 @@ def write_merged_checkpoint(source: str | os.PathLike, spec: AdapterSpec, output
 def check_adapter_record(model_dir: str, spec: AdapterSpec) -> None:
     """The directory's rwkv7_convert.json records this adapter (sha256) and alpha: a directory converted without it,
     with another adapter or another alpha is refused before any compute (--any-source skips this)."""
-    import json
-
     try:
         record = json.loads((Path(model_dir) / PROVENANCE_FILE).read_text(encoding='utf-8')).get('adapter')
     except (OSError, ValueError, AttributeError):

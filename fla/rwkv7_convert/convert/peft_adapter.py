@@ -26,6 +26,9 @@ from fla.rwkv7_convert.mapping.engine import lookup_blinkdl
 from fla.rwkv7_convert.mapping.plan import Plan
 from fla.rwkv7_convert.mapping.schema import PeftTensor, Target
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 PEFT_DIR = 'peft'  # inside the converted base model's directory
 PEFT_PREFIX = 'base_model.model.'
 CONFIG_FILE, WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -234,7 +235,6 @@ _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_m
 
 
 def _copy_tokenizer(path: Path, outdir: Path) -> list[str]:
-    import shutil
     sources = [path] if path.is_file() else [path / n for n in _TOKENIZER_FILES if (path / n).is_file()]
     if not sources:
         raise ConversionError(f'no tokenizer files found (expected one of {", ".join(_TOKENIZER_FILES)})', str(path))

@@ -47,6 +47,9 @@ from fla.rwkv7_convert.mapping.export_plan import make_export_plan
 from fla.rwkv7_convert.mapping.plan import Entry
 from fla.rwkv7_convert.mapping.state_plan import make_state_plan
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 (RULE,) = STATE_RULES  # one state rule; a second kind of state would need its own file contract first
 
 

@@ -7,6 +7,7 @@ gone) is removed on the next run; an existing target is replaced only with --for
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import glob
 import json
@@ -129,13 +130,11 @@ def exchange(a: Path, b: Path) -> bool:
         _renameat2 = False
         if os.name == 'posix':
             try:
-                import ctypes
                 _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
             except (OSError, AttributeError):
                 pass
     if not _renameat2:
         return False
-    import ctypes
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()

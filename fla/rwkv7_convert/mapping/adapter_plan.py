@@ -24,6 +24,9 @@ from fla.rwkv7_convert.mapping.key_report import unexpected_tensors
 from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
 from fla.rwkv7_convert.mapping.schema import AdapterMethod, Seen, Side
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 _TARGET = re.compile('^' + '|'.join(re.escape(t).replace(r'\{i\}', r'(0|[1-9][0-9]*)') for t in ADAPTER_TARGETS) + '$')
 
 

@@ -27,6 +27,9 @@ from fla.rwkv7_convert.proof.source_agree import check_readings, tagged_tree
 from fla.rwkv7_convert.proof.source_reader import read_tree
 from fla.rwkv7_convert.proof.state_pair import find_states
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 
 def load_blinkdl_weights(source: str | os.PathLike, head_size: int | None = None) -> dict:
     """The whole source checkpoint as canonical RWKV-LM names -> float torch tensors, as the reference reads it (for

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from fla.rwkv7_convert.proof.verdict import EXACT_BOUND, calibration, rel_rms
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 SUBSTEP_NAMES = {'ln0': 'ln0 (embedding LayerNorm)', 'att': 'time mix (attention)', 'ffn': 'channel mix (FFN)',
                  'ln_out': 'final LayerNorm'}
 

@@ -27,6 +27,9 @@ from fla.rwkv7_convert.formats.dtypes import to_float32
 from fla.rwkv7_convert.formats.readers import open_checkpoint
 from fla.rwkv7_convert.proof.source_layouts import STATE, WRAPPERS, canonical_name, strip_wrapper_prefixes
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 # BlinkDL's shapes, literally (RWKV-LM RWKV-v7/train_temp/src/model.py): V vocab, C hidden, H heads, N head size,
 # F FFN width, Dw/Da/Dv/Dg the LoRA ranks.
 GLOBAL_SHAPES: dict[str, tuple] = {

@@ -36,6 +36,9 @@ from fla.rwkv7_convert.mapping.engine import apply_layouts
 from fla.rwkv7_convert.mapping.plan import normalize_names, unwrap_state_dict
 from fla.rwkv7_convert.mapping.schema import Side
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 _SOURCE_STATE = re.compile(r'blocks\.(\d+)\.att\.time_state|init_state\.(\d+)\.wkv')
 SOURCE_STATE_NAMES = 'blocks.N.att.time_state'
 

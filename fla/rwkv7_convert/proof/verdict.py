@@ -22,6 +22,9 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 # The exact proof: fla's float64 error (relative RMS against the float64 reference of the same function) above which
 # the directory does not compute the file's function, at the logits and at every sub-step. Measured (docs/verification.md,
 # benchmarks/benchmark_exact.py): correct conversions 0.1B-7.2B, trained-like and long-memory, both generators, at most

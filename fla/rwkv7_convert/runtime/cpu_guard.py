@@ -14,6 +14,9 @@ import os
 
 from fla.rwkv7_convert.runtime.device import RECURRENT_MAX_TOKENS
 
+# torch is imported inside the functions that use it: the command line imports this module, and a conversion never
+# pays for torch (~2 s: the `import torch` row of benchmarks/benchmark_convert.py; tests/test_commands.py checks).
+
 HOW = 'see "Run a converted model" in the rwkv7-convert README'
 
 
