@@ -1,6 +1,6 @@
 """RWKV-PEFT's own merge scripts, run where a checkout of JL-er/RWKV-PEFT is given (RWKV_PEFT_DIR, at the commit
-table.ADAPTER_METHODS cites), followed by a conversion: the same bytes as `--adapter`. Skipped without one; nothing of
-their code is kept here. Their merge_disha.py and merge.py import bitsandbytes, which the CPU merge without
+adapter_methods.ADAPTER_METHODS cites), followed by a conversion: the same bytes as `--adapter`. Skipped without one;
+nothing of their code is kept here. Their merge_disha.py and merge.py import bitsandbytes, which the CPU merge without
 quantization never calls: a stand-in module is put on their path.
 
     git clone https://github.com/JL-er/RWKV-PEFT && git -C RWKV-PEFT checkout 5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2

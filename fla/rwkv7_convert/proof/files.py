@@ -3,7 +3,7 @@ one tensor at a time, and the check that they are a pair before any compute (che
 
 The directory is read through the export's own hardened reader (formats.hf_directory.read_config and
 formats.readers.open_hf_directory, as convert/to_blinkdl.py opens it), and refused where the export refuses it
-(mapping.export_plan.refuse_fla_input: table.REFUSALS on its names, shapes and config.json): the weight source
+(mapping.export_plan.refuse_fla_input: refusals.REFUSALS on its names, shapes and config.json): the weight source
 transformers loads (model.safetensors before an index), shard names that are plain file names in the directory,
 an index that is a JSON object with a weight_map, no tensor in two shards or in another shard than the index says.
 Every refusal is one line naming the file and the key.
