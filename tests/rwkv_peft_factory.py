@@ -1,8 +1,8 @@
 """RWKV-PEFT adapters as its trainer saves them, and its merge scripts as a test oracle.
 
 The adapter files follow JL-er/RWKV-PEFT @ 5b8aac9 (adapter_methods.ADAPTER_METHODS cites the files):
-`rwkvt/peft/rwkvLinear.py` for the factors' names and shapes, `rwkvt/lightning_train/trainer.py` for what is saved (the factors and the
-parameters whose names hold a `train_parts` entry, the `model.` of the Lightning module stripped),
+`rwkvt/peft/rwkvLinear.py` for the factors' names and shapes, `rwkvt/lightning_train/trainer.py` for what is saved
+(the factors and the parameters whose names hold a `train_parts` entry, the `model.` of the Lightning module stripped),
 `rwkvt/peft/peft_loading.py` for init_pissa.pth (module names of the Lightning module: `model.` kept).
 
 `rwkv_peft_merge` is the oracle: the merge scripts' steps (`merge/merge.py` for LoRA and PiSSA,
