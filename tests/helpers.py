@@ -29,7 +29,7 @@ def call_main(main: Callable[[list[str]], int], *args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _script_env() -> dict:
+def script_env() -> dict:
     # the child runs as a user's shell would: fla's compiled kernels, not the interpreter this process uses
     return {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
 
@@ -37,14 +37,14 @@ def _script_env() -> dict:
 def run_script(script: Path | str, *args, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """`python script args...` in a child process, with its output captured as text."""
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          env=_script_env(), timeout=timeout, **kw)
+                          env=script_env(), timeout=timeout, **kw)
 
 
 def start_script(script: Path | str, *args) -> subprocess.Popen:
     """`script` in a child process, to be interrupted: with SIGINT at its default so that it reaches the child as
     Ctrl-C would, even where the tests run with SIGINT ignored (background jobs)."""
     return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_script_env(),
+                            stderr=subprocess.PIPE, text=True, env=script_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

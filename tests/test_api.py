@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from helpers import script_env
 
 from fla.rwkv7_convert import api
 from fla.rwkv7_convert.cli.convert import build_to_fla_parser
@@ -33,7 +34,7 @@ def test_importing_the_api_pulls_no_heavy_module():
             'rwkv7_convert_entry.light_fla()\n'
             'import fla.rwkv7_convert.api\n'
             "print(sorted(m for m in ('fla.models', 'triton', 'transformers', 'torch') if m in sys.modules))\n")
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env = script_env()
     env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import call_main
+from helpers import call_main, script_env
 from rwkv7_factory import Goose, make_state_dict, save
 
 from fla.rwkv7_convert.cli import flags as cli_flags
@@ -22,7 +22,7 @@ SCRIPT = REPO / 'utils' / 'convert_to_rwkv7.py'
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env = script_env()
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
 
@@ -163,7 +163,7 @@ def test_closed_pipe_ends_quietly(tmp_path, checkpoint):
     """`--dry-run | head -2`: once the reader is gone, no "Broken pipe" error, and the status a shell gives `yes | head`."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has already left: the first write fails, however small the output
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env = script_env()
     try:
         r = subprocess.run([sys.executable, str(SCRIPT), '--rwkv7', checkpoint, '--output', tmp_path / 'out', '--dry-run'],
                            stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=120)

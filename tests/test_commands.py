@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import script_env
 
 from fla.rwkv7_convert.cli.convert import main_to_fla
 from fla.rwkv7_convert.cli.dispatch import COMMANDS, CONSOLE_SCRIPTS, main, run_command
@@ -33,7 +34,7 @@ HEAVY = ('torch', 'triton', 'transformers', 'fla.models')
 
 
 def python(*args, cwd=REPO) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env = script_env()
     env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])  # this checkout, not an install
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=600)

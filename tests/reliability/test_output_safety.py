@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, leftovers, run_script, start_script
+from helpers import assert_one_line_error, leftovers, run_script, script_env, start_script
 from reliability_common import (
     REPO,
     SCRIPT,
@@ -140,7 +140,7 @@ def test_sigkill_inside_the_final_swap_loses_nothing(tmp_path, big, mode):
     out = tmp_path / 'out'
     shutil.copytree(big['old'], out)
     code = _WINDOW.format(utils=str(REPO / 'utils'), mode=mode)
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env = script_env()
     proc = subprocess.Popen([sys.executable, '-c', code, '--rwkv7', str(big['src']), '--output', str(out), '--force',
                              '--tokenizer', 'none', '-q'], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() in ('swapped', 'moved aside')

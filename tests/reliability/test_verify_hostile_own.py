@@ -12,14 +12,12 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import call_main, start_script
+from helpers import assert_one_line_error, call_main, run_script, start_script
 from hostile.directories import BASE, RAW_CONFIGS, write_dir
 from hostile.files import (
     ALL_INDEX_ATTACKS,
@@ -37,7 +35,7 @@ from rwkv7_factory import make_state_dict, save
 
 from fla.rwkv7_convert.cli.verify import main_verify
 from fla.rwkv7_convert.convert.to_fla import convert_to_fla
-from fla.rwkv7_convert.errors import ConversionError, refusal_exit_codes
+from fla.rwkv7_convert.errors import ConversionError
 from fla.rwkv7_convert.proof.verify import verify
 
 pytestmark = pytest.mark.usefixtures('verify_summary')  # the verify campaign's counts, printed
@@ -137,11 +135,9 @@ def test_hostile_directories_through_the_script(tmp_path, hf):
     ALL_INDEX_ATTACKS['a shard name that is ..'](model, index)
     sample['a shard name that is ..'] = model
     for what, path in sample.items():
-        r = subprocess.run([sys.executable, str(VERIFY_SCRIPT), '--rwkv7', str(hf['source']), '--model', str(path)],
-                           capture_output=True, text=True, timeout=120)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode in refusal_exit_codes(), r.stderr
-        assert r.stdout == '' and len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+        r = run_script(VERIFY_SCRIPT, '--rwkv7', hf['source'], '--model', path, timeout=120)
+        assert_one_line_error(r.returncode, r.stderr)
+        assert r.stdout == '', r.stdout
         verify_tally('through utils/verify_rwkv7.py', 'refused (one line)', what)
 
 
@@ -171,9 +167,8 @@ def test_hostile_state_given_with_state_is_refused(tmp_path, hf, tuned, no_compu
     assert '\n' not in line and str(bad) in line, line
     code, out, err = call_main(main_verify, '--rwkv7', hf['source'], '--state', bad, '--model', hf['dir'], '--model-state',
                                tuned['state_dir'], '--tokens', TOKENS)
-    lines = err.strip().splitlines()
-    assert code in refusal_exit_codes(), err
-    assert out == '' and len(lines) == 1 and lines[0].startswith('error: ') and str(bad) in lines[0], err
+    line = assert_one_line_error(code, err)
+    assert out == '' and str(bad) in line, (out, line)
     verify_tally('hostile --state files', type(e.value).__name__, what)
 
 
